@@ -1,0 +1,282 @@
+"""Configuration from environment variables and an optional `.env` file.
+
+Read once at start-up. Every variable, its default and its meaning is listed in
+`app.env.example`. A missing or malformed value raises `ConfigError`, whose message is one
+line naming the variable; the CLI prints it and exits with status 2. Secrets (the SASL
+password, credentials inside `MONGODB_URI`) never appear in a `repr`, a log line or an error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from dotenv import dotenv_values
+
+__all__ = [
+    "AppConfig",
+    "ConfigError",
+    "KafkaConfig",
+    "MongoConfig",
+    "PolymarketConfig",
+    "load_config",
+    "redact_uri",
+]
+
+T = TypeVar("T")
+
+_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
+_ENVIRONMENTS = ("development", "staging", "production", "test")
+
+
+class ConfigError(ValueError):
+    """A configuration variable is missing or malformed. `str()` is a single line."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        self.variable = variable
+        super().__init__(f"{variable}: {problem}")
+
+
+def redact_uri(uri: str) -> str:
+    """Replace the password (and user) of a URI's authority with `***`."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<unparseable uri>"
+    if "@" not in parts.netloc:
+        return uri
+    hosts = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"***:***@{hosts}"))
+
+
+@dataclass(frozen=True)
+class PolymarketConfig:
+    """Polymarket CLOB and Gamma API access."""
+
+    base_url: str = "https://clob.polymarket.com"
+    gamma_url: str = "https://gamma-api.polymarket.com"
+    request_timeout_seconds: float = 10.0
+    rate_limit_delay_ms: float = 100.0
+    max_retries: int = 4
+    metadata_refresh_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """Kafka producer settings. The SASL password is kept out of `repr`."""
+
+    bootstrap_servers: str = "localhost:9092"
+    topic: str = "polymarket-events"
+    topic_prefix: str = ""
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanisms: str = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    client_id: str = "polymarket-kafka"
+
+    @property
+    def full_topic(self) -> str:
+        """The topic events are published to: `{KAFKA_TOPIC_PREFIX}{KAFKA_TOPIC}`."""
+        return f"{self.topic_prefix}{self.topic}"
+
+    def __repr__(self) -> str:
+        password = "None" if self.sasl_password is None else "'***'"
+        return (
+            f"KafkaConfig(bootstrap_servers={self.bootstrap_servers!r}, topic={self.topic!r}, "
+            f"topic_prefix={self.topic_prefix!r}, security_protocol={self.security_protocol!r}, "
+            f"sasl_mechanisms={self.sasl_mechanisms!r}, sasl_username={self.sasl_username!r}, "
+            f"sasl_password={password}, client_id={self.client_id!r})"
+        )
+
+
+@dataclass(frozen=True)
+class MongoConfig:
+    """MongoDB subscription store. Credentials in the URI are kept out of `repr`."""
+
+    uri: str = field(default="mongodb://localhost:27017", repr=False)
+    database: str = "polymarket"
+    collection: str = "polymarket_subscriptions"
+    collection_prefix: str = ""
+    poll_interval_seconds: float = 30.0
+
+    @property
+    def full_collection(self) -> str:
+        """`{MONGODB_COLLECTION_PREFIX}{MONGODB_COLLECTION}`."""
+        return f"{self.collection_prefix}{self.collection}"
+
+    @property
+    def redacted_uri(self) -> str:
+        """The URI with credentials replaced, safe to log."""
+        return redact_uri(self.uri)
+
+    def __repr__(self) -> str:
+        return (
+            f"MongoConfig(uri={self.redacted_uri!r}, database={self.database!r}, "
+            f"collection={self.collection!r}, collection_prefix={self.collection_prefix!r}, "
+            f"poll_interval_seconds={self.poll_interval_seconds!r})"
+        )
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Everything the service reads at start-up."""
+
+    polymarket: PolymarketConfig = field(default_factory=PolymarketConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    mongo: MongoConfig = field(default_factory=MongoConfig)
+    poll_interval_seconds: float = 30.0
+    environment: str = "development"
+    shutdown_grace_seconds: float = 10.0
+    rules_path: Path | None = None
+    log_level: str = "INFO"
+
+
+class _Reader:
+    """Typed access to one merged environment, with errors naming the variable."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def _raw(self, name: str) -> str | None:
+        value = self._env.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    def str(self, name: str, default: str) -> str:
+        return self._raw(name) or default
+
+    def optional_str(self, name: str) -> str | None:
+        return self._raw(name)
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.str(name, default)
+        normalised = {c.upper(): c for c in choices}.get(value.upper())
+        if normalised is None:
+            raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+        return normalised
+
+    def _convert(self, name: str, default: T, parse: Callable[[str], T], kind: str) -> T:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            return parse(raw)
+        except ValueError:
+            raise ConfigError(name, f"must be {kind}, got {raw!r}") from None
+
+    def number(self, name: str, default: float, *, minimum: float = 0.0, strict: bool) -> float:
+        value = self._convert(name, default, float, "a number")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(name, f"must be a finite number, got {value!r}")
+        if (strict and value <= minimum) or (not strict and value < minimum):
+            relation = ">" if strict else ">="
+            raise ConfigError(name, f"must be {relation} {minimum:g}, got {value:g}")
+        return value
+
+    def integer(self, name: str, default: int, *, minimum: int) -> int:
+        value = self._convert(name, default, int, "an integer")
+        if value < minimum:
+            raise ConfigError(name, f"must be >= {minimum}, got {value}")
+        return value
+
+    def url(self, name: str, default: str) -> str:
+        value = self.str(name, default).rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(name, f"must be an http(s) URL, got {value!r}")
+        return value
+
+
+def _merged_env(environ: Mapping[str, str] | None, env_file: Path | None) -> dict[str, str]:
+    """`.env` values first, then the process environment on top (the environment wins)."""
+    merged: dict[str, str] = {}
+    if env_file is not None and env_file.is_file():
+        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    merged.update(os.environ if environ is None else environ)
+    return merged
+
+
+def load_config(
+    environ: Mapping[str, str] | None = None, *, env_file: Path | None = Path(".env")
+) -> AppConfig:
+    """Build an `AppConfig` from `environ` (default: `os.environ`) over an optional `.env`."""
+    r = _Reader(_merged_env(environ, env_file))
+
+    polymarket = PolymarketConfig(
+        base_url=r.url("POLYMARKET_BASE_URL", PolymarketConfig.base_url),
+        gamma_url=r.url("POLYMARKET_GAMMA_URL", PolymarketConfig.gamma_url),
+        request_timeout_seconds=r.number(
+            "POLYMARKET_REQUEST_TIMEOUT_SECONDS", PolymarketConfig.request_timeout_seconds,
+            strict=True,
+        ),
+        rate_limit_delay_ms=r.number(
+            "POLYMARKET_RATE_LIMIT_DELAY_MS", PolymarketConfig.rate_limit_delay_ms, strict=False
+        ),
+        max_retries=r.integer("POLYMARKET_MAX_RETRIES", PolymarketConfig.max_retries, minimum=0),
+        metadata_refresh_seconds=r.number(
+            "POLYMARKET_METADATA_REFRESH_SECONDS", PolymarketConfig.metadata_refresh_seconds,
+            strict=True,
+        ),
+    )
+
+    security_protocol = r.choice(
+        "KAFKA_SECURITY_PROTOCOL", KafkaConfig.security_protocol, _SECURITY_PROTOCOLS
+    )
+    sasl_username = r.optional_str("KAFKA_SASL_USERNAME")
+    sasl_password = r.optional_str("KAFKA_SASL_PASSWORD")
+    if security_protocol.startswith("SASL_"):
+        if sasl_username is None:
+            raise ConfigError("KAFKA_SASL_USERNAME", f"required when protocol is {security_protocol}")
+        if sasl_password is None:
+            raise ConfigError("KAFKA_SASL_PASSWORD", f"required when protocol is {security_protocol}")
+    kafka = KafkaConfig(
+        bootstrap_servers=r.str("KAFKA_BOOTSTRAP_SERVERS", KafkaConfig.bootstrap_servers),
+        topic=r.str("KAFKA_TOPIC", KafkaConfig.topic),
+        topic_prefix=r.str("KAFKA_TOPIC_PREFIX", KafkaConfig.topic_prefix),
+        security_protocol=security_protocol,
+        sasl_mechanisms=r.choice(
+            "KAFKA_SASL_MECHANISMS", KafkaConfig.sasl_mechanisms, _SASL_MECHANISMS
+        ),
+        sasl_username=sasl_username,
+        sasl_password=sasl_password,
+        client_id=r.str("KAFKA_CLIENT_ID", KafkaConfig.client_id),
+    )
+
+    mongo_uri = r.str("MONGODB_URI", MongoConfig.uri)
+    if not mongo_uri.startswith(("mongodb://", "mongodb+srv://")):
+        # Never echo the value: it may hold credentials.
+        raise ConfigError("MONGODB_URI", "must start with mongodb:// or mongodb+srv://")
+    mongo = MongoConfig(
+        uri=mongo_uri,
+        database=r.str("MONGODB_DATABASE", MongoConfig.database),
+        collection=r.str("MONGODB_COLLECTION", MongoConfig.collection),
+        collection_prefix=r.str("MONGODB_COLLECTION_PREFIX", MongoConfig.collection_prefix),
+        poll_interval_seconds=r.number(
+            "MONGODB_POLL_INTERVAL_SECONDS", MongoConfig.poll_interval_seconds, strict=True
+        ),
+    )
+
+    rules = r.optional_str("RULES_PATH")
+    return AppConfig(
+        polymarket=polymarket,
+        kafka=kafka,
+        mongo=mongo,
+        poll_interval_seconds=r.number(
+            "POLL_INTERVAL_SECONDS", AppConfig.poll_interval_seconds, strict=True
+        ),
+        environment=r.choice("ENVIRONMENT", AppConfig.environment, _ENVIRONMENTS).lower(),
+        shutdown_grace_seconds=r.number(
+            "SHUTDOWN_GRACE_SECONDS", AppConfig.shutdown_grace_seconds, strict=True
+        ),
+        rules_path=Path(rules) if rules else None,
+        log_level=r.choice(
+            "LOG_LEVEL", AppConfig.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")
+        ),
+    )

@@ -1,0 +1,214 @@
+"""Data contracts shared with downstream consumers, and the internal market snapshot.
+
+`PolymarketEvent` is the Kafka value of the `polymarket-events` topic and
+`PolymarketSubscription` is the MongoDB document of `polymarket_subscriptions`. Both shapes
+are fixed by the downstream consumer: required fields stay, unknown fields are rejected
+(`extra="forbid"`) and events are immutable (`frozen=True`). New optional fields may be added.
+
+`MarketSnapshot` is internal: one observation of one market, produced by the poller and read
+by the (pure) detector.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+)
+
+__all__ = [
+    "ConvictionDirection",
+    "MarketSnapshot",
+    "PolymarketEvent",
+    "PolymarketSubscription",
+    "SignalType",
+    "utc",
+]
+
+
+def utc(value: datetime) -> datetime:
+    """Return `value` as an aware UTC datetime; naive values are taken to be UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(utc)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+
+
+class SignalType(str, Enum):
+    """Kinds of signal on the platform's buses (shared enum with the OHLCV feed)."""
+
+    OHLCV = "ohlcv"
+    POLYMARKET = "polymarket"
+
+
+class ConvictionDirection(str, Enum):
+    """Which way the crowd moved: toward YES (YES price rose) or toward NO (it fell)."""
+
+    TOWARD_YES = "toward_yes"
+    TOWARD_NO = "toward_no"
+
+    def mirrored(self) -> ConvictionDirection:
+        """The direction seen from the NO side of the same market."""
+        if self is ConvictionDirection.TOWARD_YES:
+            return ConvictionDirection.TOWARD_NO
+        return ConvictionDirection.TOWARD_YES
+
+
+def _check_uuid(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError as exc:
+        raise ValueError(f"event_id must be a UUID, got {value!r}") from exc
+
+
+class PolymarketEvent(BaseModel):
+    """A conviction change in one Polymarket market: the Kafka value (JSON, UTF-8).
+
+    The Kafka key is `market_id`. Every timestamp is UTC and serialised as ISO-8601.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # --- required by the downstream contract -------------------------------------------
+    event_id: Annotated[str, AfterValidator(_check_uuid)] = Field(
+        description="Deterministic UUIDv5 of (market_id, detection episode, rule): a re-sent "
+        "event carries the same id, so consumers can deduplicate on it."
+    )
+    timestamp: UtcDatetime = Field(description="When the triggering snapshot was taken (UTC).")
+    market_id: str = Field(min_length=1, description="Polymarket condition id (0x + 64 hex).")
+    question: str = Field(description="The market question.")
+    yes_price: Probability = Field(description="YES price (implied probability) at `timestamp`.")
+    no_price: Probability = Field(description="NO price at `timestamp`.")
+    source: str = Field(default="polymarket-kafka", description="Producer of the event.")
+    published_at: UtcDatetime | None = Field(
+        default=None, description="When the service handed the event to Kafka (UTC)."
+    )
+    signal_type: Literal[SignalType.POLYMARKET] = Field(
+        default=SignalType.POLYMARKET, description="Always `polymarket` on this topic."
+    )
+
+    # --- conviction: direction and magnitude --------------------------------------------
+    direction: ConvictionDirection = Field(description="`toward_yes` or `toward_no`.")
+    baseline_yes_price: Probability = Field(
+        description="The YES price the move is measured from."
+    )
+    baseline_timestamp: UtcDatetime = Field(description="When the baseline price was observed.")
+    price_change: float = Field(
+        ge=-1.0, le=1.0, description="yes_price - baseline_yes_price (signed, in probability)."
+    )
+    abs_price_change: float = Field(ge=0.0, le=1.0, description="|price_change|.")
+    log_odds_change: float = Field(
+        allow_inf_nan=False,
+        description="logit(yes_price) - logit(baseline_yes_price), prices clamped to "
+        "[0.001, 0.999]; the same sign as price_change.",
+    )
+    window_seconds: NonNegative = Field(
+        description="Span the move was measured over: timestamp - baseline_timestamp."
+    )
+    volume: NonNegative | None = Field(
+        default=None, description="Market volume in USDC at detection (Gamma), if known."
+    )
+    liquidity: NonNegative | None = Field(
+        default=None, description="Market liquidity in USDC at detection (Gamma), if known."
+    )
+    rule: str = Field(min_length=1, description="Name of the detection rule that fired.")
+    final: bool = Field(
+        default=False,
+        description="True on the single last event of a market that closed/resolved.",
+    )
+
+    @field_validator("price_change", "abs_price_change")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be finite")
+        return value
+
+    @field_serializer("timestamp", "published_at", "baseline_timestamp")
+    def _iso(self, value: datetime | None) -> str | None:
+        return None if value is None else value.isoformat()
+
+    def to_kafka_value(self) -> bytes:
+        """The UTF-8 JSON bytes published as the Kafka message value."""
+        return self.model_dump_json().encode("utf-8")
+
+    @property
+    def kafka_key(self) -> bytes:
+        """The Kafka message key: the market's condition id."""
+        return self.market_id.encode("utf-8")
+
+
+class PolymarketSubscription(BaseModel):
+    """A MongoDB subscription document: a market is watched while `ref_count > 0`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    market_id: str = Field(min_length=1, description="Polymarket condition id.")
+    ref_count: int = Field(default=0, description="Number of subscribers; active when > 0.")
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+    question: str | None = Field(default=None, description="Cached question text, if known.")
+    threshold: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="Per-market override of the absolute move threshold (probability units).",
+    )
+    window_seconds: float | None = Field(
+        default=None, gt=0.0, description="Per-market override of the rolling window."
+    )
+    cooldown_seconds: float | None = Field(
+        default=None, ge=0.0, description="Per-market override of the cooldown."
+    )
+
+    def is_active(self) -> bool:
+        """A subscription is active while somebody holds a reference to it."""
+        return self.ref_count > 0
+
+    def subscription_key(self) -> str:
+        """Unique key of the subscription (one document per market)."""
+        return f"{SignalType.POLYMARKET.value}:{self.market_id}"
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> PolymarketSubscription:
+        """Validate a raw MongoDB document, ignoring MongoDB's own `_id`."""
+        return cls.model_validate({k: v for k, v in document.items() if k != "_id"})
+
+
+class MarketSnapshot(BaseModel):
+    """One observation of one market (internal; produced by the poller)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    market_id: str
+    question: str
+    yes_price: Probability
+    taken_at: UtcDatetime
+    closed: bool = False
+    volume: NonNegative | None = None
+    liquidity: NonNegative | None = None
+    category: str | None = None
+    tags: tuple[str, ...] = ()
+    spread: NonNegative | None = None
+    threshold: float | None = None
+    window_seconds: float | None = None
+    cooldown_seconds: float | None = None
+
+    @property
+    def no_price(self) -> float:
+        """NO price of a binary market: the complement of YES."""
+        return round(1.0 - self.yes_price, 10)
