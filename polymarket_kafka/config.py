@@ -149,14 +149,14 @@ class _Reader:
         value = value.strip()
         return value or None
 
-    def str(self, name: str, default: str) -> str:
+    def text(self, name: str, default: str) -> str:
         return self._raw(name) or default
 
     def optional_str(self, name: str) -> str | None:
         return self._raw(name)
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.str(name, default)
+        value = self.text(name, default)
         normalised = {c.upper(): c for c in choices}.get(value.upper())
         if normalised is None:
             raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
@@ -187,7 +187,7 @@ class _Reader:
         return value
 
     def url(self, name: str, default: str) -> str:
-        value = self.str(name, default).rstrip("/")
+        value = self.text(name, default).rstrip("/")
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(name, f"must be an http(s) URL, got {value!r}")
@@ -213,7 +213,8 @@ def load_config(
         base_url=r.url("POLYMARKET_BASE_URL", PolymarketConfig.base_url),
         gamma_url=r.url("POLYMARKET_GAMMA_URL", PolymarketConfig.gamma_url),
         request_timeout_seconds=r.number(
-            "POLYMARKET_REQUEST_TIMEOUT_SECONDS", PolymarketConfig.request_timeout_seconds,
+            "POLYMARKET_REQUEST_TIMEOUT_SECONDS",
+            PolymarketConfig.request_timeout_seconds,
             strict=True,
         ),
         rate_limit_delay_ms=r.number(
@@ -221,7 +222,8 @@ def load_config(
         ),
         max_retries=r.integer("POLYMARKET_MAX_RETRIES", PolymarketConfig.max_retries, minimum=0),
         metadata_refresh_seconds=r.number(
-            "POLYMARKET_METADATA_REFRESH_SECONDS", PolymarketConfig.metadata_refresh_seconds,
+            "POLYMARKET_METADATA_REFRESH_SECONDS",
+            PolymarketConfig.metadata_refresh_seconds,
             strict=True,
         ),
     )
@@ -233,31 +235,35 @@ def load_config(
     sasl_password = r.optional_str("KAFKA_SASL_PASSWORD")
     if security_protocol.startswith("SASL_"):
         if sasl_username is None:
-            raise ConfigError("KAFKA_SASL_USERNAME", f"required when protocol is {security_protocol}")
+            raise ConfigError(
+                "KAFKA_SASL_USERNAME", f"required when protocol is {security_protocol}"
+            )
         if sasl_password is None:
-            raise ConfigError("KAFKA_SASL_PASSWORD", f"required when protocol is {security_protocol}")
+            raise ConfigError(
+                "KAFKA_SASL_PASSWORD", f"required when protocol is {security_protocol}"
+            )
     kafka = KafkaConfig(
-        bootstrap_servers=r.str("KAFKA_BOOTSTRAP_SERVERS", KafkaConfig.bootstrap_servers),
-        topic=r.str("KAFKA_TOPIC", KafkaConfig.topic),
-        topic_prefix=r.str("KAFKA_TOPIC_PREFIX", KafkaConfig.topic_prefix),
+        bootstrap_servers=r.text("KAFKA_BOOTSTRAP_SERVERS", KafkaConfig.bootstrap_servers),
+        topic=r.text("KAFKA_TOPIC", KafkaConfig.topic),
+        topic_prefix=r.text("KAFKA_TOPIC_PREFIX", KafkaConfig.topic_prefix),
         security_protocol=security_protocol,
         sasl_mechanisms=r.choice(
             "KAFKA_SASL_MECHANISMS", KafkaConfig.sasl_mechanisms, _SASL_MECHANISMS
         ),
         sasl_username=sasl_username,
         sasl_password=sasl_password,
-        client_id=r.str("KAFKA_CLIENT_ID", KafkaConfig.client_id),
+        client_id=r.text("KAFKA_CLIENT_ID", KafkaConfig.client_id),
     )
 
-    mongo_uri = r.str("MONGODB_URI", MongoConfig.uri)
+    mongo_uri = r.text("MONGODB_URI", MongoConfig.uri)
     if not mongo_uri.startswith(("mongodb://", "mongodb+srv://")):
         # Never echo the value: it may hold credentials.
         raise ConfigError("MONGODB_URI", "must start with mongodb:// or mongodb+srv://")
     mongo = MongoConfig(
         uri=mongo_uri,
-        database=r.str("MONGODB_DATABASE", MongoConfig.database),
-        collection=r.str("MONGODB_COLLECTION", MongoConfig.collection),
-        collection_prefix=r.str("MONGODB_COLLECTION_PREFIX", MongoConfig.collection_prefix),
+        database=r.text("MONGODB_DATABASE", MongoConfig.database),
+        collection=r.text("MONGODB_COLLECTION", MongoConfig.collection),
+        collection_prefix=r.text("MONGODB_COLLECTION_PREFIX", MongoConfig.collection_prefix),
         poll_interval_seconds=r.number(
             "MONGODB_POLL_INTERVAL_SECONDS", MongoConfig.poll_interval_seconds, strict=True
         ),
@@ -276,7 +282,5 @@ def load_config(
             "SHUTDOWN_GRACE_SECONDS", AppConfig.shutdown_grace_seconds, strict=True
         ),
         rules_path=Path(rules) if rules else None,
-        log_level=r.choice(
-            "LOG_LEVEL", AppConfig.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")
-        ),
+        log_level=r.choice("LOG_LEVEL", AppConfig.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
     )

@@ -103,9 +103,7 @@ class PolymarketEvent(BaseModel):
 
     # --- conviction: direction and magnitude --------------------------------------------
     direction: ConvictionDirection = Field(description="`toward_yes` or `toward_no`.")
-    baseline_yes_price: Probability = Field(
-        description="The YES price the move is measured from."
-    )
+    baseline_yes_price: Probability = Field(description="The YES price the move is measured from.")
     baseline_timestamp: UtcDatetime = Field(description="When the baseline price was observed.")
     price_change: float = Field(
         ge=-1.0, le=1.0, description="yes_price - baseline_yes_price (signed, in probability)."

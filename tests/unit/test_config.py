@@ -1,0 +1,148 @@
+"""Configuration: defaults, every variable, one-line errors naming the variable, no secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from polymarket_kafka.config import AppConfig, ConfigError, load_config, redact_uri
+
+FULL_ENV = {
+    "POLYMARKET_BASE_URL": "https://clob.example.test/",
+    "POLYMARKET_GAMMA_URL": "https://gamma.example.test",
+    "POLYMARKET_REQUEST_TIMEOUT_SECONDS": "5.5",
+    "POLYMARKET_RATE_LIMIT_DELAY_MS": "0",
+    "POLYMARKET_MAX_RETRIES": "2",
+    "POLYMARKET_METADATA_REFRESH_SECONDS": "60",
+    "KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092",
+    "KAFKA_TOPIC": "events",
+    "KAFKA_TOPIC_PREFIX": "prod.",
+    "KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+    "KAFKA_SASL_MECHANISMS": "SCRAM-SHA-512",
+    "KAFKA_SASL_USERNAME": "svc",
+    "KAFKA_SASL_PASSWORD": "hunter2-secret",
+    "KAFKA_CLIENT_ID": "pk-1",
+    "MONGODB_URI": "mongodb://admin:m0ngo-secret@db.example.test:27017/?authSource=admin",
+    "MONGODB_DATABASE": "signals",
+    "MONGODB_COLLECTION": "subs",
+    "MONGODB_COLLECTION_PREFIX": "prod_",
+    "MONGODB_POLL_INTERVAL_SECONDS": "15",
+    "POLL_INTERVAL_SECONDS": "10",
+    "ENVIRONMENT": "production",
+    "SHUTDOWN_GRACE_SECONDS": "3",
+    "RULES_PATH": "rules/default.yaml",
+    "LOG_LEVEL": "debug",
+}
+
+
+def test_defaults_with_empty_environment() -> None:
+    config = load_config({}, env_file=None)
+    assert config == AppConfig()
+    assert config.kafka.full_topic == "polymarket-events"
+    assert config.mongo.full_collection == "polymarket_subscriptions"
+    assert config.polymarket.base_url == "https://clob.polymarket.com"
+    assert config.polymarket.gamma_url == "https://gamma-api.polymarket.com"
+    assert config.poll_interval_seconds == 30.0
+
+
+def test_every_variable_is_read() -> None:
+    config = load_config(FULL_ENV, env_file=None)
+    assert config.polymarket.base_url == "https://clob.example.test"
+    assert config.polymarket.gamma_url == "https://gamma.example.test"
+    assert config.polymarket.request_timeout_seconds == 5.5
+    assert config.polymarket.rate_limit_delay_ms == 0.0
+    assert config.polymarket.max_retries == 2
+    assert config.polymarket.metadata_refresh_seconds == 60.0
+    assert config.kafka.bootstrap_servers == "k1:9092,k2:9092"
+    assert config.kafka.full_topic == "prod.events"
+    assert config.kafka.security_protocol == "SASL_SSL"
+    assert config.kafka.sasl_mechanisms == "SCRAM-SHA-512"
+    assert config.kafka.sasl_username == "svc"
+    assert config.kafka.sasl_password == "hunter2-secret"
+    assert config.kafka.client_id == "pk-1"
+    assert config.mongo.database == "signals"
+    assert config.mongo.full_collection == "prod_subs"
+    assert config.mongo.poll_interval_seconds == 15.0
+    assert config.poll_interval_seconds == 10.0
+    assert config.environment == "production"
+    assert config.shutdown_grace_seconds == 3.0
+    assert config.rules_path == Path("rules/default.yaml")
+    assert config.log_level == "DEBUG"
+
+
+def test_secrets_never_in_repr() -> None:
+    config = load_config(FULL_ENV, env_file=None)
+    text = repr(config)
+    assert "hunter2-secret" not in text
+    assert "m0ngo-secret" not in text and "admin:" not in text
+    assert "sasl_password='***'" in text
+    assert "db.example.test:27017" in text
+
+
+def test_redact_uri() -> None:
+    assert redact_uri("mongodb://u:p@h:1/db") == "mongodb://***:***@h:1/db"
+    assert redact_uri("mongodb://h:1/db") == "mongodb://h:1/db"
+    assert redact_uri("mongodb://u:p@h1:1,h2:2/?x=1") == "mongodb://***:***@h1:1,h2:2/?x=1"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("POLYMARKET_BASE_URL", "ftp://x", "must be an http(s) URL"),
+        ("POLYMARKET_REQUEST_TIMEOUT_SECONDS", "soon", "must be a number"),
+        ("POLYMARKET_REQUEST_TIMEOUT_SECONDS", "0", "must be > 0"),
+        ("POLYMARKET_RATE_LIMIT_DELAY_MS", "-1", "must be >= 0"),
+        ("POLYMARKET_RATE_LIMIT_DELAY_MS", "nan", "finite"),
+        ("POLYMARKET_MAX_RETRIES", "1.5", "must be an integer"),
+        ("POLYMARKET_MAX_RETRIES", "-1", "must be >= 0"),
+        ("KAFKA_SECURITY_PROTOCOL", "TLS", "must be one of"),
+        ("KAFKA_SASL_MECHANISMS", "MD5", "must be one of"),
+        ("MONGODB_POLL_INTERVAL_SECONDS", "-3", "must be > 0"),
+        ("POLL_INTERVAL_SECONDS", "abc", "must be a number"),
+        ("ENVIRONMENT", "moon", "must be one of"),
+        ("LOG_LEVEL", "LOUD", "must be one of"),
+    ],
+)
+def test_malformed_values_name_the_variable(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({variable: value}, env_file=None)
+    text = str(info.value)
+    assert text.startswith(f"{variable}: ")
+    assert message in text
+    assert "\n" not in text
+    assert info.value.variable == variable
+
+
+def test_sasl_requires_credentials() -> None:
+    with pytest.raises(ConfigError, match="^KAFKA_SASL_USERNAME: required"):
+        load_config({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, env_file=None)
+    with pytest.raises(ConfigError, match="^KAFKA_SASL_PASSWORD: required"):
+        load_config(
+            {"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": "u"},
+            env_file=None,
+        )
+
+
+def test_bad_mongodb_uri_error_does_not_echo_the_value() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({"MONGODB_URI": "http://user:topsecret@host"}, env_file=None)
+    assert "topsecret" not in str(info.value)
+    assert str(info.value).startswith("MONGODB_URI: ")
+
+
+def test_dotenv_file_is_read_and_environment_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("KAFKA_TOPIC=from-file\nPOLL_INTERVAL_SECONDS=7\n# comment\n")
+    config = load_config({"KAFKA_TOPIC": "from-env"}, env_file=env_file)
+    assert config.kafka.topic == "from-env"
+    assert config.poll_interval_seconds == 7.0
+
+
+def test_blank_values_mean_default() -> None:
+    assert load_config({"KAFKA_TOPIC": "  "}, env_file=None).kafka.topic == "polymarket-events"
+
+
+def test_process_environment_is_the_default_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_CLIENT_ID", "from-os-environ")
+    assert load_config(env_file=None).kafka.client_id == "from-os-environ"

@@ -1,0 +1,166 @@
+"""The consumer-facing contracts: required fields, extra=forbid, frozen, ISO timestamps, UUIDs."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from polymarket_kafka.models import (
+    ConvictionDirection,
+    MarketSnapshot,
+    PolymarketEvent,
+    PolymarketSubscription,
+    SignalType,
+)
+
+T0 = datetime(2024, 11, 6, 1, 0, tzinfo=UTC)
+MARKET = "0xdd22472e552920b8438158ea7238bfadfa4f736aa4cee91a6b86c39ead110917"
+
+
+def event_fields(**overrides: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, "x")),
+        "timestamp": T0,
+        "market_id": MARKET,
+        "question": "Will Donald Trump win the 2024 US Presidential Election?",
+        "yes_price": 0.706,
+        "no_price": 0.294,
+        "direction": ConvictionDirection.TOWARD_YES,
+        "baseline_yes_price": 0.58,
+        "baseline_timestamp": T0 - timedelta(hours=1),
+        "price_change": 0.126,
+        "abs_price_change": 0.126,
+        "log_odds_change": 0.553,
+        "window_seconds": 3600.0,
+        "rule": "conviction_move",
+    }
+    fields.update(overrides)
+    return fields
+
+
+def test_signal_type_values() -> None:
+    assert SignalType.POLYMARKET.value == "polymarket"
+    assert SignalType.OHLCV.value == "ohlcv"
+    assert isinstance(SignalType.POLYMARKET, str)
+
+
+@pytest.mark.parametrize(
+    "required",
+    [
+        "event_id",
+        "timestamp",
+        "market_id",
+        "question",
+        "yes_price",
+        "no_price",
+        "direction",
+        "baseline_yes_price",
+        "baseline_timestamp",
+        "price_change",
+        "abs_price_change",
+        "log_odds_change",
+        "window_seconds",
+        "rule",
+    ],
+)
+def test_event_required_fields(required: str) -> None:
+    fields = event_fields()
+    del fields[required]
+    with pytest.raises(ValidationError, match=required):
+        PolymarketEvent(**fields)
+
+
+def test_event_defaults() -> None:
+    event = PolymarketEvent(**event_fields())
+    assert event.source == "polymarket-kafka"
+    assert event.published_at is None
+    assert event.signal_type is SignalType.POLYMARKET
+    assert event.final is False
+    assert event.volume is None and event.liquidity is None
+
+
+def test_event_forbids_extra_fields() -> None:
+    with pytest.raises(ValidationError, match="extra"):
+        PolymarketEvent(**event_fields(surprise=1))
+
+
+def test_event_is_frozen() -> None:
+    event = PolymarketEvent(**event_fields())
+    with pytest.raises(ValidationError, match="frozen"):
+        event.yes_price = 0.9  # type: ignore[misc]
+    updated = event.model_copy(update={"published_at": T0})
+    assert updated.published_at == T0 and event.published_at is None
+
+
+@pytest.mark.parametrize("field", ["yes_price", "no_price", "baseline_yes_price"])
+@pytest.mark.parametrize("bad", [-0.01, 1.01, float("nan"), float("inf")])
+def test_event_prices_are_probabilities(field: str, bad: float) -> None:
+    with pytest.raises(ValidationError, match=field):
+        PolymarketEvent(**event_fields(**{field: bad}))
+
+
+def test_event_id_must_be_uuid() -> None:
+    with pytest.raises(ValidationError, match="UUID"):
+        PolymarketEvent(**event_fields(event_id="not-a-uuid"))
+
+
+def test_event_json_has_iso_utc_timestamps() -> None:
+    cet = timezone(timedelta(hours=1))
+    event = PolymarketEvent(
+        **event_fields(timestamp=datetime(2024, 11, 6, 2, 0, tzinfo=cet), published_at=T0)
+    )
+    payload = json.loads(event.to_kafka_value().decode("utf-8"))
+    assert payload["timestamp"] == "2024-11-06T01:00:00+00:00"
+    assert payload["published_at"] == "2024-11-06T01:00:00+00:00"
+    assert payload["baseline_timestamp"] == "2024-11-06T00:00:00+00:00"
+    assert payload["direction"] == "toward_yes"
+    assert payload["signal_type"] == "polymarket"
+    assert uuid.UUID(payload["event_id"])
+    assert PolymarketEvent.model_validate_json(event.to_kafka_value()) == event
+    assert event.kafka_key == MARKET.encode()
+
+
+def test_naive_timestamps_are_taken_as_utc() -> None:
+    event = PolymarketEvent(**event_fields(timestamp=datetime(2024, 11, 6, 1, 0)))
+    assert event.timestamp == T0 and event.timestamp.tzinfo is not None
+
+
+def test_direction_mirror() -> None:
+    assert ConvictionDirection.TOWARD_YES.mirrored() is ConvictionDirection.TOWARD_NO
+    assert ConvictionDirection.TOWARD_NO.mirrored() is ConvictionDirection.TOWARD_YES
+
+
+def test_subscription_contract() -> None:
+    sub = PolymarketSubscription(market_id=MARKET, created_at=T0, updated_at=T0)
+    assert sub.ref_count == 0 and not sub.is_active()
+    assert sub.model_copy(update={"ref_count": 2}).is_active()
+    assert sub.subscription_key() == f"polymarket:{MARKET}"
+    with pytest.raises(ValidationError, match="extra"):
+        PolymarketSubscription(market_id=MARKET, created_at=T0, updated_at=T0, other=1)
+    with pytest.raises(ValidationError, match="created_at"):
+        PolymarketSubscription.model_validate({"market_id": MARKET, "updated_at": T0})
+
+
+def test_subscription_from_document_ignores_mongo_id() -> None:
+    doc = {
+        "_id": "abc",
+        "market_id": MARKET,
+        "ref_count": 3,
+        "created_at": T0,
+        "updated_at": T0,
+        "threshold": 0.1,
+    }
+    sub = PolymarketSubscription.from_document(doc)
+    assert sub.ref_count == 3 and sub.threshold == 0.1
+
+
+def test_snapshot_no_price_is_complement() -> None:
+    snap = MarketSnapshot(market_id=MARKET, question="q", yes_price=0.7, taken_at=T0)
+    assert snap.no_price == pytest.approx(0.3)
+    with pytest.raises(ValidationError):
+        MarketSnapshot(market_id=MARKET, question="q", yes_price=1.5, taken_at=T0)
