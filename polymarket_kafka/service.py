@@ -1,0 +1,398 @@
+"""The service: one task group running refresh → poll → detect → deliver.
+
+```
+ store ──refresh──► LatestSubscriptions ──► poll ──(snapshots)──► detect ──(events)──► deliver
+                                   signals: SIGINT/SIGTERM stop the sources, SIGHUP reloads rules
+```
+
+Ownership and shutdown follow trio's structured-concurrency rules. `run_service` opens one
+task group; the stages talk only through bounded memory object streams, so a slow broker
+applies backpressure up to the poller instead of growing memory. Shutdown flows downstream:
+a stop request cancels the *sources* (subscription refresh and polling) only; the poller
+closes its send side, `detect` drains what is queued and closes its own, `deliver` drains the
+rest, and the caller's publisher then flushes under a shielded, bounded scope. Nothing that
+was detected is dropped by a shutdown.
+
+Every error has a home: a malformed market is skipped by the poller; an exception while
+detecting one snapshot is logged with its market id and counted; a failing poll cycle or
+subscription refresh is logged, counted and retried on the next tick (the last known
+subscriptions stay in force). Only the publisher may stop the service: if it cannot accept
+events any more, there is nothing safe left to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from polymarket_kafka.detection import DetectionRules, Detector
+from polymarket_kafka.events import build_event
+from polymarket_kafka.models import MarketSnapshot, PolymarketEvent, PolymarketSubscription
+
+__all__ = [
+    "LatestSubscriptions",
+    "Poller",
+    "Publisher",
+    "RulesHolder",
+    "ServiceSettings",
+    "ServiceStats",
+    "Stopper",
+    "SubscriptionSource",
+    "run_service",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class _PollResult(Protocol):
+    @property
+    def snapshots(self) -> list[MarketSnapshot]: ...
+
+    @property
+    def skipped(self) -> dict[str, str]: ...
+
+
+class Poller(Protocol):
+    """Turns the active subscriptions into snapshots (see `poller.MarketPoller`)."""
+
+    async def poll_once(
+        self, subscriptions: Collection[PolymarketSubscription], now: datetime
+    ) -> _PollResult: ...
+
+
+class _ActiveSubscriptions(Protocol):
+    @property
+    def subscriptions(self) -> tuple[PolymarketSubscription, ...]: ...
+
+
+class SubscriptionSource(Protocol):
+    """Where the active subscriptions come from (see `subscriptions`)."""
+
+    async def active(self) -> _ActiveSubscriptions: ...
+
+
+class Publisher(Protocol):
+    """Accepts events for delivery (see `kafka.KafkaPublisher`)."""
+
+    async def publish(self, event: PolymarketEvent) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Timing and sizing of the pipeline."""
+
+    poll_interval_seconds: float = 30.0
+    subscription_refresh_seconds: float = 30.0
+    snapshot_buffer: int = 1024
+    event_buffer: int = 256
+    #: Stop by itself after this many poll cycles (the demo and tests); None runs forever.
+    max_cycles: int | None = None
+    #: Install SIGINT/SIGTERM/SIGHUP handlers (only possible in the main thread).
+    handle_signals: bool = True
+    #: After a stop request, how long detect + deliver may take to drain what is queued.
+    drain_grace_seconds: float = 10.0
+
+
+@dataclass
+class ServiceStats:
+    """Plain counters of what the pipeline did (exported by the metrics layer later)."""
+
+    poll_cycles: int = 0
+    poll_failures: int = 0
+    snapshots: int = 0
+    markets_skipped: int = 0
+    events_detected: int = 0
+    events_delivered: int = 0
+    events_undelivered: int = 0
+    detection_errors: int = 0
+    subscription_refreshes: int = 0
+    subscription_failures: int = 0
+    reload_requests: int = 0
+    last_poll_at: datetime | None = None
+
+
+class RulesHolder:
+    """The rules in force. Swapped atomically on reload; readers just read `current`."""
+
+    def __init__(
+        self,
+        rules: DetectionRules | None = None,
+        *,
+        reload: Callable[[], DetectionRules] | None = None,
+    ) -> None:
+        self.current = rules if rules is not None else DetectionRules()
+        self._reload = reload
+
+    def reload(self) -> bool:
+        """Re-read the rules; keep the old ones on any error. Returns True on a swap."""
+        if self._reload is None:
+            logger.info("rules reload requested; this build has fixed rules, nothing to do")
+            return False
+        try:
+            new = self._reload()
+        except Exception:
+            logger.exception("rules reload failed; the previous rules stay in force")
+            return False
+        self.current = new
+        logger.info("rules reloaded: %s", new)
+        return True
+
+
+class LatestSubscriptions:
+    """A latest-value cell: the refresher writes the active set, the poller reads it."""
+
+    def __init__(self) -> None:
+        self._value: tuple[PolymarketSubscription, ...] = ()
+        self.loaded = anyio.Event()
+        self.version = 0
+
+    @property
+    def value(self) -> tuple[PolymarketSubscription, ...]:
+        return self._value
+
+    def set(self, value: tuple[PolymarketSubscription, ...]) -> None:
+        self._value = value
+        self.version += 1
+        self.loaded.set()
+
+    def market_ids(self) -> frozenset[str]:
+        return frozenset(s.market_id for s in self._value)
+
+
+class Stopper:
+    """Requests a stop. The first request cancels the sources and lets the pipeline drain
+    (bounded by `ServiceSettings.drain_grace_seconds`); a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._sources = anyio.CancelScope()
+        self._service: anyio.CancelScope | None = None
+
+    def stop(self) -> None:
+        if self.requested:
+            logger.warning("second stop request: stopping now without draining")
+            if self._service is not None:
+                self._service.cancel()
+            return
+        self.requested = True
+        self._sources.cancel()
+
+
+async def run_service(
+    *,
+    store: SubscriptionSource,
+    poller: Poller,
+    publisher: Publisher,
+    settings: ServiceSettings,
+    clock: Callable[[], datetime],
+    rules: RulesHolder | None = None,
+    stats: ServiceStats | None = None,
+    stopper: Stopper | None = None,
+    on_published: Callable[[PolymarketEvent], Awaitable[None]] | None = None,
+    task_status: TaskStatus[Stopper] = anyio.TASK_STATUS_IGNORED,
+) -> ServiceStats:
+    """Run the pipeline until stopped (signal, `Stopper.stop()`, or `max_cycles`), drained.
+
+    Returns the counters. `clock` gives the wall-clock time stamped on snapshots (tests and
+    the demo inject a fake one). The publisher is owned by the caller, which flushes it after
+    this returns; every event this function accepted has been handed to `publish`.
+    """
+    rules = rules or RulesHolder()
+    stats = stats or ServiceStats()
+    stopper = stopper or Stopper()
+    subscriptions = LatestSubscriptions()
+    snap_send, snap_recv = anyio.create_memory_object_stream[MarketSnapshot](
+        settings.snapshot_buffer
+    )
+    event_send, event_recv = anyio.create_memory_object_stream[PolymarketEvent](
+        settings.event_buffer
+    )
+
+    async with anyio.create_task_group() as tg:
+        stopper._service = tg.cancel_scope
+        if settings.handle_signals:
+            await tg.start(_handle_signals, stopper, rules, stats)
+        tg.start_soon(_detect, snap_recv, event_send, rules, subscriptions, stats)
+        tg.start_soon(_deliver, event_recv, publisher, stats, on_published, tg.cancel_scope)
+        task_status.started(stopper)
+        with stopper._sources:
+            async with anyio.create_task_group() as sources:
+                sources.start_soon(_refresh_subscriptions, store, subscriptions, settings, stats)
+                await _poll_markets(snap_send, poller, subscriptions, settings, clock, stats)
+                sources.cancel_scope.cancel()
+        if stopper.requested:
+            logger.info("stop requested: sources stopped, draining the pipeline")
+            tg.cancel_scope.deadline = anyio.current_time() + settings.drain_grace_seconds
+    logger.info(
+        "service stopped after %d poll cycles, %d events detected, %d delivered",
+        stats.poll_cycles,
+        stats.events_detected,
+        stats.events_delivered,
+    )
+    return stats
+
+
+async def _handle_signals(
+    stopper: Stopper,
+    rules: RulesHolder,
+    stats: ServiceStats,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        task_status.started()
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                stats.reload_requests += 1
+                logger.info("SIGHUP received: reloading rules")
+                rules.reload()
+            else:
+                logger.info("%s received: stopping gracefully", signal.Signals(signum).name)
+                stopper.stop()
+
+
+async def _refresh_subscriptions(
+    store: SubscriptionSource,
+    subscriptions: LatestSubscriptions,
+    settings: ServiceSettings,
+    stats: ServiceStats,
+) -> None:
+    failures = 0
+    while True:
+        try:
+            active = await store.active()
+        except Exception as exc:  # noqa: BLE001 - any store failure keeps the last set
+            failures += 1
+            stats.subscription_failures += 1
+            # Keep polling the last known set; retry sooner than a full interval at first.
+            delay = min(settings.subscription_refresh_seconds, 2.0 ** min(failures, 6))
+            logger.warning(
+                "subscription refresh failed (%s); keeping %d known markets, retry in %.0fs",
+                exc,
+                len(subscriptions.value),
+                delay,
+            )
+            await anyio.sleep(delay)
+            continue
+        failures = 0
+        stats.subscription_refreshes += 1
+        if active.subscriptions != subscriptions.value or not subscriptions.loaded.is_set():
+            logger.info("active subscriptions: %d markets", len(active.subscriptions))
+        subscriptions.set(active.subscriptions)
+        await anyio.sleep(settings.subscription_refresh_seconds)
+
+
+async def _poll_markets(
+    snapshots: MemoryObjectSendStream[MarketSnapshot],
+    poller: Poller,
+    subscriptions: LatestSubscriptions,
+    settings: ServiceSettings,
+    clock: Callable[[], datetime],
+    stats: ServiceStats,
+) -> None:
+    async with snapshots:
+        await subscriptions.loaded.wait()
+        next_tick = anyio.current_time()
+        cycles = 0
+        while settings.max_cycles is None or cycles < settings.max_cycles:
+            cycles += 1
+            now = clock()
+            try:
+                result = await poller.poll_once(subscriptions.value, now)
+            except Exception:
+                stats.poll_failures += 1
+                logger.exception("poll cycle %d failed; retrying on the next tick", cycles)
+            else:
+                stats.poll_cycles += 1
+                stats.last_poll_at = now
+                stats.markets_skipped += len(result.skipped)
+                for market_id, reason in result.skipped.items():
+                    logger.warning("cycle %d: skipped market %s: %s", cycles, market_id, reason)
+                for snapshot in result.snapshots:
+                    await snapshots.send(snapshot)
+            next_tick += settings.poll_interval_seconds
+            await anyio.sleep(max(0.0, next_tick - anyio.current_time()))
+
+
+async def _detect(
+    snapshots: MemoryObjectReceiveStream[MarketSnapshot],
+    events: MemoryObjectSendStream[PolymarketEvent],
+    rules: RulesHolder,
+    subscriptions: LatestSubscriptions,
+    stats: ServiceStats,
+) -> None:
+    detector = Detector()
+    seen_version = -1
+    async with snapshots, events:
+        async for snapshot in snapshots:
+            if subscriptions.version != seen_version:
+                seen_version = subscriptions.version
+                active = subscriptions.market_ids()
+                for market_id in detector.tracked() - active:
+                    detector.forget(market_id)
+            stats.snapshots += 1
+            try:
+                changes = detector.observe(snapshot, rules.current, snapshot.taken_at)
+                built = [build_event(change) for change in changes]
+            except Exception:
+                stats.detection_errors += 1
+                logger.exception("detection failed for market %s", snapshot.market_id)
+                continue
+            for event in built:
+                stats.events_detected += 1
+                logger.info(
+                    "conviction change %s %s %.4f -> %.4f (%s) event_id=%s",
+                    event.market_id,
+                    event.direction.value,
+                    event.baseline_yes_price,
+                    event.yes_price,
+                    event.rule,
+                    event.event_id,
+                )
+                await events.send(event)
+
+
+async def _deliver(
+    events: MemoryObjectReceiveStream[PolymarketEvent],
+    publisher: Publisher,
+    stats: ServiceStats,
+    on_published: Callable[[PolymarketEvent], Awaitable[None]] | None,
+    service_scope: anyio.CancelScope,
+) -> None:
+    async with events:
+        try:
+            async for event in events:
+                await publisher.publish(event)
+                stats.events_delivered += 1
+                if on_published is not None:
+                    await on_published(event)
+        except anyio.get_cancelled_exc_class():
+            # The drain ran out of time (or a forced stop): name every event left behind.
+            _report_undelivered(events, stats)
+            raise
+    # Everything upstream has drained: only the signal handler can still be running.
+    service_scope.cancel()
+
+
+def _report_undelivered(
+    events: MemoryObjectReceiveStream[PolymarketEvent], stats: ServiceStats
+) -> None:
+    while True:
+        try:
+            event = events.receive_nowait()
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            return
+        stats.events_undelivered += 1
+        logger.error(
+            "event NOT delivered (stopped before publishing): market %s event_id=%s",
+            event.market_id,
+            event.event_id,
+        )

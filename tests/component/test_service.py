@@ -1,0 +1,334 @@
+"""The service's task group: stages, channels, signals, drain, error isolation.
+
+Polymarket is the fake HTTP server on loopback (real client, real poller), subscriptions are
+the in-process store, and the publisher is a recording double at the Kafka boundary (the real
+broker is exercised in tests/e2e). Prices are scripted per cycle through the injected clock,
+so every test is deterministic.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import anyio
+import pytest
+
+from polymarket_kafka.detection import DetectionRules
+from polymarket_kafka.models import ConvictionDirection, MarketSnapshot, PolymarketEvent
+from polymarket_kafka.poller import MarketPoller
+from polymarket_kafka.polymarket import open_polymarket_client
+from polymarket_kafka.service import (
+    RulesHolder,
+    ServiceSettings,
+    ServiceStats,
+    Stopper,
+    run_service,
+)
+from polymarket_kafka.subscriptions import ActiveSubscriptions, InMemorySubscriptionStore
+from polymarket_kafka.testing import FakePolymarketServer
+
+pytestmark = pytest.mark.anyio
+
+T0 = datetime(2024, 11, 5, 23, 0, tzinfo=UTC)
+
+
+@dataclass
+class RecordingPublisher:
+    """Kafka boundary double: records what the service hands over; can block on demand."""
+
+    events: list[PolymarketEvent] = field(default_factory=list)
+    gate: anyio.Event | None = None
+
+    async def publish(self, event: PolymarketEvent) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.events.append(event)
+
+
+class ScriptedClock:
+    """Cycle n happens at T0 + n hours; before returning, it applies that cycle's prices."""
+
+    def __init__(self, server: FakePolymarketServer, script: dict[int, dict[str, float]]) -> None:
+        self.server, self.script, self.cycle = server, script, 0
+
+    def __call__(self) -> datetime:
+        for market_id, price in self.script.get(self.cycle, {}).items():
+            self.server.set_price(market_id, price)
+        now = T0 + timedelta(hours=self.cycle)
+        self.cycle += 1
+        return now
+
+
+@pytest.fixture
+def server() -> Iterator[FakePolymarketServer]:
+    with FakePolymarketServer(n_markets=3, price=lambda i: 0.50) as fake:
+        yield fake
+
+
+async def run(
+    server: FakePolymarketServer,
+    clock: Callable[[], datetime],
+    *,
+    publisher: RecordingPublisher | None = None,
+    store: object | None = None,
+    settings: ServiceSettings | None = None,
+    rules: RulesHolder | None = None,
+    stopper: Stopper | None = None,
+) -> tuple[ServiceStats, RecordingPublisher]:
+    publisher = publisher or RecordingPublisher()
+    markets = [m.condition_id for m in server.markets]
+    async with open_polymarket_client(server.polymarket_config(max_retries=0)) as client:
+        stats = await run_service(
+            store=store or InMemorySubscriptionStore(seed=markets),  # type: ignore[arg-type]
+            poller=MarketPoller(client, metadata_refresh_seconds=3600),
+            publisher=publisher,
+            settings=settings
+            or ServiceSettings(poll_interval_seconds=0.01, max_cycles=4, handle_signals=False),
+            clock=clock,
+            rules=rules,
+            stopper=stopper,
+        )
+    return stats, publisher
+
+
+async def test_pipeline_publishes_detected_moves(server: FakePolymarketServer) -> None:
+    a, b, c = (m.condition_id for m in server.markets)
+    clock = ScriptedClock(server, {1: {a: 0.65}, 2: {b: 0.30}, 3: {c: 0.52}})
+    stats, publisher = await run(server, clock)
+    assert [(e.market_id, e.direction) for e in publisher.events] == [
+        (a, ConvictionDirection.TOWARD_YES),
+        (b, ConvictionDirection.TOWARD_NO),
+    ]
+    first = publisher.events[0]
+    assert first.baseline_yes_price == 0.50
+    assert first.yes_price == 0.65
+    assert first.timestamp == T0 + timedelta(hours=1)
+    assert stats.poll_cycles == 4
+    assert stats.snapshots == 12
+    assert stats.events_detected == stats.events_delivered == 2
+    assert stats.last_poll_at == T0 + timedelta(hours=3)
+
+
+async def test_closed_market_emits_final_event_once(server: FakePolymarketServer) -> None:
+    a = server.markets[0].condition_id
+
+    class Clock(ScriptedClock):
+        def __call__(self) -> datetime:
+            if self.cycle == 2:
+                server.close_market(a, winner_yes=True)
+            return super().__call__()
+
+    _, publisher = await run(server, Clock(server, {}))
+    finals = [e for e in publisher.events if e.final]
+    assert [(e.market_id, e.rule, e.yes_price) for e in finals] == [(a, "market_closed", 1.0)]
+
+
+async def test_sigterm_drains_and_stops(server: FakePolymarketServer) -> None:
+    a = server.markets[0].condition_id
+    clock = ScriptedClock(server, {1: {a: 0.70}})
+    publisher = RecordingPublisher()
+
+    class SignallingPublisher(RecordingPublisher):
+        async def publish(self, event: PolymarketEvent) -> None:
+            await publisher.publish(event)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    settings = ServiceSettings(poll_interval_seconds=0.01, handle_signals=True)
+    with anyio.fail_after(10):
+        stats, _ = await run(server, clock, publisher=SignallingPublisher(), settings=settings)
+    assert [e.market_id for e in publisher.events] == [a]
+    assert stats.events_undelivered == 0
+
+
+async def test_sighup_routes_to_rules_reload(server: FakePolymarketServer) -> None:
+    reloaded = DetectionRules(threshold=0.30)
+    calls: list[int] = []
+
+    def reload() -> DetectionRules:
+        calls.append(1)
+        return reloaded
+
+    rules = RulesHolder(reload=reload)
+    stopper = Stopper()
+
+    class Clock(ScriptedClock):
+        def __call__(self) -> datetime:
+            if self.cycle == 1:
+                os.kill(os.getpid(), signal.SIGHUP)
+            if self.cycle == 3:
+                stopper.stop()
+            return super().__call__()
+
+    settings = ServiceSettings(poll_interval_seconds=0.05, handle_signals=True)
+    with anyio.fail_after(10):
+        stats, _ = await run(
+            server, Clock(server, {}), settings=settings, rules=rules, stopper=stopper
+        )
+    assert calls == [1]
+    assert stats.reload_requests == 1
+    assert rules.current is reloaded
+
+
+def test_rules_reload_failure_keeps_old_rules(caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> DetectionRules:
+        raise ValueError("rules.yaml:3: bad threshold")
+
+    old = DetectionRules()
+    holder = RulesHolder(old, reload=broken)
+    assert holder.reload() is False
+    assert holder.current is old
+    assert "previous rules stay in force" in caplog.text
+    assert RulesHolder().reload() is False
+
+
+async def test_drain_grace_reports_undelivered_events(
+    server: FakePolymarketServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = server.markets[0].condition_id, server.markets[1].condition_id
+    stopper = Stopper()
+    blocked = RecordingPublisher(gate=anyio.Event())  # the "broker" never accepts
+
+    class Clock(ScriptedClock):
+        def __call__(self) -> datetime:
+            if self.cycle == 3:
+                stopper.stop()
+            return super().__call__()
+
+    settings = ServiceSettings(
+        poll_interval_seconds=0.01, drain_grace_seconds=0.2, handle_signals=False
+    )
+    clock = Clock(server, {1: {a: 0.70, b: 0.20}})
+    with anyio.fail_after(10):
+        stats, _ = await run(server, clock, publisher=blocked, settings=settings, stopper=stopper)
+    assert blocked.events == []
+    # One event was inside publish() when the grace ran out, the other still queued.
+    assert stats.events_detected == 2
+    assert stats.events_undelivered == 1
+    assert "event NOT delivered" in caplog.text
+
+
+async def test_second_stop_request_stops_at_once(server: FakePolymarketServer) -> None:
+    stopper = Stopper()
+    blocked = RecordingPublisher(gate=anyio.Event())
+    a = server.markets[0].condition_id
+
+    class Clock(ScriptedClock):
+        def __call__(self) -> datetime:
+            if self.cycle == 3:
+                stopper.stop()
+                stopper.stop()
+            return super().__call__()
+
+    settings = ServiceSettings(
+        poll_interval_seconds=0.01, drain_grace_seconds=60, handle_signals=False
+    )
+    with anyio.fail_after(10):
+        stats, _ = await run(
+            server,
+            Clock(server, {1: {a: 0.7}}),
+            publisher=blocked,
+            settings=settings,
+            stopper=stopper,
+        )
+    assert stats.events_detected == 1
+    assert blocked.events == []
+
+
+async def test_store_failure_keeps_last_known_subscriptions(
+    server: FakePolymarketServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    markets = [m.condition_id for m in server.markets]
+    inner = InMemorySubscriptionStore(seed=markets)
+
+    class FlakyStore:
+        calls = 0
+
+        async def active(self) -> ActiveSubscriptions:
+            self.calls += 1
+            if self.calls > 1:
+                raise ConnectionError("mongodb unreachable")
+            return await inner.active()
+
+    store = FlakyStore()
+    a = markets[0]
+    settings = ServiceSettings(
+        poll_interval_seconds=0.01,
+        subscription_refresh_seconds=0.001,
+        max_cycles=6,
+        handle_signals=False,
+    )
+    clock = ScriptedClock(server, {5: {a: 0.9}})
+    stats, publisher = await run(server, clock, store=store, settings=settings)
+    assert store.calls >= 2
+    assert stats.subscription_failures >= 1
+    assert stats.snapshots == 18  # all three markets polled every cycle throughout
+    assert [e.market_id for e in publisher.events] == [a]
+    assert "subscription refresh failed (mongodb unreachable)" in caplog.text
+
+
+async def test_poll_failure_is_counted_and_retried(
+    server: FakePolymarketServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.fail_next(
+        "/midpoints",
+        403,
+        body="<html>Attention Required! | Cloudflare</html>",
+        headers={"Content-Type": "text/html"},
+    )
+    stats, _ = await run(server, ScriptedClock(server, {}))
+    assert stats.poll_failures == 1
+    assert stats.poll_cycles == 3
+    assert stats.snapshots == 9
+    assert "poll cycle 1 failed" in caplog.text
+
+
+async def test_detection_error_is_isolated_per_market(
+    server: FakePolymarketServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = server.markets[0].condition_id, server.markets[1].condition_id
+
+    class PickyRules(DetectionRules):
+        def for_snapshot(self, snapshot: MarketSnapshot) -> DetectionRules:
+            if snapshot.market_id == a:
+                raise RuntimeError("rule resolution failed")
+            return super().for_snapshot(snapshot)
+
+    clock = ScriptedClock(server, {1: {a: 0.9, b: 0.9}})
+    stats, publisher = await run(server, clock, rules=RulesHolder(PickyRules()))
+    assert [e.market_id for e in publisher.events] == [b]
+    assert stats.detection_errors == 4
+    assert f"detection failed for market {a}" in caplog.text
+
+
+async def test_unsubscribed_market_is_no_longer_polled(server: FakePolymarketServer) -> None:
+    a = server.markets[0].condition_id
+    store = InMemorySubscriptionStore(seed=[m.condition_id for m in server.markets])
+    unsubscribed = anyio.Event()
+
+    class Clock(ScriptedClock):
+        def __call__(self) -> datetime:
+            if self.cycle == 2:
+                unsubscribed.set()
+            return super().__call__()
+
+    class UnsubscribingStore:
+        async def active(self) -> ActiveSubscriptions:
+            if unsubscribed.is_set() and a in (await store.active()).market_ids:
+                await store.unsubscribe(a)
+            return await store.active()
+
+    settings = ServiceSettings(
+        poll_interval_seconds=0.05,
+        subscription_refresh_seconds=0.001,
+        max_cycles=5,
+        handle_signals=False,
+    )
+    stats, publisher = await run(
+        server, Clock(server, {4: {a: 0.9}}), store=UnsubscribingStore(), settings=settings
+    )
+    assert publisher.events == []
+    assert stats.snapshots < 15

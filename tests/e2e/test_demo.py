@@ -1,0 +1,85 @@
+"""The embedded demo (README command 1): real broker, recorded Polymarket session."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from polymarket_kafka.demo import (
+    DEFAULT_CASSETTE,
+    DEMO_START,
+    SteppingClock,
+    demo_market_ids,
+    midpoint_cycles,
+    run_demo,
+)
+
+TRUMP = "0xdd22472e552920b8438158ea7238bfadfa4f736aa4cee91a6b86c39ead110917"
+HARRIS = "0xc6485bb7ea46d7bb89beb9c91e7572ecfc72a6273789496f78bc5e989e4d1638"
+FED = "0x4319532e181605cb15b1bd677759a3bc7f7394b2fdf145195b700eeaedfd5221"
+
+pytestmark = pytest.mark.broker
+
+
+def test_demo_cassette_describes_three_real_markets() -> None:
+    assert sorted(demo_market_ids(DEFAULT_CASSETTE)) == sorted([TRUMP, HARRIS, FED])
+    assert midpoint_cycles(DEFAULT_CASSETTE) == 10
+
+
+def test_stepping_clock() -> None:
+    from datetime import timedelta
+
+    clock = SteppingClock(DEMO_START, timedelta(hours=1))
+    assert [clock(), clock()] == [DEMO_START, DEMO_START + timedelta(hours=1)]
+
+
+@pytest.mark.anyio
+async def test_demo_publishes_and_reads_back_the_election_night_moves() -> None:
+    out = io.StringIO()
+    stats, read_back = await run_demo(interval_seconds=0.01, out=out, handle_signals=False)
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert read_back == stats.events_delivered == len(events) == 6
+    assert stats.poll_cycles == 10
+    assert {e["market_id"] for e in events} == {TRUMP, HARRIS}  # the calm Fed market is silent
+    trump = [(e["baseline_yes_price"], e["yes_price"]) for e in events if e["market_id"] == TRUMP]
+    assert trump == [(0.58, 0.706), (0.711, 0.828), (0.828, 0.9245)]
+    assert all(e["direction"] == "toward_no" for e in events if e["market_id"] == HARRIS)
+    assert all(e["published_at"] for e in events)
+
+
+@pytest.mark.anyio
+async def test_demo_with_a_missing_cassette_says_so(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="demo cassette not found"):
+        await run_demo(cassette=tmp_path / "nope.yaml", handle_signals=False)
+
+
+def test_demo_command_prints_events_and_exits_zero() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "polymarket_kafka", "demo", "--interval", "0.01"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 6
+    assert all(json.loads(line)["source"] == "polymarket-kafka" for line in lines)
+    assert "6 published, 6 read back from the broker" in result.stderr
+
+
+def test_demo_command_with_missing_cassette_exits_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "polymarket_kafka", "demo", "--cassette", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "demo cassette not found" in result.stderr
