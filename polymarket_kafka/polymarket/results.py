@@ -1,0 +1,53 @@
+"""What the client returns and counts: `PriceBatch`, `MetadataBatch`, `ClientStats`.
+
+Both batches keep a simple promise: every id the caller asked for is in exactly one of the two
+maps, its value or the reason it has none. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from polymarket_kafka.polymarket.parsing import MarketMetadata
+
+__all__ = ["ClientStats", "MetadataBatch", "PriceBatch"]
+
+
+@dataclass
+class ClientStats:
+    """Plain counters for one client; a metrics layer reads them.
+
+    `requests` counts attempts by `(endpoint, outcome)`, the outcome being the HTTP status
+    (`"200"`, `"429"`...) or `"timeout"` / `"transport_error"` / `"decoding_error"`.
+    """
+
+    requests: Counter[tuple[str, str]] = field(default_factory=Counter)
+    retries: int = 0
+    rate_limit_waits: int = 0
+    malformed_payloads: int = 0
+    malformed_items: int = 0
+    bisections: int = 0
+
+    def record(self, endpoint: str, outcome: str) -> None:
+        self.requests[(endpoint, outcome)] += 1
+
+    def total_requests(self, endpoint: str | None = None) -> int:
+        """Attempts made, for one endpoint or all of them."""
+        return sum(n for (ep, _), n in self.requests.items() if endpoint in (None, ep))
+
+
+@dataclass(frozen=True)
+class PriceBatch:
+    """Midpoints by token id; every requested token is in exactly one of the two maps."""
+
+    prices: dict[str, float] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MetadataBatch:
+    """Market metadata by condition id; every requested id is in exactly one of the maps."""
+
+    markets: dict[str, MarketMetadata] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)

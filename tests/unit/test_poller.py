@@ -1,0 +1,494 @@
+"""`MarketPoller`: snapshots, skips, the metadata cache and its refresh timing.
+
+Most tests drive the poller with `FakeSource`, a scripted stand-in for the client at its
+boundary (the `MarketDataSource` protocol) that records every call. The last ones run the real
+client over a recorded cassette.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from polymarket_kafka.config import PolymarketConfig
+from polymarket_kafka.models import PolymarketSubscription
+from polymarket_kafka.poller import MarketPoller, PollerStats
+from polymarket_kafka.polymarket import (
+    CassetteTransport,
+    MarketMetadata,
+    MetadataBatch,
+    PolymarketBlockedError,
+    PolymarketUnavailableError,
+    PriceBatch,
+    open_polymarket_client,
+)
+
+T0 = datetime(2024, 11, 5, 21, tzinfo=UTC)
+A, B, C = "0x" + "a" * 64, "0x" + "b" * 64, "0x" + "c" * 64
+
+
+def market(market_id: str, **changes: object) -> MarketMetadata:
+    fields: dict[str, object] = {
+        "market_id": market_id,
+        "question": f"Question {market_id[:4]}?",
+        "yes_token_id": f"yes-{market_id[2]}",
+        "no_token_id": f"no-{market_id[2]}",
+        "volume": 1000.0,
+        "liquidity": 50.0,
+        "category": "Politics",
+        "tags": ("Politics", "US Election"),
+        "spread": 0.01,
+    }
+    fields.update(changes)
+    return MarketMetadata(**fields)  # type: ignore[arg-type]
+
+
+def sub(market_id: str, **changes: object) -> PolymarketSubscription:
+    fields = {"market_id": market_id, "ref_count": 1, "created_at": T0, "updated_at": T0}
+    return PolymarketSubscription.model_validate({**fields, **changes})
+
+
+class FakeSource:
+    """Scripted Polymarket: metadata and prices by id; records every call."""
+
+    def __init__(self, *markets: MarketMetadata, prices: dict[str, float] | None = None) -> None:
+        self.markets = {m.market_id: m for m in markets}
+        self.prices = dict(prices or {})
+        self.price_failures: dict[str, str] = {}
+        self.markets_error: Exception | None = None
+        self.midpoints_error: Exception | None = None
+        self.market_calls: list[list[str]] = []
+        self.midpoint_calls: list[list[str]] = []
+
+    async def fetch_markets(self, condition_ids: Sequence[str]) -> MetadataBatch:
+        self.market_calls.append(list(condition_ids))
+        if self.markets_error is not None:
+            raise self.markets_error
+        batch = MetadataBatch()
+        for market_id in condition_ids:
+            if market_id in self.markets:
+                batch.markets[market_id] = self.markets[market_id]
+            else:
+                batch.failures[market_id] = "not found on Gamma (neither open nor closed)"
+        return batch
+
+    async def fetch_midpoints(self, token_ids: Sequence[str]) -> PriceBatch:
+        self.midpoint_calls.append(list(token_ids))
+        if self.midpoints_error is not None:
+            raise self.midpoints_error
+        batch = PriceBatch()
+        for token_id in token_ids:
+            if token_id in self.prices:
+                batch.prices[token_id] = self.prices[token_id]
+            elif token_id in self.price_failures:
+                batch.failures[token_id] = self.price_failures[token_id]
+        return batch
+
+
+def poller(source: FakeSource, refresh: float = 300.0) -> MarketPoller:
+    return MarketPoller(source, metadata_refresh_seconds=refresh)
+
+
+# --- snapshots -------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_an_open_market_becomes_a_full_snapshot() -> None:
+    source = FakeSource(market(A), prices={"yes-a": 0.61})
+
+    result = await poller(source).poll_once(
+        [sub(A, threshold=0.05, window_seconds=3600, cooldown_seconds=600)], T0
+    )
+
+    assert result.skipped == {}
+    (snapshot,) = result.snapshots
+    assert snapshot.market_id == A
+    assert snapshot.question == "Question 0xaa?"
+    assert (snapshot.yes_price, snapshot.no_price) == (0.61, 0.39)
+    assert snapshot.taken_at == T0
+    assert snapshot.closed is False
+    assert (snapshot.volume, snapshot.liquidity, snapshot.spread) == (1000.0, 50.0, 0.01)
+    assert (snapshot.category, snapshot.tags) == ("Politics", ("Politics", "US Election"))
+    assert (snapshot.threshold, snapshot.window_seconds, snapshot.cooldown_seconds) == (
+        0.05,
+        3600,
+        600,
+    )
+    assert source.midpoint_calls == [["yes-a"]]
+
+
+@pytest.mark.anyio
+async def test_no_overrides_means_none_on_the_snapshot() -> None:
+    source = FakeSource(market(A), prices={"yes-a": 0.5})
+
+    (snapshot,) = (await poller(source).poll_once([sub(A)], T0)).snapshots
+
+    assert (snapshot.threshold, snapshot.window_seconds, snapshot.cooldown_seconds) == (
+        None,
+        None,
+        None,
+    )
+
+
+@pytest.mark.anyio
+async def test_a_closed_market_uses_its_final_outcome_price_without_a_midpoint_call() -> None:
+    closed = market(B, closed=True, yes_outcome_price=1.0, outcome_prices=(1.0, 0.0), volume=None)
+    source = FakeSource(market(A), closed, prices={"yes-a": 0.7})
+
+    result = await poller(source).poll_once([sub(A), sub(B)], T0)
+
+    by_id = {s.market_id: s for s in result.snapshots}
+    assert by_id[B].closed is True
+    assert by_id[B].yes_price == 1.0
+    assert by_id[B].volume is None
+    assert source.midpoint_calls == [["yes-a"]]
+
+
+@pytest.mark.anyio
+async def test_only_closed_markets_means_no_midpoint_call_at_all() -> None:
+    source = FakeSource(market(B, closed=True, yes_outcome_price=0.0))
+
+    result = await poller(source).poll_once([sub(B)], T0)
+
+    assert [s.yes_price for s in result.snapshots] == [0.0]
+    assert source.midpoint_calls == []
+
+
+@pytest.mark.anyio
+async def test_question_falls_back_to_the_subscription_then_to_empty() -> None:
+    source = FakeSource(
+        market(A, question=None), market(B, question=None), prices={"yes-a": 0.5, "yes-b": 0.5}
+    )
+
+    result = await poller(source).poll_once([sub(A, question="Cached question?"), sub(B)], T0)
+
+    assert [s.question for s in result.snapshots] == ["Cached question?", ""]
+
+
+@pytest.mark.anyio
+async def test_a_naive_now_is_taken_as_utc() -> None:
+    source = FakeSource(market(A), prices={"yes-a": 0.5})
+
+    (snapshot,) = (await poller(source).poll_once([sub(A)], datetime(2024, 11, 5, 21))).snapshots
+
+    assert snapshot.taken_at == T0
+
+
+# --- skips -----------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_unusable_markets_are_skipped_with_a_reason_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    source = FakeSource(
+        market(A),
+        market(B, yes_token_id=None),
+        market(C, closed=True, yes_outcome_price=None),
+        prices={"yes-a": 0.5},
+    )
+    stats = PollerStats()
+    unknown = "0x" + "d" * 64
+
+    with caplog.at_level(logging.WARNING, logger="polymarket_kafka.poller"):
+        result = await MarketPoller(source, metadata_refresh_seconds=300, stats=stats).poll_once(
+            [sub(A), sub(B), sub(C), sub(unknown)], T0
+        )
+
+    assert [s.market_id for s in result.snapshots] == [A]
+    assert result.skipped == {
+        B: "no YES token id (a new market can lack one for a few minutes)",
+        C: "closed market without a usable outcomePrices",
+        unknown: "not found on Gamma (neither open nor closed)",
+    }
+    assert stats.skipped == {"no_token": 1, "closed_price": 1, "metadata": 1}
+    assert (stats.cycles, stats.snapshots) == (1, 1)
+    assert "3 of 4 market(s) skipped" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_a_missing_or_failed_price_skips_only_that_market() -> None:
+    source = FakeSource(market(A), market(B), market(C), prices={"yes-a": 0.5})
+    source.price_failures["yes-b"] = "malformed midpoint: price '1.7' outside [0, 1]"
+
+    result = await poller(source).poll_once([sub(A), sub(B), sub(C)], T0)
+
+    assert [s.market_id for s in result.snapshots] == [A]
+    assert result.skipped == {
+        B: "midpoint: malformed midpoint: price '1.7' outside [0, 1]",
+        C: "midpoint: no midpoint returned",
+    }
+
+
+@pytest.mark.anyio
+async def test_a_price_the_snapshot_model_rejects_is_skipped_not_raised() -> None:
+    source = FakeSource(market(A), prices={"yes-a": 1.5})
+    stats = PollerStats()
+
+    result = await MarketPoller(source, metadata_refresh_seconds=300, stats=stats).poll_once(
+        [sub(A)], T0
+    )
+
+    assert result.snapshots == []
+    assert result.skipped[A].startswith("invalid snapshot: ")
+    assert stats.skipped == {"invalid": 1}
+
+
+@pytest.mark.anyio
+async def test_unavailable_midpoints_skip_every_open_market_but_not_closed_ones() -> None:
+    source = FakeSource(market(A), market(B), market(C, closed=True, yes_outcome_price=1.0))
+    source.midpoints_error = PolymarketUnavailableError("https://clob/midpoints", 5, "HTTP 503")
+    stats = PollerStats()
+
+    result = await MarketPoller(source, metadata_refresh_seconds=300, stats=stats).poll_once(
+        [sub(A), sub(B), sub(C)], T0
+    )
+
+    assert [s.market_id for s in result.snapshots] == [C]
+    assert set(result.skipped) == {A, B}
+    assert result.skipped[A].startswith("midpoints unavailable: https://clob/midpoints unavailable")
+    assert stats.midpoint_failures == 1
+
+
+@pytest.mark.anyio
+async def test_unavailable_metadata_without_a_cache_skips_everything() -> None:
+    source = FakeSource(market(A), prices={"yes-a": 0.5})
+    source.markets_error = PolymarketUnavailableError("https://gamma/markets", 5, "HTTP 500")
+    stats = PollerStats()
+
+    result = await MarketPoller(source, metadata_refresh_seconds=300, stats=stats).poll_once(
+        [sub(A)], T0
+    )
+
+    assert result.snapshots == []
+    assert result.skipped[A].startswith("metadata unavailable: ")
+    assert source.midpoint_calls == []
+    assert (stats.metadata_requests, stats.metadata_failures) == (1, 1)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("failing", ["fetch_markets", "fetch_midpoints"])
+async def test_a_cloudflare_block_escapes_the_cycle(failing: str) -> None:
+    source = FakeSource(market(A), prices={"yes-a": 0.5})
+    blocked = PolymarketBlockedError("https://clob.polymarket.com/midpoints", "<html>")
+    if failing == "fetch_markets":
+        source.markets_error = blocked
+    else:
+        source.midpoints_error = blocked
+
+    with pytest.raises(PolymarketBlockedError):
+        await poller(source).poll_once([sub(A)], T0)
+
+
+# --- the metadata cache ----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_metadata_is_refreshed_only_when_due() -> None:
+    source = FakeSource(market(A), market(B), prices={"yes-a": 0.5, "yes-b": 0.5})
+    p = poller(source, refresh=300)
+
+    await p.poll_once([sub(A)], T0)
+    await p.poll_once([sub(A)], T0 + timedelta(seconds=299))
+    await p.poll_once([sub(A), sub(B)], T0 + timedelta(seconds=299))  # a new market: just it
+    await p.poll_once([sub(A), sub(B)], T0 + timedelta(seconds=300))  # A is due, B is not
+    await p.poll_once([sub(A), sub(B)], T0 + timedelta(seconds=599))  # B is due
+
+    assert source.market_calls == [[A], [B], [A], [B]]
+    assert len(source.midpoint_calls) == 5
+
+
+@pytest.mark.anyio
+async def test_refreshed_metadata_replaces_the_cached_one() -> None:
+    source = FakeSource(market(A), prices={"yes-a": 0.5})
+    p = poller(source, refresh=60)
+    await p.poll_once([sub(A)], T0)
+
+    source.markets[A] = market(A, closed=True, yes_outcome_price=1.0)
+    (snapshot,) = (await p.poll_once([sub(A)], T0 + timedelta(seconds=60))).snapshots
+
+    assert snapshot.closed is True
+    assert p.cached_metadata(A) == source.markets[A]
+
+
+@pytest.mark.anyio
+async def test_a_failed_refresh_keeps_the_cached_metadata() -> None:
+    source = FakeSource(market(A), prices={"yes-a": 0.5})
+    p = poller(source, refresh=60)
+    await p.poll_once([sub(A)], T0)
+
+    source.markets_error = PolymarketUnavailableError("https://gamma/markets", 5, "HTTP 500")
+    result = await p.poll_once([sub(A)], T0 + timedelta(seconds=61))
+    source.markets.clear()
+    source.markets_error = None
+    not_found = await p.poll_once([sub(A)], T0 + timedelta(seconds=62))
+
+    assert [s.market_id for s in result.snapshots] == [A]
+    assert [s.market_id for s in not_found.snapshots] == [A]  # "not found" keeps the cache too
+    assert len(source.market_calls) == 3
+
+
+@pytest.mark.anyio
+async def test_a_market_whose_price_failed_is_re_read_next_cycle() -> None:
+    source = FakeSource(market(A), market(B), prices={"yes-a": 0.5})
+    source.price_failures["yes-b"] = "HTTP 404: No orderbook exists for the requested token id"
+    p = poller(source, refresh=300)
+
+    first = await p.poll_once([sub(A), sub(B)], T0)
+    source.markets[B] = market(B, closed=True, yes_outcome_price=0.0)
+    second = await p.poll_once([sub(A), sub(B)], T0 + timedelta(seconds=30))
+    third = await p.poll_once([sub(A), sub(B)], T0 + timedelta(seconds=60))
+
+    assert first.skipped == {
+        B: "midpoint: HTTP 404: No orderbook exists for the requested token id"
+    }
+    assert source.market_calls == [[A, B], [B]]  # only B is re-read, and only once
+    assert {s.market_id: s.closed for s in second.snapshots} == {A: False, B: True}
+    assert third.skipped == {}
+
+
+@pytest.mark.anyio
+async def test_a_market_without_token_is_re_read_next_cycle() -> None:
+    source = FakeSource(market(A, yes_token_id=None), prices={"yes-a": 0.5})
+    p = poller(source)
+
+    await p.poll_once([sub(A)], T0)
+    source.markets[A] = market(A)
+    result = await p.poll_once([sub(A)], T0 + timedelta(seconds=1))
+
+    assert [s.yes_price for s in result.snapshots] == [0.5]
+    assert source.market_calls == [[A], [A]]
+
+
+@pytest.mark.anyio
+async def test_unsubscribed_markets_leave_the_cache() -> None:
+    source = FakeSource(market(A), market(B), prices={"yes-a": 0.5, "yes-b": 0.5})
+    p = poller(source)
+
+    await p.poll_once([sub(A), sub(B)], T0)
+    assert p.cached_metadata(B) is not None
+    await p.poll_once([sub(A)], T0 + timedelta(seconds=1))
+
+    assert p.cached_metadata(B) is None
+    assert p.cached_metadata(A) is not None
+
+
+# --- request shape ---------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_requests_do_not_depend_on_subscription_order_or_duplicates() -> None:
+    source = FakeSource(
+        market(A), market(B), market(C), prices={"yes-a": 0.1, "yes-b": 0.2, "yes-c": 0.3}
+    )
+
+    result = await poller(source).poll_once([sub(C), sub(A), sub(B), sub(A, threshold=0.2)], T0)
+
+    assert source.market_calls == [[A, B, C]]
+    assert source.midpoint_calls == [["yes-a", "yes-b", "yes-c"]]
+    assert [s.market_id for s in result.snapshots] == [A, B, C]
+
+
+@pytest.mark.anyio
+async def test_no_subscriptions_means_no_requests() -> None:
+    source = FakeSource()
+
+    result = await poller(source).poll_once([], T0)
+
+    assert (result.snapshots, result.skipped) == ([], {})
+    assert source.market_calls == source.midpoint_calls == []
+
+
+def test_refresh_interval_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="metadata_refresh_seconds"):
+        MarketPoller(FakeSource(), metadata_refresh_seconds=0)
+
+
+# --- over the real client and a recorded cassette --------------------------------------------
+
+CASSETTES = Path(__file__).resolve().parents[2] / "cassettes"
+TRUMP = "0xdd22472e552920b8438158ea7238bfadfa4f736aa4cee91a6b86c39ead110917"
+HARRIS = "0xc6485bb7ea46d7bb89beb9c91e7572ecfc72a6273789496f78bc5e989e4d1638"
+FED = "0x4319532e181605cb15b1bd677759a3bc7f7394b2fdf145195b700eeaedfd5221"
+DESANTIS = "0x12a0cb60174abc437bf1178367c72d11f069e1a3add20b148fb0ab4279b772b2"
+
+
+@pytest.mark.anyio
+async def test_a_recorded_cycle_through_the_real_client() -> None:
+    transport = CassetteTransport(CASSETTES / "normal_cycle.yaml")
+    async with open_polymarket_client(
+        PolymarketConfig(rate_limit_delay_ms=0), transport=transport
+    ) as client:
+        result = await MarketPoller(client, metadata_refresh_seconds=300).poll_once(
+            [sub(TRUMP), sub(HARRIS), sub(FED, threshold=0.02)], T0
+        )
+
+    assert transport.all_played
+    assert result.skipped == {}
+    fed, harris, trump = result.snapshots  # sorted by condition id
+    assert (fed.question, fed.yes_price, fed.volume, fed.liquidity) == (
+        "Fed rate hike in 2025?",
+        0.0025,
+        1089143.410872,
+        51025.13654,
+    )
+    assert (fed.category, fed.tags, fed.spread, fed.threshold) == (
+        "Fed Rates",
+        ("Fed Rates", "Business"),
+        0.001,
+        0.02,
+    )
+    assert (harris.yes_price, trump.yes_price) == (0.4125, 0.5865)
+
+
+@pytest.mark.anyio
+async def test_recorded_resolved_markets_become_closed_snapshots() -> None:
+    transport = CassetteTransport(CASSETTES / "closed_market.yaml")
+    async with open_polymarket_client(
+        PolymarketConfig(rate_limit_delay_ms=0), transport=transport
+    ) as client:
+        result = await MarketPoller(client, metadata_refresh_seconds=300).poll_once(
+            [sub(TRUMP), sub(DESANTIS)], T0
+        )
+
+    assert transport.all_played  # two Gamma calls, and no midpoint call for resolved markets
+    assert {s.market_id: (s.closed, s.yes_price) for s in result.snapshots} == {
+        TRUMP: (True, 1.0),
+        DESANTIS: (True, 0.0),
+    }
+
+
+@pytest.mark.anyio
+async def test_malformed_items_from_the_real_client_skip_only_their_markets() -> None:
+    items = [
+        {"conditionId": TRUMP, "outcomes": '["Yes", "No"]', "clobTokenIds": '["1", '},
+        {"conditionId": HARRIS, "outcomes": '["Yes", "No"]', "clobTokenIds": '["2", "3"]'},
+        {"conditionId": FED, "outcomes": '["Yes", "No"]', "clobTokenIds": '["4", "5"]'},
+    ]
+    midpoint_bodies: list[bytes] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/markets":
+            return httpx.Response(200, json=items)
+        midpoint_bodies.append(request.content)
+        return httpx.Response(200, json={"2": "1.7", "4": "0.0025"})
+
+    transport = httpx.MockTransport(answer)
+    async with open_polymarket_client(
+        PolymarketConfig(rate_limit_delay_ms=0), transport=transport
+    ) as client:
+        result = await MarketPoller(client, metadata_refresh_seconds=300).poll_once(
+            [sub(TRUMP), sub(HARRIS), sub(FED)], T0
+        )
+
+    assert [(s.market_id, s.yes_price) for s in result.snapshots] == [(FED, 0.0025)]
+    assert result.skipped[TRUMP].startswith(
+        "malformed Gamma market: clobTokenIds is not valid JSON"
+    )
+    assert result.skipped[HARRIS] == "midpoint: malformed midpoint: price '1.7' outside [0, 1]"
+    assert midpoint_bodies == [b'[{"token_id":"4"},{"token_id":"2"}]']  # sorted by condition id
