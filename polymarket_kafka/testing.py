@@ -17,6 +17,16 @@ connection, HTTP/1.1 keep-alive), so a benchmark with 10,000 markets costs a dic
 token. Latency is a `time.sleep` in the handler thread, so concurrent requests overlap like
 they would against the real API.
 
+`GET /midpoint?token_id=...` (the single-token form, `{"mid": "0.55"}`) is served too, for the
+benchmark's naive one-request-per-market loop; the service itself never calls it.
+
+As a separate process (benchmarks, so the server's CPU and memory are not the client's):
+
+    python -m polymarket_kafka.testing --markets 10000 --latency-ms 50
+
+prints `http://127.0.0.1:<port>` on the first stdout line, serves until its stdin closes (so it
+dies with its parent), then prints one JSON line `{"requests": {"POST /midpoints": 20, ...}}`.
+
 Assumption (not documented by Polymarket): when one token of a `POST /midpoints` batch has no
 order book (unknown, closed, or `remove_orderbook`), the whole request answers 404, which is
 what the client's bisection is built for.
@@ -24,24 +34,26 @@ what the client's bisection is built for.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
 from polymarket_kafka.config import PolymarketConfig
 from polymarket_kafka.models import PolymarketSubscription
 
-__all__ = ["FakeMarket", "FakePolymarketServer"]
+__all__ = ["FakeMarket", "FakePolymarketServer", "main"]
 
 MAX_MIDPOINTS = 500
 GAMMA_LIMIT_CAP = 100
@@ -200,10 +212,12 @@ class _Handler(BaseHTTPRequestHandler):
         path, query, scripted = self._begin("GET")
         if scripted is not None:
             self._reply(scripted.status, scripted.body, scripted.headers)
-        elif path != "/markets":
-            self._reply(404, _json_bytes({"error": "not found"}))
-        else:
+        elif path == "/markets":
             self._reply(200, _json_bytes(self._gamma_markets(query)))
+        elif path == "/midpoint":
+            self._reply(*self._midpoint(query))
+        else:
+            self._reply(404, _json_bytes({"error": "not found"}))
 
     def _midpoints(self, raw: bytes) -> tuple[int, bytes]:
         try:
@@ -222,6 +236,17 @@ class _Handler(BaseHTTPRequestHandler):
                     return 404, _json_bytes({"error": _NO_ORDERBOOK})
                 result[token_id] = str(price)
         return 200, _json_bytes(result)
+
+    def _midpoint(self, query: Mapping[str, list[str]]) -> tuple[int, bytes]:
+        token_id = query.get("token_id", [""])[-1]
+        if not token_id:
+            return 400, _json_bytes({"error": "Invalid payload"})
+        state = self.server.state
+        with state.lock:
+            price = state.token_price(token_id)
+        if price is None:
+            return 404, _json_bytes({"error": _NO_ORDERBOOK})
+        return 200, _json_bytes({"mid": str(price)})
 
     def _gamma_markets(self, query: Mapping[str, list[str]]) -> list[dict[str, Any]]:
         want_closed = query.get("closed", ["false"])[-1].lower() == "true"
@@ -405,3 +430,47 @@ class FakePolymarketServer:
             if endpoint is None:
                 return sum(self._state.counts.values())
             return self._state.counts[endpoint]
+
+    def request_counts(self) -> dict[str, int]:
+        """Requests received so far, by `"METHOD /path"`."""
+        with self._state.lock:
+            return dict(sorted(self._state.counts.items()))
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+) -> int:
+    """Serve a fake Polymarket until `stdin` reaches end of file (see the module docstring)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m polymarket_kafka.testing",
+        description="Serve a fake Polymarket on loopback until stdin closes.",
+    )
+    parser.add_argument("--markets", type=int, default=3, help="synthetic markets (default 3)")
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="added to every response (default 0)"
+    )
+    args = parser.parse_args(argv)
+    if args.markets < 0 or args.latency_ms < 0:
+        parser.error("--markets and --latency-ms must be >= 0")
+    source = sys.stdin if stdin is None else stdin
+    sink = sys.stdout if stdout is None else stdout
+    with FakePolymarketServer(args.markets, latency_seconds=args.latency_ms / 1000) as fake:
+        print(fake.url, file=sink, flush=True)
+        try:
+            while source.readline():
+                pass
+        except KeyboardInterrupt:
+            pass
+        counts = fake.request_counts()
+    print(json.dumps({"requests": counts}), file=sink, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,7 +6,13 @@ check that the fake serves the live response shapes the parsers expect.
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -20,7 +26,7 @@ from polymarket_kafka.polymarket import (
     PolymarketBlockedError,
     open_polymarket_client,
 )
-from polymarket_kafka.testing import FakeMarket, FakePolymarketServer
+from polymarket_kafka.testing import FakeMarket, FakePolymarketServer, main
 
 T0 = datetime(2024, 11, 5, 21, tzinfo=UTC)
 
@@ -226,3 +232,77 @@ def test_scripting_errors_and_lifecycle() -> None:
     assert config.rate_limit_delay_ms == 0
     fake.stop()
     fake.stop()  # so is stopping twice
+
+
+@pytest.mark.anyio
+async def test_the_single_midpoint_form_serves_the_live_shape(fake: FakePolymarketServer) -> None:
+    first, second = fake.markets[:2]
+    fake.close_market(second.condition_id)
+    async with httpx.AsyncClient(base_url=fake.url) as http:
+        yes = await http.get("/midpoint", params={"token_id": first.yes_token_id})
+        no = await http.get("/midpoint", params={"token_id": first.no_token_id})
+        closed = await http.get("/midpoint", params={"token_id": second.yes_token_id})
+        unknown = await http.get("/midpoint", params={"token_id": "123"})
+        missing = await http.get("/midpoint")
+
+    assert (yes.status_code, yes.json()) == (200, {"mid": "0.1"})  # a string, like live
+    assert no.json() == {"mid": "0.9"}
+    assert closed.status_code == unknown.status_code == 404
+    assert unknown.json() == {"error": "No orderbook exists for the requested token id"}
+    assert (missing.status_code, missing.json()) == (400, {"error": "Invalid payload"})
+    assert fake.request_count("GET /midpoint") == 5
+    assert fake.request_counts() == {"GET /midpoint": 5}
+
+
+def test_main_serves_until_stdin_closes() -> None:
+    read_fd, write_fd = os.pipe()
+    out = io.StringIO()
+    with os.fdopen(read_fd) as stdin, os.fdopen(write_fd, "w") as feed:
+        runner = threading.Thread(
+            target=main,
+            args=(["--markets", "2", "--latency-ms", "1"],),
+            kwargs={"stdin": stdin, "stdout": out},
+        )
+        runner.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not out.getvalue() and time.monotonic() < deadline:
+                time.sleep(0.02)  # until the server prints its URL
+            url = out.getvalue().strip()
+            token = FakeMarket.make(1).yes_token_id
+            response = httpx.get(f"{url}/midpoint", params={"token_id": token})
+            feed.write("ignored line\n")
+        finally:
+            feed.close()
+            runner.join(timeout=10)
+
+    assert not runner.is_alive()
+    assert response.json() == {"mid": "0.11"}
+    first, last = out.getvalue().splitlines()
+    assert first.startswith("http://127.0.0.1:")
+    assert json.loads(last) == {"requests": {"GET /midpoint": 1}}
+
+
+def test_main_rejects_negative_arguments() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--markets", "-1"], stdin=io.StringIO(), stdout=io.StringIO())
+    assert exit_info.value.code == 2
+
+
+def test_the_module_runs_as_a_separate_server_process() -> None:
+    command = [sys.executable, "-m", "polymarket_kafka.testing", "--markets", "3"]
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        response = httpx.post(
+            f"{url}/midpoints", json=[{"token_id": FakeMarket.make(2).yes_token_id}]
+        )
+        process.stdin.close()
+        report = json.loads(process.stdout.readline())
+        assert process.wait(timeout=10) == 0
+
+    assert response.json() == {FakeMarket.make(2).yes_token_id: "0.12"}
+    assert report == {"requests": {"POST /midpoints": 1}}
