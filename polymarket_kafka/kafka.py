@@ -1,0 +1,607 @@
+"""Kafka delivery: an idempotent producer whose delivery reports come back into the event loop.
+
+Why it is shaped like this:
+
+* confluent-kafka's `Producer` is thread-safe (librdkafka locks internally) but it runs
+  callbacks only inside `poll()`/`flush()`, and `poll()` blocks. So one worker thread does
+  nothing but `poll(0.1)`. The callbacks it runs only append to a deque; after each poll the
+  thread hands the batch to the event loop with `anyio.from_thread.run_sync` (trio and
+  asyncio alike). All bookkeeping -- pending events, retries, stats -- therefore happens on
+  the event loop thread, without locks. That thread is also the only one that ever closes a
+  producer, so `poll()` never races with `close()`.
+* `produce()` is called on the event loop thread: it never blocks, it raises `BufferError`
+  when librdkafka's local queue is full. `publish` then waits for a delivery report (at most
+  50 ms) and tries again: a slow broker slows the caller down instead of dropping events.
+* An event is *pending* from `publish` until a successful delivery report. A failed report is
+  retried with backoff (same event_id: consumers deduplicate). With `max_attempts`, an event
+  that keeps failing is logged at ERROR and kept in `failed` -- never dropped silently.
+* An idempotent producer can get stuck for good: after a fatal error, or when the broker lost
+  its producer state (UNKNOWN_PRODUCER_ID). A Tansu restart with memory storage does exactly
+  that: librdkafka bumps its epoch in a loop and every message times out. Retrying on the
+  same producer never succeeds, so on a fatal error or a message timeout (librdkafka has then
+  already retried for `delivery.timeout.ms`) the publisher purges and closes the producer,
+  builds a new one (new producer id) and re-sends every unacknowledged event in publish order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+import anyio
+import confluent_kafka
+from confluent_kafka import KafkaError, KafkaException, Message
+
+from polymarket_kafka.config import ConfigError, KafkaConfig
+from polymarket_kafka.models import PolymarketEvent
+
+__all__ = [
+    "DeliveryStats",
+    "FailedDelivery",
+    "KafkaPublisher",
+    "ProducerLike",
+    "now_utc",
+    "open_kafka_publisher",
+    "producer_config",
+    "redacted_producer_config",
+]
+
+logger = logging.getLogger(__name__)
+_librdkafka_logger = logging.getLogger(f"{__name__}.librdkafka")
+
+_POLL_SECONDS = 0.1
+_ROOM_WAIT_SECONDS = 0.05
+# Errors after which the producer itself is unusable (see the module docstring).
+_NEW_PRODUCER_CODES = frozenset(
+    {
+        KafkaError._FATAL,
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.INVALID_PRODUCER_ID_MAPPING,
+        KafkaError.PRODUCER_FENCED,
+    }
+)
+
+
+def now_utc() -> datetime:
+    """The current time, aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def producer_config(config: KafkaConfig) -> dict[str, object]:
+    """The librdkafka configuration: acks=all, idempotence, zstd, bounded queue and timeout.
+
+    SASL protocols add the mechanism and credentials (required: `ConfigError` otherwise); SSL
+    adds only `security.protocol`. The result holds the SASL password: never log it, log
+    `redacted_producer_config` instead.
+    """
+    conf: dict[str, object] = {
+        "bootstrap.servers": config.bootstrap_servers,
+        "client.id": config.client_id,
+        "acks": "all",
+        "enable.idempotence": True,
+        "compression.type": "zstd",
+        "batch.num.messages": 1000,
+        "linger.ms": 5,
+        "queue.buffering.max.kbytes": 32768,
+        "delivery.timeout.ms": 30000,
+        "message.max.bytes": 1_000_000,
+        "security.protocol": config.security_protocol,
+    }
+    if config.security_protocol.startswith("SASL_"):
+        for variable, value in (
+            ("KAFKA_SASL_USERNAME", config.sasl_username),
+            ("KAFKA_SASL_PASSWORD", config.sasl_password),
+        ):
+            if value is None:
+                raise ConfigError(variable, f"required when protocol is {config.security_protocol}")
+        conf["sasl.mechanisms"] = config.sasl_mechanisms
+        conf["sasl.username"] = config.sasl_username
+        conf["sasl.password"] = config.sasl_password
+    return conf
+
+
+def redacted_producer_config(config: KafkaConfig) -> dict[str, object]:
+    """`producer_config` with the SASL password replaced by `***`: safe to log."""
+    conf = producer_config(config)
+    if "sasl.password" in conf:
+        conf["sasl.password"] = "***"
+    return conf
+
+
+class ProducerLike(Protocol):
+    """The part of `confluent_kafka.Producer` the publisher uses (tests pass a fake)."""
+
+    def produce(
+        self,
+        topic: str,
+        *,
+        value: bytes,
+        key: bytes,
+        headers: list[tuple[str, str | bytes | None]],
+        on_delivery: Callable[[KafkaError | None, Message], None],
+    ) -> None: ...
+
+    def poll(self, timeout: float) -> int: ...
+
+    def flush(self, timeout: float) -> int: ...
+
+    def purge(
+        self, in_queue: bool = True, in_flight: bool = True, blocking: bool = True
+    ) -> None: ...
+
+
+@dataclass
+class DeliveryStats:
+    """Plain counters of the publisher (exported by the metrics layer later)."""
+
+    published: int = 0
+    delivered: int = 0
+    retried: int = 0
+    failed: int = 0
+    producer_recreated: int = 0
+    buffer_full_waits: int = 0
+    pending: int = 0
+    #: From `publish` to the successful delivery report; average = sum / delivered.
+    delivery_latency_seconds_sum: float = 0.0
+    delivery_latency_seconds_max: float = 0.0
+
+
+@dataclass(frozen=True)
+class FailedDelivery:
+    """An event the publisher gave up on: it was logged at ERROR and is NOT in Kafka."""
+
+    event: PolymarketEvent
+    reason: str
+    attempts: int
+
+
+@dataclass(eq=False)
+class _Pending:
+    seq: int
+    event: PolymarketEvent
+    value: bytes
+    published_monotonic: float
+    attempts: int = 0
+    #: Id of the latest `produce()` of this event; None until librdkafka accepted it once.
+    token: int | None = None
+
+
+@dataclass(frozen=True)
+class _Report:
+    seq: int
+    token: int
+    generation: int
+    error: KafkaError | None
+    at: float
+
+
+@dataclass(frozen=True)
+class _ClientError:
+    generation: int
+    error: KafkaError
+
+
+_Outcome = Literal["accepted", "rejected", "full", "broken"]
+
+
+def _needs_new_producer(error: object) -> bool:
+    return isinstance(error, KafkaError) and bool(
+        error.fatal() or error.code() in _NEW_PRODUCER_CODES
+    )
+
+
+class KafkaPublisher:
+    """Publishes `PolymarketEvent`s to one topic, at least once. Open with `open_kafka_publisher`.
+
+    `stats` and `failed` are plain data, read them at any time on the event loop thread.
+    """
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        *,
+        producer_factory: Callable[[dict[str, object]], ProducerLike],
+        clock: Callable[[], datetime],
+        max_attempts: int | None,
+        retry_backoff_seconds: float,
+        max_backoff_seconds: float,
+    ) -> None:
+        self.stats = DeliveryStats()
+        self.failed: list[FailedDelivery] = []
+        self.topic = config.full_topic
+        self._conf = producer_config(config)
+        self._factory = producer_factory
+        self._clock = clock
+        self._max_attempts = max_attempts
+        self._backoff = retry_backoff_seconds
+        self._max_backoff = max_backoff_seconds
+        self._pending: dict[int, _Pending] = {}  # insertion order = publish order
+        self._seqs = itertools.count()
+        self._tokens = itertools.count()
+        self._generation = 0
+        self._producer: ProducerLike | None = None
+        self._polled: tuple[ProducerLike, int] | None = None  # (producer, generation)
+        self._retiring: deque[ProducerLike] = deque()  # closed by the poll thread
+        self._reports: deque[_Report | _ClientError] = deque()  # filled by the poll thread
+        self._retries: list[tuple[float, int, int]] = []  # heap of (due, seq, token)
+        self._replace_reason: str | None = None
+        self._swap = anyio.Lock()  # held while producing, and while replacing the producer
+        self._settled = anyio.Event()  # set (and renewed) whenever an event leaves pending
+        self._wake = anyio.Event()  # wakes the maintenance task
+        self._maintenance = anyio.CancelScope(shield=True)
+        self._stop = threading.Event()
+        self._closed = False
+
+    async def publish(self, event: PolymarketEvent) -> None:
+        """Stamp `published_at` and hand the event to librdkafka; wait while its queue is full.
+
+        Returns once librdkafka accepted the message; delivery is tracked from then on. An
+        event librdkafka rejects outright (e.g. larger than `message.max.bytes`), or whose
+        publish is cancelled before it was accepted, is logged at ERROR and added to `failed`.
+        """
+        if self._closed:
+            raise RuntimeError("the Kafka publisher is closed")
+        stamped = event.model_copy(update={"published_at": self._clock()})
+        entry = _Pending(next(self._seqs), stamped, stamped.to_kafka_value(), time.monotonic())
+        self._pending[entry.seq] = entry
+        self.stats.published += 1
+        self.stats.pending = len(self._pending)
+        try:
+            while True:
+                # The lock is fair: under backpressure, publishers go on in arrival order.
+                async with self._swap:
+                    if await self._produce_locked(entry):
+                        return
+                await self._wait_for_progress()  # for the producer's replacement
+        finally:
+            if entry.token is None and entry.seq in self._pending:
+                self._give_up(entry, "publish interrupted (cancelled?) before Kafka accepted it")
+
+    async def flush(self, timeout: float) -> int:  # noqa: ASYNC109 (a budget, not an I/O timeout)
+        """Wait until every pending event is acknowledged, at most `timeout` seconds.
+
+        Returns how many events are still pending (0: everything is in Kafka).
+        """
+        with anyio.move_on_after(timeout):
+            while self._pending:
+                await self._settled.wait()
+        return len(self._pending)
+
+    def pending_events(self) -> list[PolymarketEvent]:
+        """The events not acknowledged yet, in publish order."""
+        return [entry.event for entry in self._pending.values()]
+
+    # --- producing (event loop thread) ----------------------------------------------------
+
+    def _try_produce(self, entry: _Pending) -> _Outcome:
+        producer = self._producer
+        if producer is None:
+            return "broken"
+        token = next(self._tokens)
+        try:
+            producer.produce(
+                self.topic,
+                value=entry.value,
+                key=entry.event.kafka_key,
+                headers=[
+                    ("event_id", entry.event.event_id.encode()),
+                    ("content-type", b"application/json"),
+                ],
+                on_delivery=functools.partial(
+                    self._on_delivery, entry.seq, token, self._generation
+                ),
+            )
+        except BufferError:
+            return "full"
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else exc
+            if _needs_new_producer(error):
+                self._request_new_producer(self._generation, f"produce failed: {error}")
+                return "broken"
+            entry.attempts += 1
+            self._give_up(entry, f"rejected by the producer: {error}")
+            return "rejected"
+        if entry.token is not None:
+            self.stats.retried += 1
+        entry.token = token
+        entry.attempts += 1
+        return "accepted"
+
+    async def _produce_locked(self, entry: _Pending) -> bool:
+        """Produce `entry`, waiting while the queue is full (caller holds `_swap`).
+
+        True once accepted or rejected; False if the producer must be replaced first.
+        """
+        while True:
+            if self._replace_reason is not None:
+                return False
+            outcome = self._try_produce(entry)
+            if outcome == "broken":
+                return False
+            if outcome != "full":
+                return True
+            self.stats.buffer_full_waits += 1
+            await self._wait_for_progress()
+
+    async def _wait_for_progress(self) -> None:
+        with anyio.move_on_after(_ROOM_WAIT_SECONDS):
+            await self._settled.wait()
+
+    def _give_up(self, entry: _Pending, reason: str) -> None:
+        del self._pending[entry.seq]
+        self.stats.failed += 1
+        self.failed.append(FailedDelivery(entry.event, reason, entry.attempts))
+        logger.error(
+            "event NOT delivered to %s: event_id=%s market %s after %d attempt(s): %s",
+            self.topic,
+            entry.event.event_id,
+            entry.event.market_id,
+            entry.attempts,
+            reason,
+        )
+        self._settle()
+
+    def _settle(self) -> None:
+        self.stats.pending = len(self._pending)
+        self._settled.set()
+        self._settled = anyio.Event()
+
+    # --- delivery reports -----------------------------------------------------------------
+
+    def _on_delivery(
+        self, seq: int, token: int, generation: int, error: KafkaError | None, _msg: Message
+    ) -> None:
+        # Runs inside poll() in the poll thread: only record, the event loop decides.
+        self._reports.append(_Report(seq, token, generation, error, time.monotonic()))
+
+    def _on_client_error(self, generation: int, error: KafkaError) -> None:
+        self._reports.append(_ClientError(generation, error))
+
+    def _drain_reports(self) -> None:
+        while self._reports:
+            report = self._reports.popleft()
+            if isinstance(report, _ClientError):
+                if _needs_new_producer(report.error):
+                    self._request_new_producer(report.generation, f"client error: {report.error}")
+                else:
+                    logger.warning("Kafka client error: %s", report.error)
+            else:
+                self._handle_delivery(report)
+
+    def _handle_delivery(self, report: _Report) -> None:
+        entry = self._pending.get(report.seq)
+        if entry is None:
+            return  # settled already, e.g. an older copy was delivered first
+        if report.error is None:
+            # Any copy counts, even one from a retired producer: the event is in Kafka.
+            del self._pending[report.seq]
+            latency = max(0.0, report.at - entry.published_monotonic)
+            self.stats.delivered += 1
+            self.stats.delivery_latency_seconds_sum += latency
+            self.stats.delivery_latency_seconds_max = max(
+                self.stats.delivery_latency_seconds_max, latency
+            )
+            self._settle()
+            return
+        if report.token != entry.token or report.generation != self._generation:
+            return  # a superseded copy failed (e.g. purged with its producer): not news
+        reason = str(report.error)
+        if self._max_attempts is not None and entry.attempts >= self._max_attempts:
+            self._give_up(entry, reason)
+        if _needs_new_producer(report.error):
+            self._request_new_producer(report.generation, reason)
+        elif entry.seq in self._pending:
+            delay = min(self._backoff * 2 ** (entry.attempts - 1), self._max_backoff)
+            logger.warning(
+                "delivery of event_id=%s failed (attempt %d): %s; retrying in %.2fs",
+                entry.event.event_id,
+                entry.attempts,
+                reason,
+                delay,
+            )
+            heapq.heappush(self._retries, (anyio.current_time() + delay, entry.seq, report.token))
+            self._wake.set()
+
+    def _request_new_producer(self, generation: int, reason: str) -> None:
+        if generation != self._generation or self._replace_reason is not None:
+            return  # that producer is already replaced, or about to be
+        logger.warning("Kafka producer unusable (%s): replacing it", reason)
+        self._replace_reason = reason
+        self._wake.set()
+
+    # --- background work ------------------------------------------------------------------
+
+    def _create_producer(self, generation: int) -> ProducerLike:
+        conf = {
+            **self._conf,
+            "error_cb": functools.partial(self._on_client_error, generation),
+            "logger": _librdkafka_logger,
+        }
+        return self._factory(conf)
+
+    async def _run_poll_thread(self) -> None:
+        # Shielded: even when cancelled before it started, the thread must run until `_close`
+        # stops it, or the final flush gets no reports and the producer is never closed.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._poll_forever)
+
+    def _set_producer(self, producer: ProducerLike | None) -> None:
+        """Swap the current producer (the old one goes to the poll thread to be closed)."""
+        if self._producer is not None:
+            self._retiring.append(self._producer)
+        self._producer = producer
+        self._polled = None if producer is None else (producer, self._generation)
+
+    def _poll_forever(self) -> None:
+        """The poll thread: serve callbacks, close retired producers, until `_stop`."""
+        while True:
+            while self._retiring:
+                _retire(self._retiring.popleft())
+            if self._stop.is_set():
+                return
+            polled = self._polled
+            if polled is None:
+                self._stop.wait(_POLL_SECONDS)
+            else:
+                try:
+                    polled[0].poll(_POLL_SECONDS)
+                except KafkaException as exc:
+                    # confluent-kafka raises a fatal error from poll() (it never reaches
+                    # error_cb): report it like one.
+                    self._reports.append(_ClientError(polled[1], exc.args[0]))
+            if self._reports:
+                anyio.from_thread.run_sync(self._drain_reports)
+
+    async def _maintain(self) -> None:
+        """Replace a broken producer and re-send failed events when their backoff is over."""
+        with self._maintenance:
+            while True:
+                self._wake = anyio.Event()
+                if self._replace_reason is not None:
+                    await self._replace_producer()
+                    continue
+                delay = self._retries[0][0] - anyio.current_time() if self._retries else None
+                if delay is not None and delay <= 0:
+                    await self._resend_due()
+                    continue
+                with anyio.move_on_after(delay):
+                    await self._wake.wait()
+
+    async def _resend_due(self) -> None:
+        async with self._swap:
+            now = anyio.current_time()
+            while self._retries and self._retries[0][0] <= now:
+                _, seq, token = heapq.heappop(self._retries)
+                entry = self._pending.get(seq)
+                if entry is None or entry.token != token:
+                    continue  # settled, or re-sent by a producer replacement since
+                if not await self._produce_locked(entry):
+                    return  # the producer replacement re-sends it
+
+    async def _replace_producer(self) -> None:
+        async with self._swap:
+            reason, self._replace_reason = self._replace_reason, None
+            # Bumped first: from now on, every report of the old producer (its purge
+            # included) is stale and cannot schedule a retry or another replacement.
+            self._generation += 1
+            self._set_producer(None)
+            delay = self._backoff
+            while True:
+                try:
+                    producer = await anyio.to_thread.run_sync(
+                        self._create_producer, self._generation
+                    )
+                    break
+                except Exception:
+                    logger.exception("creating a Kafka producer failed; retrying in %.2fs", delay)
+                    await anyio.sleep(delay)
+                    delay = min(max(2 * delay, 0.1), self._max_backoff)
+            self._set_producer(producer)
+            self._retries.clear()
+            self.stats.producer_recreated += 1
+            unacked = [e for e in self._pending.values() if e.token is not None]
+            logger.warning(
+                "Kafka producer recreated (%s); re-sending %d unacknowledged event(s)",
+                reason,
+                len(unacked),
+            )
+            for entry in unacked:
+                if entry.seq in self._pending and not await self._produce_locked(entry):
+                    return  # broken again: the next replacement re-sends the rest
+
+    async def _close(self, grace_seconds: float) -> None:
+        """Flush for at most `grace_seconds`, name what is left at ERROR, stop the threads."""
+        self._closed = True
+        await self.flush(grace_seconds)
+        for entry in self._pending.values():
+            logger.error(
+                "event NOT acknowledged by Kafka at shutdown, it may be lost: event_id=%s "
+                "market %s (%d attempt(s))",
+                entry.event.event_id,
+                entry.event.market_id,
+                entry.attempts,
+            )
+        if self._pending:
+            logger.error("%d event(s) NOT acknowledged at shutdown", len(self._pending))
+        self._maintenance.cancel()
+        self._set_producer(None)
+        self._stop.set()
+
+
+def _retire(producer: ProducerLike) -> None:
+    """Drop everything a producer still holds and close it (poll thread only; never raises)."""
+    try:
+        producer.purge(in_queue=True, in_flight=True, blocking=True)
+        with contextlib.suppress(KafkaException):  # a fatal error is raised again: known
+            producer.flush(0)  # serves the purged messages' reports: stale, ignored
+        close = getattr(producer, "close", None)  # not in older confluent-kafka versions
+        if close is not None:
+            close()
+    except Exception:
+        logger.warning("closing a retired Kafka producer failed", exc_info=True)
+
+
+@asynccontextmanager
+async def open_kafka_publisher(
+    config: KafkaConfig,
+    *,
+    producer_factory: Callable[[dict[str, object]], ProducerLike] = confluent_kafka.Producer,
+    clock: Callable[[], datetime] = now_utc,
+    grace_seconds: float = 10.0,
+    max_attempts: int | None = None,
+    retry_backoff_seconds: float = 0.5,
+    max_backoff_seconds: float = 30.0,
+) -> AsyncIterator[KafkaPublisher]:
+    """Open a `KafkaPublisher` on `config.full_topic`, with its poll thread and retry task.
+
+    `max_attempts=None` retries a failing event forever; otherwise it is given up (ERROR log,
+    `failed`) after that many produce attempts. On exit -- also on error or cancellation --
+    pending events are flushed under a shielded scope for at most `grace_seconds`; those
+    still unacknowledged are logged at ERROR by event_id, then the producer is closed.
+    """
+    if max_attempts is not None and max_attempts < 1:
+        raise ValueError("max_attempts must be >= 1 or None")
+    publisher = KafkaPublisher(
+        config,
+        producer_factory=producer_factory,
+        clock=clock,
+        max_attempts=max_attempts,
+        retry_backoff_seconds=retry_backoff_seconds,
+        max_backoff_seconds=max_backoff_seconds,
+    )
+    logger.info(
+        "opening Kafka producer for topic %s: %s", publisher.topic, redacted_producer_config(config)
+    )
+    publisher._set_producer(await anyio.to_thread.run_sync(publisher._create_producer, 0))
+    caller_error: BaseException | None = None
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(publisher._run_poll_thread)
+            tg.start_soon(publisher._maintain)
+            try:
+                yield publisher
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await publisher._close(grace_seconds)
+    except BaseExceptionGroup as group:
+        # Our tasks do not raise, so a lone exception is the caller's own: give it back
+        # unwrapped (raised outside this block, so its own context chain stays intact).
+        if len(group.exceptions) != 1:
+            raise
+        caller_error = group.exceptions[0]
+    if caller_error is not None:
+        raise caller_error
