@@ -143,7 +143,9 @@ async def run_demo(
                 timeout=20.0,
             )
         )
-    for message in sorted(messages, key=lambda m: m.value and json.loads(m.value)["timestamp"]):
-        out.write(message.value.decode("utf-8") + "\n")
+    # Per partition the broker keeps publish order; across partitions, order by event time.
+    values = [(m.value or b"").decode("utf-8") for m in messages]
+    for value in sorted(values, key=lambda v: (json.loads(v)["timestamp"], v)):
+        out.write(value + "\n")
     out.flush()
     return stats, len(messages)

@@ -10,8 +10,11 @@ _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """Send log records to stderr in a readable single-line format."""
-    logging.basicConfig(level=level.upper(), format=_FORMAT, force=True)
+    """Send log records to stderr in a readable single-line format.
+
+    Leaves an already configured root logger alone (an embedding application, pytest).
+    """
+    logging.basicConfig(level=level.upper(), format=_FORMAT)
     # librdkafka and httpx are chatty at INFO about every request/connection.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)

@@ -1,0 +1,152 @@
+"""The command line in process: subscriptions against a real MongoDB-protocol server, `run`
+against the fake Polymarket server and a real broker, the demo, and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from polymarket_kafka.cli import main
+from polymarket_kafka.local_broker import LocalBroker, read_events
+from polymarket_kafka.testing import FakePolymarketServer
+
+MARKET = "0xdd22472e552920b8438158ea7238bfadfa4f736aa4cee91a6b86c39ead110917"
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, mongo_server_uri: str, tmp_path: Path) -> Path:
+    monkeypatch.setenv("MONGODB_URI", mongo_server_uri)
+    monkeypatch.setenv("MONGODB_DATABASE", "cli")
+    monkeypatch.setenv("MONGODB_COLLECTION", f"subs_{uuid.uuid4().hex[:12]}")
+    return tmp_path / "absent.env"
+
+
+def test_subscribe_unsubscribe_and_list(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--env-file", str(env), "subscribe", MARKET, "--question", "Trump?"]) == 0
+    assert main(["--env-file", str(env), "subscribe", MARKET]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{MARKET} ref_count=1",
+        f"{MARKET} ref_count=2",
+    ]
+    assert main(["--env-file", str(env), "--backend", "asyncio", "subscriptions", "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["question"] == "Trump?"
+    assert main(["--env-file", str(env), "unsubscribe", MARKET]) == 0
+    assert main(["--env-file", str(env), "unsubscribe", MARKET]) == 0
+    assert main(["--env-file", str(env), "unsubscribe", MARKET]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{MARKET} ref_count=1",
+        f"{MARKET} ref_count=0",
+        f"{MARKET}: not subscribed (nothing to do)",
+    ]
+    assert main(["--env-file", str(env), "subscriptions"]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(["--env-file", str(env), "subscriptions", "--all"]) == 0
+    assert capsys.readouterr().out.startswith(f"{MARKET} ref_count=0 updated_at=")
+
+
+def test_invalid_market_id_is_a_usage_error(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--env-file", str(env), "subscribe", "trump-2024"]) == 2
+    assert "trump-2024" in capsys.readouterr().err
+
+
+def test_unreachable_mongodb_fails_without_leaking_credentials(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv(
+        "MONGODB_URI",
+        "mongodb://admin:sup3r-s3cret@127.0.0.1:1/?serverSelectionTimeoutMS=200",
+    )
+    assert main(["--env-file", str(tmp_path / "x"), "subscribe", MARKET]) == 1
+    captured = capsys.readouterr()
+    assert "sup3r-s3cret" not in captured.err + captured.out
+    assert captured.err.startswith("polymarket-kafka: ")
+
+
+def test_configuration_error_exit_code(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    assert main(["--env-file", str(tmp_path / "x"), "run"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "polymarket-kafka: configuration error: KAFKA_SASL_USERNAME: required when protocol is "
+        "SASL_SSL"
+    )
+
+
+def test_dotenv_file_configures_the_command(
+    env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collection = os.environ["MONGODB_COLLECTION"]
+    monkeypatch.delenv("MONGODB_COLLECTION")
+    env.write_text(f"MONGODB_COLLECTION={collection}\n")
+    assert main(["--env-file", str(env), "subscribe", MARKET]) == 0
+    monkeypatch.setenv("MONGODB_COLLECTION", collection)
+    assert main(["--env-file", str(env.with_name("other.env")), "subscriptions"]) == 0
+    assert f"{MARKET} ref_count=1" in capsys.readouterr().out
+
+
+@pytest.mark.broker
+def test_run_command_publishes_then_stops_on_sigterm(
+    env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tansu_broker: LocalBroker,
+    kafka_topic: str,
+) -> None:
+    with FakePolymarketServer(n_markets=1, price=lambda i: 0.30) as server:
+        market = server.markets[0].condition_id
+        for key, value in {
+            "POLYMARKET_BASE_URL": server.url,
+            "POLYMARKET_GAMMA_URL": server.url,
+            "POLYMARKET_RATE_LIMIT_DELAY_MS": "0",
+            "KAFKA_BOOTSTRAP_SERVERS": tansu_broker.bootstrap_servers,
+            "KAFKA_TOPIC": kafka_topic,
+            "POLL_INTERVAL_SECONDS": "0.05",
+            "MONGODB_POLL_INTERVAL_SECONDS": "0.05",
+        }.items():
+            monkeypatch.setenv(key, value)
+        assert main(["--env-file", str(env), "subscribe", market]) == 0
+        received: list[int] = []
+
+        def drive() -> None:
+            # SIGTERM only once the service polls: its signal handlers are installed by then.
+            deadline = time.monotonic() + 30
+            while server.request_count("POST /midpoints") < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            server.set_price(market, 0.45)
+            received.append(
+                len(
+                    read_events(tansu_broker.bootstrap_servers, kafka_topic, expected=1, timeout=30)
+                )
+            )
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        driver = threading.Thread(target=drive)
+        driver.start()
+        try:
+            assert main(["--env-file", str(env), "run"]) == 0
+        finally:
+            driver.join(timeout=60)
+        assert received == [1]
+
+
+@pytest.mark.broker
+def test_demo_command_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--interval", "0.01"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 6
+    assert "6 read back from the broker" in captured.err
+
+
+def test_demo_with_missing_cassette_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--cassette", str(tmp_path / "none.yaml")]) == 2
+    assert "demo cassette not found" in capsys.readouterr().err
