@@ -92,10 +92,14 @@ async def run_demo(
     *,
     cassette: Path = DEFAULT_CASSETTE,
     interval_seconds: float = 0.25,
-    out: IO[str] = sys.stdout,
+    out: IO[str] | None = None,
     handle_signals: bool = True,
 ) -> tuple[ServiceStats, int]:
-    """Run the demo; return the service counters and how many events were read back."""
+    """Run the demo; return the service counters and how many events were read back.
+
+    The events read back are written to `out` (default: the current `sys.stdout`).
+    """
+    out = out if out is not None else sys.stdout
     if not await anyio.Path(cassette).is_file():
         raise FileNotFoundError(f"demo cassette not found: {cassette}")
     cycles = midpoint_cycles(cassette)
