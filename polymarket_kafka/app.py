@@ -7,8 +7,7 @@ MongoDB closes last.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
+from polymarket_kafka.clock import now_utc
 from polymarket_kafka.config import AppConfig
 from polymarket_kafka.kafka import open_kafka_publisher
 from polymarket_kafka.poller import MarketPoller
@@ -16,12 +15,7 @@ from polymarket_kafka.polymarket import open_polymarket_client
 from polymarket_kafka.service import ServiceSettings, ServiceStats, run_service
 from polymarket_kafka.subscriptions import open_subscription_store
 
-__all__ = ["now_utc", "run_app", "settings_from_config"]
-
-
-def now_utc() -> datetime:
-    """The wall clock, in UTC (the only clock the production service reads)."""
-    return datetime.now(UTC)
+__all__ = ["run_app", "settings_from_config"]
 
 
 def settings_from_config(config: AppConfig) -> ServiceSettings:

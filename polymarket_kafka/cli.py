@@ -129,7 +129,7 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _subscriptions(args: argparse.Namespace, config: AppConfig) -> int:
-    from polymarket_kafka.app import now_utc
+    from polymarket_kafka.clock import now_utc
     from polymarket_kafka.subscriptions import SubscriptionStoreError, open_subscription_store
 
     try:

@@ -25,6 +25,7 @@ __all__ = [
     "PolymarketConfig",
     "load_config",
     "redact_uri",
+    "require_sasl_credentials",
 ]
 
 T = TypeVar("T")
@@ -136,6 +137,16 @@ class AppConfig:
     log_level: str = "INFO"
 
 
+def require_sasl_credentials(config: KafkaConfig) -> None:
+    """Raise `ConfigError` if a SASL protocol is chosen without a username and password."""
+    for variable, value in (
+        ("KAFKA_SASL_USERNAME", config.sasl_username),
+        ("KAFKA_SASL_PASSWORD", config.sasl_password),
+    ):
+        if config.security_protocol.startswith("SASL_") and value is None:
+            raise ConfigError(variable, f"required when protocol is {config.security_protocol}")
+
+
 class _Reader:
     """Typed access to one merged environment, with errors naming the variable."""
 
@@ -231,17 +242,6 @@ def load_config(
     security_protocol = r.choice(
         "KAFKA_SECURITY_PROTOCOL", KafkaConfig.security_protocol, _SECURITY_PROTOCOLS
     )
-    sasl_username = r.optional_str("KAFKA_SASL_USERNAME")
-    sasl_password = r.optional_str("KAFKA_SASL_PASSWORD")
-    if security_protocol.startswith("SASL_"):
-        if sasl_username is None:
-            raise ConfigError(
-                "KAFKA_SASL_USERNAME", f"required when protocol is {security_protocol}"
-            )
-        if sasl_password is None:
-            raise ConfigError(
-                "KAFKA_SASL_PASSWORD", f"required when protocol is {security_protocol}"
-            )
     kafka = KafkaConfig(
         bootstrap_servers=r.text("KAFKA_BOOTSTRAP_SERVERS", KafkaConfig.bootstrap_servers),
         topic=r.text("KAFKA_TOPIC", KafkaConfig.topic),
@@ -250,10 +250,11 @@ def load_config(
         sasl_mechanisms=r.choice(
             "KAFKA_SASL_MECHANISMS", KafkaConfig.sasl_mechanisms, _SASL_MECHANISMS
         ),
-        sasl_username=sasl_username,
-        sasl_password=sasl_password,
+        sasl_username=r.optional_str("KAFKA_SASL_USERNAME"),
+        sasl_password=r.optional_str("KAFKA_SASL_PASSWORD"),
         client_id=r.text("KAFKA_CLIENT_ID", KafkaConfig.client_id),
     )
+    require_sasl_credentials(kafka)
 
     mongo_uri = r.text("MONGODB_URI", MongoConfig.uri)
     if not mongo_uri.startswith(("mongodb://", "mongodb+srv://")):

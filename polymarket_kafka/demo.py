@@ -61,31 +61,25 @@ class SteppingClock:
         return now
 
 
-def _cassette_interactions(cassette: Path) -> list[dict[str, Any]]:
+def _request_uris(cassette: Path) -> list[str]:
     with cassette.open(encoding="utf-8") as handle:
-        document = yaml.safe_load(handle)
-    interactions: list[dict[str, Any]] = document["interactions"]
-    return interactions
+        document: dict[str, Any] = yaml.safe_load(handle)
+    return [interaction["request"]["uri"] for interaction in document["interactions"]]
 
 
 def midpoint_cycles(cassette: Path) -> int:
     """How many poll cycles the cassette holds (one recorded `POST /midpoints` each)."""
-    return sum(
-        1
-        for interaction in _cassette_interactions(cassette)
-        if interaction["request"]["uri"].split("?")[0].endswith("/midpoints")
-    )
+    return sum(1 for uri in _request_uris(cassette) if urlsplit(uri).path.endswith("/midpoints"))
 
 
 def demo_market_ids(cassette: Path) -> list[str]:
     """The condition ids the cassette's Gamma requests ask for, in order, deduplicated."""
-    ids: list[str] = []
-    for interaction in _cassette_interactions(cassette):
-        query = parse_qs(urlsplit(interaction["request"]["uri"]).query)
-        for market_id in query.get("condition_ids", []):
-            if market_id not in ids:
-                ids.append(market_id)
-    return ids
+    ids = (
+        market_id
+        for uri in _request_uris(cassette)
+        for market_id in parse_qs(urlsplit(uri).query).get("condition_ids", [])
+    )
+    return list(dict.fromkeys(ids))
 
 
 async def run_demo(

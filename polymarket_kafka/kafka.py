@@ -36,14 +36,15 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal, Protocol
 
 import anyio
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException, Message
 
-from polymarket_kafka.config import ConfigError, KafkaConfig
+from polymarket_kafka.clock import now_utc
+from polymarket_kafka.config import KafkaConfig, require_sasl_credentials
 from polymarket_kafka.models import PolymarketEvent
 
 __all__ = [
@@ -51,7 +52,6 @@ __all__ = [
     "FailedDelivery",
     "KafkaPublisher",
     "ProducerLike",
-    "now_utc",
     "open_kafka_publisher",
     "producer_config",
     "redacted_producer_config",
@@ -76,11 +76,6 @@ _NEW_PRODUCER_CODES = frozenset(
 )
 
 
-def now_utc() -> datetime:
-    """The current time, aware, in UTC."""
-    return datetime.now(UTC)
-
-
 def producer_config(config: KafkaConfig) -> dict[str, object]:
     """The librdkafka configuration: acks=all, idempotence, zstd, bounded queue and timeout.
 
@@ -101,13 +96,8 @@ def producer_config(config: KafkaConfig) -> dict[str, object]:
         "message.max.bytes": 1_000_000,
         "security.protocol": config.security_protocol,
     }
+    require_sasl_credentials(config)
     if config.security_protocol.startswith("SASL_"):
-        for variable, value in (
-            ("KAFKA_SASL_USERNAME", config.sasl_username),
-            ("KAFKA_SASL_PASSWORD", config.sasl_password),
-        ):
-            if value is None:
-                raise ConfigError(variable, f"required when protocol is {config.security_protocol}")
         conf["sasl.mechanisms"] = config.sasl_mechanisms
         conf["sasl.username"] = config.sasl_username
         conf["sasl.password"] = config.sasl_password

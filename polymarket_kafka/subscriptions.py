@@ -36,7 +36,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote
@@ -49,6 +49,7 @@ from pymongo import ASCENDING, MongoClient, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from polymarket_kafka.clock import now_utc
 from polymarket_kafka.config import MongoConfig, redact_uri
 from polymarket_kafka.models import PolymarketSubscription, utc
 
@@ -60,7 +61,6 @@ __all__ = [
     "SubscriptionStore",
     "SubscriptionStoreError",
     "open_subscription_store",
-    "utc_now",
     "validate_market_id",
 ]
 
@@ -73,11 +73,6 @@ Clock = Callable[[], datetime]
 ClientFactory = Callable[..., MongoClient[Document]]
 
 _MARKET_ID = re.compile(r"0x[0-9a-fA-F]{64}")
-
-
-def utc_now() -> datetime:
-    """The default clock: the current time, aware, in UTC."""
-    return datetime.now(UTC)
 
 
 def validate_market_id(market_id: object) -> str:
@@ -223,7 +218,7 @@ class MongoSubscriptionStore:
     """
 
     def __init__(
-        self, collection: Collection[Document], *, clock: Clock = utc_now, uri: str | None = None
+        self, collection: Collection[Document], *, clock: Clock = now_utc, uri: str | None = None
     ) -> None:
         self._collection = collection
         self._clock = clock
@@ -328,7 +323,7 @@ class MongoSubscriptionStore:
 async def open_subscription_store(
     config: MongoConfig,
     *,
-    clock: Clock = utc_now,
+    clock: Clock = now_utc,
     client_factory: ClientFactory = MongoClient,
     server_selection_timeout_ms: int = 5000,
 ) -> AsyncIterator[MongoSubscriptionStore]:
@@ -385,7 +380,7 @@ class InMemorySubscriptionStore:
     threads. `seed` market ids start subscribed once each. Returned models are copies.
     """
 
-    def __init__(self, seed: Iterable[str] = (), *, clock: Clock = utc_now) -> None:
+    def __init__(self, seed: Iterable[str] = (), *, clock: Clock = now_utc) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._subscriptions: dict[str, PolymarketSubscription] = {}

@@ -25,6 +25,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
+from polymarket_kafka.clock import now_utc
 from polymarket_kafka.polymarket.errors import (
     PolymarketBlockedError,
     PolymarketError,
@@ -125,10 +126,6 @@ def full_jitter_backoff(
     return ceiling * random()
 
 
-def _wall_clock() -> datetime:
-    return datetime.now(UTC)
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
     """How many times to retry and how long to wait between attempts.
@@ -143,7 +140,7 @@ class RetryPolicy:
     max_delay_seconds: float = 10.0
     max_retry_after_seconds: float = 30.0
     random: Callable[[], float] = field(default=_random.random, repr=False)
-    wall_clock: Callable[[], datetime] = field(default=_wall_clock, repr=False)
+    wall_clock: Callable[[], datetime] = field(default=now_utc, repr=False)
 
     def __post_init__(self) -> None:
         if self.max_retries < 0:
