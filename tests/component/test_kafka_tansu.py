@@ -30,7 +30,8 @@ from polymarket_kafka.local_broker import (
     open_tansu_broker,
     read_events,
 )
-from polymarket_kafka.models import ConvictionDirection, PolymarketEvent
+from polymarket_kafka.models import PolymarketEvent
+from tests import factories
 
 pytestmark = pytest.mark.broker
 
@@ -40,21 +41,19 @@ MARKETS = [f"0x{n:064x}" for n in range(1, 7)]
 
 
 def make_event(market_id: str, n: int) -> PolymarketEvent:
-    return PolymarketEvent(
+    return factories.make_event(
         event_id=str(uuid.uuid4()),
         timestamp=T0 + timedelta(seconds=n),
         market_id=market_id,
         question=f"Question {n}?",
         yes_price=0.71,
         no_price=0.29,
-        direction=ConvictionDirection.TOWARD_YES,
         baseline_yes_price=0.6,
         baseline_timestamp=T0 - timedelta(minutes=10),
         price_change=0.11,
         abs_price_change=0.11,
         log_odds_change=0.49,
         window_seconds=600 + n,
-        rule="conviction_move",
         volume=1234.5,
     )
 

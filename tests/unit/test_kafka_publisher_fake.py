@@ -21,7 +21,8 @@ from confluent_kafka import KafkaError, KafkaException
 
 from polymarket_kafka.config import KafkaConfig
 from polymarket_kafka.kafka import FailedDelivery, KafkaPublisher, open_kafka_publisher
-from polymarket_kafka.models import ConvictionDirection, PolymarketEvent
+from polymarket_kafka.models import PolymarketEvent
+from tests import factories
 
 pytestmark = pytest.mark.anyio
 
@@ -32,21 +33,18 @@ NAMESPACE = uuid.UUID("0b5a3e8e-60a3-4c6f-9d47-0a1f3f4b7c11")
 
 
 def make_event(n: int) -> PolymarketEvent:
-    return PolymarketEvent(
+    return factories.make_event(
         event_id=str(uuid.uuid5(NAMESPACE, str(n))),
-        timestamp=T0,
         market_id=f"0x{n:064x}",
         question=f"Question {n}?",
         yes_price=0.7,
         no_price=0.3,
-        direction=ConvictionDirection.TOWARD_YES,
         baseline_yes_price=0.6,
         baseline_timestamp=T0 - timedelta(minutes=10),
         price_change=0.1,
         abs_price_change=0.1,
         log_odds_change=0.44,
         window_seconds=600,
-        rule="conviction_move",
     )
 
 

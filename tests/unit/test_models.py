@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from pydantic import ValidationError
@@ -17,30 +16,7 @@ from polymarket_kafka.models import (
     PolymarketSubscription,
     SignalType,
 )
-
-T0 = datetime(2024, 11, 6, 1, 0, tzinfo=UTC)
-MARKET = "0xdd22472e552920b8438158ea7238bfadfa4f736aa4cee91a6b86c39ead110917"
-
-
-def event_fields(**overrides: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, "x")),
-        "timestamp": T0,
-        "market_id": MARKET,
-        "question": "Will Donald Trump win the 2024 US Presidential Election?",
-        "yes_price": 0.706,
-        "no_price": 0.294,
-        "direction": ConvictionDirection.TOWARD_YES,
-        "baseline_yes_price": 0.58,
-        "baseline_timestamp": T0 - timedelta(hours=1),
-        "price_change": 0.126,
-        "abs_price_change": 0.126,
-        "log_odds_change": 0.553,
-        "window_seconds": 3600.0,
-        "rule": "conviction_move",
-    }
-    fields.update(overrides)
-    return fields
+from tests.factories import MARKET, T0, event_fields
 
 
 def test_signal_type_values() -> None:

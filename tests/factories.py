@@ -1,0 +1,39 @@
+"""Shared test data: a valid `PolymarketEvent` with any field overridden."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from polymarket_kafka.models import ConvictionDirection, PolymarketEvent
+
+T0 = datetime(2024, 11, 6, 1, 0, tzinfo=UTC)
+MARKET = "0xdd22472e552920b8438158ea7238bfadfa4f736aa4cee91a6b86c39ead110917"
+
+
+def event_fields(**overrides: Any) -> dict[str, Any]:
+    """The keyword arguments of a valid event (Trump 2024, 0.58 -> 0.706 in one hour)."""
+    fields: dict[str, Any] = {
+        "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, "x")),
+        "timestamp": T0,
+        "market_id": MARKET,
+        "question": "Will Donald Trump win the 2024 US Presidential Election?",
+        "yes_price": 0.706,
+        "no_price": 0.294,
+        "direction": ConvictionDirection.TOWARD_YES,
+        "baseline_yes_price": 0.58,
+        "baseline_timestamp": T0 - timedelta(hours=1),
+        "price_change": 0.126,
+        "abs_price_change": 0.126,
+        "log_odds_change": 0.553,
+        "window_seconds": 3600.0,
+        "rule": "conviction_move",
+    }
+    fields.update(overrides)
+    return fields
+
+
+def make_event(**overrides: Any) -> PolymarketEvent:
+    """A valid event with `overrides` applied."""
+    return PolymarketEvent(**event_fields(**overrides))
