@@ -2,48 +2,70 @@
 
 The detector never reads a clock, never logs and never does I/O. The caller feeds it
 snapshots with `observe(snapshot, rules, now)` and gets back the conviction changes to publish
-(a list, usually empty). The same code runs in the service and in replays, so a replay of a
-recorded history emits exactly what the service would have.
+(a list, usually empty). The same code runs in the service and in `replay`, so a replay of a
+recorded history emits exactly what the service would have. The parameters come from the
+rule engine (`ruleset.RuleSet.resolve(snapshot)`), resolved per market on every snapshot.
 
-Design (first detector; the YAML rule engine replaces `DetectionRules` but keeps `observe`):
+Design:
 
-* **Baseline.** The first snapshot of a market sets its baseline and emits nothing: a price
-  with no history says nothing about a *change* of conviction.
-* **Rolling window.** Each market keeps the observations of the last `window_seconds`, but
-  never older than its last event. A snapshot fires when the YES price is at least
-  `threshold` away from some observation still in that window; the baseline of the event is
-  the observation farthest from the current price (the earliest one on ties). So a fast move
-  fires, a slow drift that never moves `threshold` within one window does not.
-* **Re-anchoring.** After an event the window restarts at the emitted price: while the price
-  stays put nothing repeats, and the next event needs a new move of `threshold` from there.
-* **Cooldown.** For `cooldown_seconds` after an event nothing fires (observations are still
-  recorded), so a price oscillating around the threshold cannot spam; a move that persists
-  past the cooldown fires once when the cooldown ends.
-* **Gaps.** If no snapshot arrived for longer than the window, the history is stale: the
-  baseline is reset to the new price and nothing fires.
+* **Watch guards.** A disabled market, or one whose known liquidity/volume is below the
+  `watch` minimums, has no state and emits nothing. A snapshot whose known spread is wider
+  than `max_spread` (a thin book's midpoint is not a price anyone trades at) or that is older
+  than `max_data_age` when it arrives (`now - taken_at`) is ignored — not even recorded.
+* **Baseline.** The first snapshot of a market sets its baseline and emits nothing.
+* **Rolling window.** A move is measured from the observation farthest from the current
+  price among those within `window`, plus always the previous observation: with 1-minute
+  polling the window decides, with coarse data (or after an outage) consecutive points still
+  compare, and `window_seconds` on the event says how long the move took.
+* **Qualifying move.** |Δp| ≥ `floor` and, combined by `any`/`all`, |Δp| ≥ `abs` and
+  |Δlogit(p)| ≥ `log_odds`. Log-odds make 0.02 → 0.06 as strong as 0.50 → 0.60; the
+  absolute `floor` keeps a market pinned at 0.99 from firing on tick noise, where log-odds
+  alone would explode.
+* **Confirmation (glitch guard).** The first qualifying poll only opens a *pending* move with
+  its baseline fixed. Every following poll must show the move persisting: same direction, at
+  least `confirm.retain` of the first crossing still standing, and at least `floor`. It fires
+  on the poll where `confirm.polls` polls have seen it and `confirm.for` has elapsed. A poll
+  where it retraced makes it a glitch: dropped, counted, and the market re-baselines at the
+  current price, so the spike is never anyone's baseline afterwards.
+* **Re-anchoring and cooldown.** After an event the window restarts at the event price, and
+  for `cooldown` nothing new starts (observations are still recorded): an oscillating price
+  cannot spam, and a move that persists past the cooldown fires once.
+* **Hysteresis (re-arm).** Within one window after an event, a move *against* it is judged
+  as if `hysteresis` smaller, so a price that jumps and sags back a little does not fire the
+  mirror event.
 * **Out of order / repeats.** A snapshot not newer than the last one seen is ignored, so
   re-delivering the same snapshot never fires twice.
 * **Closing.** A tracked market that reports `closed` emits one final event (rule
-  `market_closed`, `final=True`), measured from its current baseline, and is then dropped;
-  later snapshots of it are ignored. A market that is already closed when first seen emits
+  `market_closed`, `final=True`), measured from its oldest retained observation, and is then
+  dropped; later snapshots of it are ignored. A market already closed when first seen emits
   nothing: we never saw it trade.
+* **Reloads.** `apply_rules(new_rules)` keeps the state of every market whose state-shaping
+  parameters (`DetectionParams.state_key`) are unchanged and resets the others, returning
+  them so the caller can log it. A change of tier or category between snapshots applies the
+  new parameters to the existing state.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from polymarket_kafka.models import ConvictionDirection, MarketSnapshot
+from polymarket_kafka.ruleset.params import DetectionParams, ResolvedRule
 
 __all__ = [
     "CLOSED_RULE",
     "ConvictionChange",
-    "DetectionRules",
     "Detector",
+    "DetectorStats",
+    "RuleSource",
+    "StateReset",
     "log_odds",
+    "qualifies",
+    "severity_of",
 ]
 
 CLOSED_RULE = "market_closed"
@@ -60,39 +82,42 @@ def log_odds(price: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-@dataclass(frozen=True)
-class DetectionRules:
-    """Parameters of the first detector (fixed, documented defaults).
+def _at_least(value: float, threshold: float) -> bool:
+    return round(value, _PRECISION) >= round(threshold, _PRECISION)
 
-    `threshold` is an absolute move of the YES price in probability units (0.05 = 5 points).
-    Per-market overrides carried on a snapshot (from its subscription document) win.
-    """
 
-    name: str = "conviction_move"
-    threshold: float = 0.05
-    window_seconds: float = 3600.0
-    cooldown_seconds: float = 600.0
+def qualifies(baseline: float, price: float, params: DetectionParams) -> bool:
+    """Whether a move from `baseline` to `price` is a conviction change under `params`."""
+    move = abs(price - baseline)
+    if not _at_least(move, params.floor) or move == 0:
+        return False
+    by_abs = _at_least(move, params.abs_move)
+    by_log_odds = _at_least(abs(log_odds(price) - log_odds(baseline)), params.log_odds_move)
+    if params.combine == "all":
+        return by_abs and by_log_odds
+    return by_abs or by_log_odds
 
-    def __post_init__(self) -> None:
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
-        if self.window_seconds <= 0.0:
-            raise ValueError(f"window_seconds must be > 0, got {self.window_seconds}")
-        if self.cooldown_seconds < 0.0:
-            raise ValueError(f"cooldown_seconds must be >= 0, got {self.cooldown_seconds}")
 
-    def for_snapshot(self, snapshot: MarketSnapshot) -> DetectionRules:
-        """These rules with the snapshot's per-market overrides applied."""
-        return replace(
-            self,
-            threshold=snapshot.threshold if snapshot.threshold is not None else self.threshold,
-            window_seconds=snapshot.window_seconds
-            if snapshot.window_seconds is not None
-            else self.window_seconds,
-            cooldown_seconds=snapshot.cooldown_seconds
-            if snapshot.cooldown_seconds is not None
-            else self.cooldown_seconds,
-        )
+def severity_of(baseline: float, price: float, params: DetectionParams) -> str:
+    """The highest severity band the move reaches (the first band when it reaches none)."""
+    move = abs(price - baseline)
+    logit_move = abs(log_odds(price) - log_odds(baseline))
+    reached = params.severity[0].name if params.severity else ""
+    for band in params.severity[1:]:
+        by_abs = band.abs_move is not None and _at_least(move, band.abs_move)
+        by_log_odds = band.log_odds_move is not None and _at_least(logit_move, band.log_odds_move)
+        if by_abs or by_log_odds:
+            reached = band.name
+    return reached
+
+
+class RuleSource(Protocol):
+    """What the detector needs from the rule engine (see `ruleset.RuleSet`)."""
+
+    @property
+    def version(self) -> str: ...
+
+    def resolve(self, snapshot: MarketSnapshot) -> ResolvedRule: ...
 
 
 @dataclass(frozen=True)
@@ -104,6 +129,8 @@ class ConvictionChange:
     baseline_price: float
     baseline_at: datetime
     final: bool = False
+    severity: str | None = None
+    resolved: ResolvedRule | None = None
 
     @property
     def market_id(self) -> str:
@@ -138,71 +165,192 @@ class ConvictionChange:
         return max(0.0, (self.observed_at - self.baseline_at).total_seconds())
 
 
+@dataclass(frozen=True)
+class StateReset:
+    """A market whose detection state a reload reset (its state-shaping parameters changed)."""
+
+    market_id: str
+    old_state_key: str
+    new_state_key: str | None  # None: the market is no longer watched under the new rules
+
+
+@dataclass
+class DetectorStats:
+    """Plain counters of what the detector dropped (exported by the metrics layer)."""
+
+    glitches: int = 0
+    stale: int = 0
+    thin_book: int = 0
+    unwatched: int = 0
+    resets: int = 0
+
+
+@dataclass
+class _Pending:
+    baseline_at: datetime
+    baseline_price: float
+    first_at: datetime
+    first_move: float
+    polls: int = 1
+
+
 @dataclass
 class _MarketState:
     history: deque[tuple[datetime, float]]
-    last_seen: datetime
+    last_snapshot: MarketSnapshot
+    state_key: str
     cooldown_until: datetime | None = None
+    pending: _Pending | None = None
+    #: (time, sign) of the last event, for hysteresis.
+    last_event: tuple[datetime, int] | None = None
 
-    @classmethod
-    def starting_at(cls, at: datetime, price: float) -> _MarketState:
-        return cls(history=deque([(at, price)]), last_seen=at)
+    @property
+    def last_seen(self) -> datetime:
+        return self.last_snapshot.taken_at
 
 
 @dataclass
 class Detector:
     """Per-market detection state. Pure: no clock, no I/O; `now` is always passed in."""
 
+    stats: DetectorStats = field(default_factory=DetectorStats)
     _markets: dict[str, _MarketState] = field(default_factory=dict)
     _closed: set[str] = field(default_factory=set)
 
     def observe(
-        self, snapshot: MarketSnapshot, rules: DetectionRules, now: datetime
+        self, snapshot: MarketSnapshot, rules: RuleSource, now: datetime
     ) -> list[ConvictionChange]:
         """Feed one snapshot; return the conviction changes it triggers (usually none)."""
         market_id = snapshot.market_id
         if market_id in self._closed:
             return []
+        resolved = rules.resolve(snapshot)
+        params = resolved.params
         state = self._markets.get(market_id)
         if snapshot.closed:
-            return self._close(snapshot, state)
+            return self._close(snapshot, state, resolved)
+        if not _watched(snapshot, params):
+            self.stats.unwatched += 1
+            self._markets.pop(market_id, None)
+            return []
+        if snapshot.spread is not None and snapshot.spread > params.max_spread:
+            self.stats.thin_book += 1
+            return []
+        if (now - snapshot.taken_at).total_seconds() > params.max_data_age_seconds:
+            self.stats.stale += 1
+            return []
 
-        effective = rules.for_snapshot(snapshot)
         at, price = snapshot.taken_at, snapshot.yes_price
-        if state is None or (at - state.last_seen).total_seconds() > effective.window_seconds:
-            self._markets[market_id] = _MarketState.starting_at(at, price)
+        if state is None:
+            self._markets[market_id] = _MarketState(
+                history=deque([(at, price)]), last_snapshot=snapshot, state_key=params.state_key
+            )
             return []
         if at <= state.last_seen:
             return []
+        state.last_snapshot = snapshot
+        state.state_key = params.state_key
+        _trim(state.history, at, params.window_seconds)
 
-        state.last_seen = at
-        horizon = at.timestamp() - effective.window_seconds
-        while state.history and state.history[0][0].timestamp() < horizon:
-            state.history.popleft()
-        baseline = _farthest(state.history, price)
+        if state.pending is not None:
+            return self._confirm(state, state.pending, snapshot, resolved)
+
+        return self._evaluate(state, snapshot, resolved)
+
+    def _evaluate(
+        self, state: _MarketState, snapshot: MarketSnapshot, resolved: ResolvedRule
+    ) -> list[ConvictionChange]:
+        """No move pending: open one if this snapshot's move qualifies."""
+        params = resolved.params
+        at, price = snapshot.taken_at, snapshot.yes_price
+        baseline_at, baseline_price = _farthest(state.history, price)
         state.history.append((at, price))
+        if state.cooldown_until is not None and at < state.cooldown_until:
+            return []
+        judged = _handicapped(state, at, baseline_price, price, params)
+        if not qualifies(baseline_price, judged, params):
+            return []
+        state.pending = _Pending(
+            baseline_at=baseline_at,
+            baseline_price=baseline_price,
+            first_at=at,
+            first_move=price - baseline_price,
+        )
+        return self._confirm_if_due(state, state.pending, snapshot, resolved)
 
-        if state.cooldown_until is not None and now < state.cooldown_until:
-            return []
-        if baseline is None:
-            return []
-        baseline_at, baseline_price = baseline
-        if round(abs(price - baseline_price), _PRECISION) < round(effective.threshold, _PRECISION):
-            return []
+    def _confirm(
+        self,
+        state: _MarketState,
+        pending: _Pending,
+        snapshot: MarketSnapshot,
+        resolved: ResolvedRule,
+    ) -> list[ConvictionChange]:
+        params = resolved.params
+        at, price = snapshot.taken_at, snapshot.yes_price
+        pending.polls += 1
+        move = price - pending.baseline_price
+        # Persistence, not re-qualification: a move that keeps `retain` of its first crossing
+        # (and the floor) is confirmed even if it sagged a little below the threshold.
+        holds = (
+            move * pending.first_move > 0
+            and _at_least(abs(move), params.confirm_retain * abs(pending.first_move))
+            and _at_least(abs(move), params.floor)
+        )
+        if not holds:
+            return self._glitch(state, pending, snapshot, resolved)
+        state.history.append((at, price))
+        return self._confirm_if_due(state, pending, snapshot, resolved)
 
+    def _glitch(
+        self,
+        state: _MarketState,
+        pending: _Pending,
+        snapshot: MarketSnapshot,
+        resolved: ResolvedRule,
+    ) -> list[ConvictionChange]:
+        """The pending move retraced: it was a glitch. Its polls never become a baseline."""
+        self.stats.glitches += 1
+        state.pending = None
+        at, price = snapshot.taken_at, snapshot.yes_price
+        before = deque(obs for obs in state.history if obs[0] < pending.first_at)
+        if (price - pending.baseline_price) * pending.first_move < 0 and before:
+            # Through the baseline to the other side: a move in its own right, measured from
+            # the observations before the spike.
+            state.history = before
+            return self._evaluate(state, snapshot, resolved)
+        # Back part way on the spike's side: the level is unknowable, measure from here.
         state.history = deque([(at, price)])
-        state.cooldown_until = _after(now, effective.cooldown_seconds)
+        return []
+
+    def _confirm_if_due(
+        self,
+        state: _MarketState,
+        pending: _Pending,
+        snapshot: MarketSnapshot,
+        resolved: ResolvedRule,
+    ) -> list[ConvictionChange]:
+        params = resolved.params
+        at, price = snapshot.taken_at, snapshot.yes_price
+        elapsed = (at - pending.first_at).total_seconds()
+        if pending.polls < params.confirm_polls or elapsed < params.confirm_seconds:
+            return []
+        state.pending = None
+        state.history = deque([(at, price)])
+        state.cooldown_until = _after(at, params.cooldown_seconds)
+        state.last_event = (at, 1 if price > pending.baseline_price else -1)
         return [
             ConvictionChange(
                 snapshot=snapshot,
-                rule=effective.name,
-                baseline_price=baseline_price,
-                baseline_at=baseline_at,
+                rule=params.name,
+                baseline_price=pending.baseline_price,
+                baseline_at=pending.baseline_at,
+                severity=severity_of(pending.baseline_price, price, params),
+                resolved=resolved,
             )
         ]
 
     def _close(
-        self, snapshot: MarketSnapshot, state: _MarketState | None
+        self, snapshot: MarketSnapshot, state: _MarketState | None, resolved: ResolvedRule
     ) -> list[ConvictionChange]:
         self._closed.add(snapshot.market_id)
         self._markets.pop(snapshot.market_id, None)
@@ -216,8 +364,29 @@ class Detector:
                 baseline_price=baseline_price,
                 baseline_at=baseline_at,
                 final=True,
+                severity=severity_of(baseline_price, snapshot.yes_price, resolved.params),
+                resolved=resolved,
             )
         ]
+
+    def apply_rules(self, rules: RuleSource) -> list[StateReset]:
+        """Adopt reloaded rules: reset every market whose state-shaping parameters changed."""
+        resets: list[StateReset] = []
+        for market_id, state in list(self._markets.items()):
+            params = rules.resolve(state.last_snapshot).params
+            watched = _watched(state.last_snapshot, params)
+            if watched and params.state_key == state.state_key:
+                continue
+            del self._markets[market_id]
+            self.stats.resets += 1
+            resets.append(
+                StateReset(
+                    market_id=market_id,
+                    old_state_key=state.state_key,
+                    new_state_key=params.state_key if watched else None,
+                )
+            )
+        return resets
 
     def forget(self, market_id: str) -> None:
         """Drop all state of a market (unsubscribed): a later snapshot starts afresh."""
@@ -232,12 +401,30 @@ class Detector:
         """True once a market's final event was emitted (it will not be tracked again)."""
         return market_id in self._closed
 
+    def pending(self, market_id: str) -> bool:
+        """True while a move of this market waits for confirmation."""
+        state = self._markets.get(market_id)
+        return state is not None and state.pending is not None
 
-def _farthest(
-    history: deque[tuple[datetime, float]], price: float
-) -> tuple[datetime, float] | None:
-    """The observation farthest from `price` (earliest on ties), or None if empty."""
-    best: tuple[datetime, float] | None = None
+
+def _watched(snapshot: MarketSnapshot, params: DetectionParams) -> bool:
+    if not params.enabled:
+        return False
+    if snapshot.liquidity is not None and snapshot.liquidity < params.min_liquidity:
+        return False
+    return snapshot.volume is None or snapshot.volume >= params.min_volume
+
+
+def _trim(history: deque[tuple[datetime, float]], at: datetime, window_seconds: float) -> None:
+    """Drop observations older than the window, but always keep the latest one."""
+    horizon = at - timedelta(seconds=window_seconds)
+    while len(history) > 1 and history[0][0] < horizon:
+        history.popleft()
+
+
+def _farthest(history: deque[tuple[datetime, float]], price: float) -> tuple[datetime, float]:
+    """The observation farthest from `price` (the earliest on ties)."""
+    best = history[0]
     best_distance = -1.0
     for at, past in history:
         distance = round(abs(price - past), _PRECISION)
@@ -246,7 +433,21 @@ def _farthest(
     return best
 
 
-def _after(now: datetime, seconds: float) -> datetime | None:
+def _handicapped(
+    state: _MarketState, at: datetime, baseline: float, price: float, params: DetectionParams
+) -> float:
+    """`price`, pulled back toward `baseline` by `hysteresis` when it reverses the last event
+    within one window (never past the baseline)."""
+    if state.last_event is None or params.hysteresis <= 0:
+        return price
+    event_at, sign = state.last_event
+    if (at - event_at).total_seconds() > params.window_seconds or (price - baseline) * sign >= 0:
+        return price
+    pulled = price + sign * params.hysteresis
+    return baseline if (pulled - baseline) * sign > 0 else pulled
+
+
+def _after(at: datetime, seconds: float) -> datetime | None:
     if seconds <= 0:
         return None
-    return now + timedelta(seconds=seconds)
+    return at + timedelta(seconds=seconds)

@@ -31,6 +31,7 @@ def event_id_for(change: ConvictionChange) -> str:
 def build_event(change: ConvictionChange) -> PolymarketEvent:
     """The Kafka event for a change; `published_at` is left unset for the publisher."""
     snapshot = change.snapshot
+    resolved = change.resolved
     price_change = change.price_change
     return PolymarketEvent(
         event_id=event_id_for(change),
@@ -50,4 +51,7 @@ def build_event(change: ConvictionChange) -> PolymarketEvent:
         liquidity=snapshot.liquidity,
         rule=change.rule,
         final=change.final,
+        severity=change.severity,
+        rules_version=resolved.rules_version if resolved is not None else None,
+        rule_id=resolved.rule_id if resolved is not None else None,
     )

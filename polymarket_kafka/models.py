@@ -128,6 +128,20 @@ class PolymarketEvent(BaseModel):
         default=False,
         description="True on the single last event of a market that closed/resolved.",
     )
+    severity: str | None = Field(
+        default=None,
+        description="Severity band the move reached under the rules in force (e.g. minor, "
+        "major, extreme).",
+    )
+    rules_version: str | None = Field(
+        default=None,
+        description="Version (content hash) of the rules file in force when the event fired.",
+    )
+    rule_id: str | None = Field(
+        default=None,
+        description="Identity (hash) of the resolved parameters that fired for this market; "
+        "`polymarket-kafka rules explain` shows them.",
+    )
 
     @field_validator("price_change", "abs_price_change")
     @classmethod

@@ -37,3 +37,18 @@ def event_fields(**overrides: Any) -> dict[str, Any]:
 def make_event(**overrides: Any) -> PolymarketEvent:
     """A valid event with `overrides` applied."""
     return PolymarketEvent(**event_fields(**overrides))
+
+
+class FixedRules:
+    """A rule source that resolves every market to the same parameters (detector tests)."""
+
+    def __init__(self, params: Any = None, version: str = "test") -> None:
+        from polymarket_kafka.ruleset.params import DetectionParams
+
+        self.params = params if params is not None else DetectionParams()
+        self.version = version
+
+    def resolve(self, snapshot: Any) -> Any:
+        from polymarket_kafka.ruleset.params import ResolvedRule
+
+        return ResolvedRule(params=self.params, rules_version=self.version)
