@@ -42,19 +42,22 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 
 from polymarket_kafka.config import PolymarketConfig
-from polymarket_kafka.detection import DetectionRules, Detector
+from polymarket_kafka.detection import Detector
 from polymarket_kafka.events import build_event
 from polymarket_kafka.models import MarketSnapshot, PolymarketSubscription
 from polymarket_kafka.poller import MarketPoller
 from polymarket_kafka.polymarket import ClientStats, open_polymarket_client
+from polymarket_kafka.ruleset import RuleSet, load_rules
 from polymarket_kafka.testing import FakeMarket
 
+ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2024, 11, 5, 21, tzinfo=UTC)
 POLL_INTERVAL_SECONDS = 30.0  # POLL_INTERVAL_SECONDS default of the service
 BACKEND = "trio"
@@ -109,7 +112,7 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _detect(detector: Detector, rules: DetectionRules, snapshots: list[MarketSnapshot]) -> int:
+def _detect(detector: Detector, rules: RuleSet, snapshots: list[MarketSnapshot]) -> int:
     events = 0
     for snapshot in snapshots:
         for change in detector.observe(snapshot, rules, snapshot.taken_at):
@@ -122,7 +125,7 @@ async def _batched(url: str, n: int, cycles: int, delay_ms: float) -> Run:
     config = PolymarketConfig(base_url=url, gamma_url=url, rate_limit_delay_ms=delay_ms)
     subscriptions = _subscriptions([FakeMarket.make(i) for i in range(n)])
     stats = ClientStats()
-    detector, rules = Detector(), DetectionRules()
+    detector, rules = Detector(), load_rules(ROOT / "rules" / "default.yaml")
     measured: list[Cycle] = []
     async with open_polymarket_client(config, stats=stats) as client:
         poller = MarketPoller(client, metadata_refresh_seconds=config.metadata_refresh_seconds)
@@ -151,7 +154,7 @@ async def _batched(url: str, n: int, cycles: int, delay_ms: float) -> Run:
 async def _naive(url: str, n: int, cycles: int, delay_ms: float) -> Run:
     markets = [FakeMarket.make(i) for i in range(n)]
     subscriptions = _subscriptions(markets)
-    detector, rules = Detector(), DetectionRules()
+    detector, rules = Detector(), load_rules(ROOT / "rules" / "default.yaml")
     measured: list[Cycle] = []
     total = 0
     async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:

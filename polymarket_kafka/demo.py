@@ -33,6 +33,7 @@ from polymarket_kafka.kafka import open_kafka_publisher
 from polymarket_kafka.local_broker import create_topic, open_tansu_broker, read_events
 from polymarket_kafka.poller import MarketPoller
 from polymarket_kafka.polymarket import CassetteTransport, open_polymarket_client
+from polymarket_kafka.reloader import RulesHolder, default_rules_path
 from polymarket_kafka.service import ServiceSettings, ServiceStats, run_service
 from polymarket_kafka.subscriptions import InMemorySubscriptionStore
 
@@ -88,12 +89,15 @@ async def run_demo(
     interval_seconds: float = 0.25,
     out: IO[str] | None = None,
     handle_signals: bool = True,
+    rules_path: Path | None = None,
 ) -> tuple[ServiceStats, int]:
     """Run the demo; return the service counters and how many events were read back.
 
-    The events read back are written to `out` (default: the current `sys.stdout`).
+    The events read back are written to `out` (default: the current `sys.stdout`). The rules
+    are `rules_path`, else rules/default.yaml in the working directory, else the built-ins.
     """
     out = out if out is not None else sys.stdout
+    rules_path = default_rules_path(rules_path)
     if not await anyio.Path(cassette).is_file():
         raise FileNotFoundError(f"demo cassette not found: {cassette}")
     cycles = midpoint_cycles(cassette)
@@ -132,6 +136,7 @@ async def run_demo(
                     handle_signals=handle_signals,
                 ),
                 clock=clock,
+                rules=RulesHolder.from_path(rules_path),
             )
         messages = await anyio.to_thread.run_sync(
             lambda: read_events(

@@ -25,17 +25,18 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from polymarket_kafka.detection import DetectionRules, Detector
+from polymarket_kafka.detection import Detector, DetectorStats, RuleSource
 from polymarket_kafka.events import build_event
 from polymarket_kafka.models import MarketSnapshot, PolymarketEvent, PolymarketSubscription
+from polymarket_kafka.reloader import RulesHolder, run_reloader
 
 __all__ = [
     "LatestSubscriptions",
@@ -50,6 +51,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+#: A snapshot and the monotonic time (`anyio.current_time()`) it left the poller.
+_Polled = tuple[MarketSnapshot, float]
 
 
 class _PollResult(Protocol):
@@ -116,34 +121,10 @@ class ServiceStats:
     subscription_refreshes: int = 0
     subscription_failures: int = 0
     reload_requests: int = 0
+    rule_resets: int = 0
     last_poll_at: datetime | None = None
-
-
-class RulesHolder:
-    """The rules in force. Swapped atomically on reload; readers just read `current`."""
-
-    def __init__(
-        self,
-        rules: DetectionRules | None = None,
-        *,
-        reload: Callable[[], DetectionRules] | None = None,
-    ) -> None:
-        self.current = rules if rules is not None else DetectionRules()
-        self._reload = reload
-
-    def reload(self) -> bool:
-        """Re-read the rules; keep the old ones on any error. Returns True on a swap."""
-        if self._reload is None:
-            logger.info("rules reload requested; this build has fixed rules, nothing to do")
-            return False
-        try:
-            new = self._reload()
-        except Exception:
-            logger.exception("rules reload failed; the previous rules stay in force")
-            return False
-        self.current = new
-        logger.info("rules reloaded: %s", new)
-        return True
+    #: What the detector dropped: glitches, stale and thin-book snapshots, unwatched markets.
+    detector: DetectorStats = field(default_factory=DetectorStats)
 
 
 class LatestSubscriptions:
@@ -209,9 +190,7 @@ async def run_service(
     stats = stats or ServiceStats()
     stopper = stopper or Stopper()
     subscriptions = LatestSubscriptions()
-    snap_send, snap_recv = anyio.create_memory_object_stream[MarketSnapshot](
-        settings.snapshot_buffer
-    )
+    snap_send, snap_recv = anyio.create_memory_object_stream[_Polled](settings.snapshot_buffer)
     event_send, event_recv = anyio.create_memory_object_stream[PolymarketEvent](
         settings.event_buffer
     )
@@ -220,6 +199,7 @@ async def run_service(
         stopper._service = tg.cancel_scope
         if settings.handle_signals:
             await tg.start(_handle_signals, stopper, rules, stats)
+        tg.start_soon(run_reloader, rules)
         tg.start_soon(_detect, snap_recv, event_send, rules, subscriptions, stats)
         tg.start_soon(_deliver, event_recv, publisher, stats, on_published, tg.cancel_scope)
         task_status.started(stopper)
@@ -253,7 +233,7 @@ async def _handle_signals(
             if signum == signal.SIGHUP:
                 stats.reload_requests += 1
                 logger.info("SIGHUP received: reloading rules")
-                rules.reload()
+                rules.request_reload()
             else:
                 logger.info("%s received: stopping gracefully", signal.Signals(signum).name)
                 stopper.stop()
@@ -291,7 +271,7 @@ async def _refresh_subscriptions(
 
 
 async def _poll_markets(
-    snapshots: MemoryObjectSendStream[MarketSnapshot],
+    snapshots: MemoryObjectSendStream[_Polled],
     poller: Poller,
     subscriptions: LatestSubscriptions,
     settings: ServiceSettings,
@@ -317,30 +297,39 @@ async def _poll_markets(
                 for market_id, reason in result.skipped.items():
                     logger.warning("cycle %d: skipped market %s: %s", cycles, market_id, reason)
                 for snapshot in result.snapshots:
-                    await snapshots.send(snapshot)
+                    await snapshots.send((snapshot, anyio.current_time()))
             next_tick += settings.poll_interval_seconds
             await anyio.sleep(max(0.0, next_tick - anyio.current_time()))
 
 
 async def _detect(
-    snapshots: MemoryObjectReceiveStream[MarketSnapshot],
+    snapshots: MemoryObjectReceiveStream[_Polled],
     events: MemoryObjectSendStream[PolymarketEvent],
     rules: RulesHolder,
     subscriptions: LatestSubscriptions,
     stats: ServiceStats,
 ) -> None:
-    detector = Detector()
+    detector = Detector(stats=stats.detector)
     seen_version = -1
+    in_force = rules.current
     async with snapshots, events:
-        async for snapshot in snapshots:
+        async for snapshot, polled_at in snapshots:
             if subscriptions.version != seen_version:
                 seen_version = subscriptions.version
                 active = subscriptions.market_ids()
                 for market_id in detector.tracked() - active:
                     detector.forget(market_id)
+            if rules.current is not in_force:
+                # A reload swapped the rules between two snapshots: adopt them here, so every
+                # snapshot is judged by exactly one rule set.
+                in_force = rules.current
+                _adopt(detector, in_force, stats)
             stats.snapshots += 1
             try:
-                changes = detector.observe(snapshot, rules.current, snapshot.taken_at)
+                # The snapshot's age is how long it waited in the pipeline, on the monotonic
+                # clock (the injected wall clock may be a scripted one).
+                waited = timedelta(seconds=anyio.current_time() - polled_at)
+                changes = detector.observe(snapshot, in_force, snapshot.taken_at + waited)
                 built = [build_event(change) for change in changes]
             except Exception:
                 stats.detection_errors += 1
@@ -349,15 +338,35 @@ async def _detect(
             for event in built:
                 stats.events_detected += 1
                 logger.info(
-                    "conviction change %s %s %.4f -> %.4f (%s) event_id=%s",
+                    "conviction change %s %s %.4f -> %.4f (%s, %s) event_id=%s",
                     event.market_id,
                     event.direction.value,
                     event.baseline_yes_price,
                     event.yes_price,
                     event.rule,
+                    event.severity,
                     event.event_id,
                 )
                 await events.send(event)
+
+
+def _adopt(detector: Detector, rules: RuleSource, stats: ServiceStats) -> None:
+    resets = detector.apply_rules(rules)
+    stats.rule_resets += len(resets)
+    for reset in resets:
+        logger.info(
+            "rules %s: detection state of market %s reset (parameters %s -> %s)",
+            rules.version,
+            reset.market_id,
+            reset.old_state_key,
+            reset.new_state_key or "not watched",
+        )
+    logger.info(
+        "rules %s in force: %d markets reset, %d kept",
+        rules.version,
+        len(resets),
+        len(detector.tracked()),
+    )
 
 
 async def _deliver(

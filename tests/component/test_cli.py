@@ -100,6 +100,8 @@ def test_run_command_publishes_then_stops_on_sigterm(
     tansu_broker: LocalBroker,
     kafka_topic: str,
 ) -> None:
+    rules = env.with_name("rules.yaml")
+    rules.write_text("version: 1\ndefaults:\n  confirm: {polls: 1}\n")
     with FakePolymarketServer(n_markets=1, price=lambda i: 0.30) as server:
         market = server.markets[0].condition_id
         for key, value in {
@@ -110,6 +112,8 @@ def test_run_command_publishes_then_stops_on_sigterm(
             "KAFKA_TOPIC": kafka_topic,
             "POLL_INTERVAL_SECONDS": "0.05",
             "MONGODB_POLL_INTERVAL_SECONDS": "0.05",
+            # One poll is enough here (the default rules would wait for a second poll).
+            "RULES_PATH": str(rules),
         }.items():
             monkeypatch.setenv(key, value)
         assert main(["--env-file", str(env), "subscribe", market]) == 0

@@ -17,12 +17,12 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import pytest
 
-from polymarket_kafka.detection import DetectionRules
 from polymarket_kafka.models import ConvictionDirection, MarketSnapshot, PolymarketEvent
 from polymarket_kafka.poller import MarketPoller
 from polymarket_kafka.polymarket import open_polymarket_client
+from polymarket_kafka.reloader import RulesHolder
+from polymarket_kafka.ruleset import ResolvedRule, RuleSet, load_rules_text
 from polymarket_kafka.service import (
-    RulesHolder,
     ServiceSettings,
     ServiceStats,
     Stopper,
@@ -34,6 +34,8 @@ from polymarket_kafka.testing import FakePolymarketServer
 pytestmark = pytest.mark.anyio
 
 T0 = datetime(2024, 11, 5, 23, 0, tzinfo=UTC)
+#: The pipeline tests script one price per hourly cycle: fire on the first qualifying poll.
+ONE_POLL = load_rules_text("version: 1\ndefaults:\n  confirm: {polls: 1}\n", "one-poll.yaml")
 
 
 @dataclass
@@ -89,7 +91,7 @@ async def run(
             settings=settings
             or ServiceSettings(poll_interval_seconds=0.01, max_cycles=4, handle_signals=False),
             clock=clock,
-            rules=rules,
+            rules=rules or RulesHolder(ONE_POLL),
             stopper=stopper,
         )
     return stats, publisher
@@ -142,47 +144,6 @@ async def test_sigterm_drains_and_stops(server: FakePolymarketServer) -> None:
         stats, _ = await run(server, clock, publisher=SignallingPublisher(), settings=settings)
     assert [e.market_id for e in publisher.events] == [a]
     assert stats.events_undelivered == 0
-
-
-async def test_sighup_routes_to_rules_reload(server: FakePolymarketServer) -> None:
-    reloaded = DetectionRules(threshold=0.30)
-    calls: list[int] = []
-
-    def reload() -> DetectionRules:
-        calls.append(1)
-        return reloaded
-
-    rules = RulesHolder(reload=reload)
-    stopper = Stopper()
-
-    class Clock(ScriptedClock):
-        def __call__(self) -> datetime:
-            if self.cycle == 1:
-                os.kill(os.getpid(), signal.SIGHUP)
-            if self.cycle == 3:
-                stopper.stop()
-            return super().__call__()
-
-    settings = ServiceSettings(poll_interval_seconds=0.05, handle_signals=True)
-    with anyio.fail_after(10):
-        stats, _ = await run(
-            server, Clock(server, {}), settings=settings, rules=rules, stopper=stopper
-        )
-    assert calls == [1]
-    assert stats.reload_requests == 1
-    assert rules.current is reloaded
-
-
-def test_rules_reload_failure_keeps_old_rules(caplog: pytest.LogCaptureFixture) -> None:
-    def broken() -> DetectionRules:
-        raise ValueError("rules.yaml:3: bad threshold")
-
-    old = DetectionRules()
-    holder = RulesHolder(old, reload=broken)
-    assert holder.reload() is False
-    assert holder.current is old
-    assert "previous rules stay in force" in caplog.text
-    assert RulesHolder().reload() is False
 
 
 async def test_drain_grace_reports_undelivered_events(
@@ -291,14 +252,15 @@ async def test_detection_error_is_isolated_per_market(
 ) -> None:
     a, b = server.markets[0].condition_id, server.markets[1].condition_id
 
-    class PickyRules(DetectionRules):
-        def for_snapshot(self, snapshot: MarketSnapshot) -> DetectionRules:
+    class PickyRules(RuleSet):
+        def resolve(self, snapshot: MarketSnapshot) -> ResolvedRule:
             if snapshot.market_id == a:
                 raise RuntimeError("rule resolution failed")
-            return super().for_snapshot(snapshot)
+            return super().resolve(snapshot)
 
+    picky = PickyRules(ONE_POLL.document, "picky.yaml")
     clock = ScriptedClock(server, {1: {a: 0.9, b: 0.9}})
-    stats, publisher = await run(server, clock, rules=RulesHolder(PickyRules()))
+    stats, publisher = await run(server, clock, rules=RulesHolder(picky))
     assert [e.market_id for e in publisher.events] == [b]
     assert stats.detection_errors == 4
     assert f"detection failed for market {a}" in caplog.text

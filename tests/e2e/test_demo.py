@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from polymarket_kafka.ruleset import load_rules
 from polymarket_kafka.demo import (
     DEFAULT_CASSETTE,
     DEMO_START,
@@ -47,7 +48,14 @@ async def test_demo_publishes_and_reads_back_the_election_night_moves() -> None:
     assert stats.poll_cycles == 10
     assert {e["market_id"] for e in events} == {TRUMP, HARRIS}  # the calm Fed market is silent
     trump = [(e["baseline_yes_price"], e["yes_price"]) for e in events if e["market_id"] == TRUMP]
-    assert trump == [(0.58, 0.706), (0.711, 0.828), (0.828, 0.9245)]
+    # rules/default.yaml: each move is confirmed on the next hourly poll before it fires.
+    assert trump == [(0.58, 0.711), (0.711, 0.9245), (0.9245, 0.9865)]
+    assert [e["severity"] for e in events if e["market_id"] == TRUMP] == [
+        "major",
+        "extreme",
+        "extreme",
+    ]
+    assert {e["rules_version"] for e in events} == {load_rules("rules/default.yaml").version}
     assert all(e["direction"] == "toward_no" for e in events if e["market_id"] == HARRIS)
     assert all(e["published_at"] for e in events)
 

@@ -8,6 +8,7 @@ assertions are on what crossed the last boundary: the messages read back from th
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -124,10 +125,11 @@ async def test_events_reach_the_broker_and_sigterm_drains(
     partitions_of_a = {m.partition for m in messages if m.key == a.encode()}
     assert len(partitions_of_a) == 1  # same key, same partition: per-market order holds
     moves = sorted((e.timestamp, e.market_id, e.direction) for e in received)
+    # Built-in rules: every move fires when the next hourly poll confirms it.
     assert moves == [
-        (T0 + timedelta(hours=1), a, ConvictionDirection.TOWARD_YES),
-        (T0 + timedelta(hours=2), b, ConvictionDirection.TOWARD_NO),
-        (T0 + timedelta(hours=4), a, ConvictionDirection.TOWARD_NO),
+        (T0 + timedelta(hours=2), a, ConvictionDirection.TOWARD_YES),
+        (T0 + timedelta(hours=3), b, ConvictionDirection.TOWARD_NO),
+        (T0 + timedelta(hours=5), a, ConvictionDirection.TOWARD_NO),
     ]
 
 
@@ -147,9 +149,11 @@ def test_cli_run_process_publishes_and_exits_cleanly_on_sigterm(
     tansu_broker: LocalBroker,
     kafka_topic: str,
     mongo_config: MongoConfig,
-    tmp_path: object,
+    tmp_path: Path,
 ) -> None:
     """The real console entry point, a real process, a real SIGTERM."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\ndefaults:\n  confirm: {polls: 1}\n")
     env = {
         **os.environ,
         "POLYMARKET_BASE_URL": server.url,
@@ -164,6 +168,7 @@ def test_cli_run_process_publishes_and_exits_cleanly_on_sigterm(
         "MONGODB_POLL_INTERVAL_SECONDS": "0.1",
         "POLL_INTERVAL_SECONDS": "0.1",
         "SHUTDOWN_GRACE_SECONDS": "5",
+        "RULES_PATH": str(rules),
     }
     market = server.markets[0].condition_id
     subscribed = _cli("subscribe", market, env=env)
