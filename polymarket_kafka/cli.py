@@ -2,7 +2,8 @@
 
 Exit status: 0 on success (including a clean stop on SIGINT/SIGTERM), 1 when the command
 failed at run time, 2 for a configuration or usage error (one line on stderr, naming the
-variable or argument at fault).
+variable or argument at fault). The offline commands (`rules check|explain|test`, `replay`)
+live in `cli_rules` and never read the service configuration; 1 there means bad input.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import anyio
 
 from polymarket_kafka import __version__
+from polymarket_kafka.cli_rules import OFFLINE_COMMANDS, add_offline_commands, run_offline
 from polymarket_kafka.config import AppConfig, ConfigError, load_config
 from polymarket_kafka.logs import configure_logging
 
@@ -69,12 +71,17 @@ def _parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("subscriptions", help="list subscriptions")
     listing.add_argument("--all", action="store_true", help="include inactive ones (ref_count 0)")
     listing.add_argument("--json", action="store_true", help="one JSON document per line")
+
+    add_offline_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of `python -m polymarket_kafka`."""
     args = _parser().parse_args(argv)
+    if args.command in OFFLINE_COMMANDS:
+        # Offline tools (rules, replay) read files only: no environment configuration.
+        return run_offline(args)
     try:
         config = load_config(env_file=args.env_file)
     except ConfigError as exc:
@@ -97,8 +104,19 @@ async def _dispatch(args: argparse.Namespace, config: AppConfig) -> int:
 
 
 async def _run(config: AppConfig) -> int:
-    from polymarket_kafka.app import run_app
+    from polymarket_kafka.app import load_initial_rules, run_app
+    from polymarket_kafka.ruleset import RulesError
 
+    try:
+        rules = load_initial_rules(config)
+    except RulesError as exc:
+        print(f"polymarket-kafka: invalid rules, not starting:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logger.info(
+        "rules %s (version %s)",
+        rules.path or "built-in defaults",
+        rules.current.version,
+    )
     logger.info(
         "starting: environment=%s kafka=%s topic=%s mongodb=%s",
         config.environment,
@@ -106,7 +124,7 @@ async def _run(config: AppConfig) -> int:
         config.kafka.full_topic,
         config.mongo.redacted_uri,
     )
-    stats = await run_app(config)
+    stats = await run_app(config, rules)
     return EXIT_OK if stats.events_undelivered == 0 else EXIT_FAILURE
 
 

@@ -154,3 +154,18 @@ def test_demo_with_missing_cassette_exits_2(
 ) -> None:
     assert main(["demo", "--cassette", str(tmp_path / "none.yaml")]) == 2
     assert "demo cassette not found" in capsys.readouterr().err
+
+
+def test_run_with_invalid_rules_exits_2_before_connecting(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = env.with_name("bad-rules.yaml")
+    rules.write_text("version: 1\ndefaults:\n  window: 0s\n  move: {abs: 2}\n")
+    monkeypatch.setenv("RULES_PATH", str(rules))
+    # Nothing listens here: reaching Kafka or MongoDB would hang or fail differently.
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")
+    assert main(["--env-file", str(env), "run"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid rules, not starting" in err
+    assert f"{rules}:3:" in err and "defaults.window" in err
+    assert f"{rules}:4:" in err and "defaults.move.abs" in err
