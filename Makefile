@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench replay-real clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ test: $(VENV)/.dev-installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy polymarket_kafka
 	$(BIN)/python -m pytest --cov --cov-report=term-missing
+
+## Replay the shared real Polymarket histories through rules/default.yaml; score the labels.
+REAL ?= ../shared/data/real
+replay-real: $(VENV)/.demo-installed
+	$(BIN)/polymarket-kafka replay $(REAL)/*.history.json $(REAL)/*/*.history.json \
+		--labels $(REAL)/labels.csv >/dev/null
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/poller_bench.py

@@ -462,3 +462,17 @@ def test_tightening_thresholds_never_adds_events_under_plain_threshold_semantics
     if tight_fired:
         assert loose_fired[0][0] <= tight_fired[0][0]
     assert len(tight_fired) <= len(loose_fired) or factor == 1.0
+
+
+@settings(max_examples=100)
+@given(raw=series, params=params_st, cut=st.integers(0, 40))
+def test_reloading_identical_rules_changes_nothing(
+    raw: list[tuple[int, float]], params: DetectionParams, cut: int
+) -> None:
+    """A reload with the same parameters in the middle of a series resets nothing and
+    changes no event."""
+    straight = feed(raw, params)
+    detector = Detector()
+    first = feed(raw[:cut], params, detector)
+    assert detector.apply_rules(FixedRules(replace(params))) == []
+    assert first + feed(raw[cut:], params, detector) == straight
