@@ -19,25 +19,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from polymarket_kafka.ruleset.loader import DEFAULT_RULES_PATH
+
 if TYPE_CHECKING:
     from polymarket_kafka.replay.engine import ReplayResult
     from polymarket_kafka.replay.labels import Label
     from polymarket_kafka.replay.ruletest import RuleTestFile
     from polymarket_kafka.ruleset import RuleSet
 
-__all__ = ["DEFAULT_RULES_FILE", "OFFLINE_COMMANDS", "add_offline_commands", "run_offline"]
+__all__ = ["OFFLINE_COMMANDS", "add_offline_commands", "run_offline"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
-#: Rules file used when `--rules` is not given (relative to the current directory).
-DEFAULT_RULES_FILE = Path("rules/default.yaml")
 #: Top-level commands that must not load the service configuration.
 OFFLINE_COMMANDS = frozenset({"rules", "replay"})
 
 
 def add_offline_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `rules ...` and `replay` on the main parser's subcommands."""
-    rules_help = f"rules file (default: {DEFAULT_RULES_FILE} if present, else built-in defaults)"
+    rules_help = f"rules file (default: {DEFAULT_RULES_PATH} if present, else built-in defaults)"
     rules = commands.add_parser("rules", help="check, explain and unit-test detection rules")
     actions = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
 
@@ -116,17 +116,18 @@ def _error(message: str) -> None:
 
 def _load_rules(path: Path | None) -> tuple[RuleSet, str]:
     """The rules to use and a note saying which (raises RulesError)."""
-    from polymarket_kafka.ruleset import RuleSet, load_rules
+    from polymarket_kafka.ruleset import RuleSet, default_rules_path, load_rules
 
     if path is not None:
         rules = load_rules(path)
         return rules, f"rules {path} (version {rules.version})"
-    if DEFAULT_RULES_FILE.is_file():
-        rules = load_rules(DEFAULT_RULES_FILE)
-        return rules, f"rules {DEFAULT_RULES_FILE} (default; version {rules.version})"
+    default = default_rules_path(None)
+    if default is not None:
+        rules = load_rules(default)
+        return rules, f"rules {default} (default; version {rules.version})"
     rules = RuleSet.builtin()
     return rules, (
-        f"rules: built-in defaults (no --rules and no {DEFAULT_RULES_FILE}; "
+        f"rules: built-in defaults (no --rules and no {DEFAULT_RULES_PATH}; "
         f"version {rules.version})"
     )
 

@@ -22,21 +22,11 @@ from pathlib import Path
 
 import anyio
 
-from polymarket_kafka.ruleset import RulesError, RuleSet, load_rules
+from polymarket_kafka.ruleset import RulesError, RuleSet, default_rules_path, load_rules
 
 __all__ = ["RulesHolder", "RulesMetrics", "default_rules_path", "run_reloader"]
 
 logger = logging.getLogger(__name__)
-
-#: Where the service looks for rules when RULES_PATH is not set (relative to the cwd).
-DEFAULT_RULES_PATH = Path("rules/default.yaml")
-
-
-def default_rules_path(configured: Path | None) -> Path | None:
-    """The rules file to load: RULES_PATH if set, else rules/default.yaml if present."""
-    if configured is not None:
-        return configured
-    return DEFAULT_RULES_PATH if DEFAULT_RULES_PATH.is_file() else None
 
 
 @dataclass

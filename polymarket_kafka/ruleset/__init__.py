@@ -11,7 +11,12 @@ from polymarket_kafka.ruleset.compiled import Layer, RuleSet
 from polymarket_kafka.ruleset.durations import format_duration, parse_duration
 from polymarket_kafka.ruleset.errors import RuleIssue, RulesError
 from polymarket_kafka.ruleset.format import format_explain, format_ruleset, format_value
-from polymarket_kafka.ruleset.loader import load_rules, load_rules_text
+from polymarket_kafka.ruleset.loader import (
+    DEFAULT_RULES_PATH,
+    default_rules_path,
+    load_rules,
+    load_rules_text,
+)
 from polymarket_kafka.ruleset.params import (
     BUILT_IN,
     PARAMETER_NAMES,
@@ -23,6 +28,7 @@ from polymarket_kafka.ruleset.params import (
 
 __all__ = [
     "BUILT_IN",
+    "DEFAULT_RULES_PATH",
     "PARAMETER_NAMES",
     "STATE_PARAMETERS",
     "DetectionParams",
@@ -32,6 +38,7 @@ __all__ = [
     "RuleSet",
     "RulesError",
     "SeverityBand",
+    "default_rules_path",
     "format_duration",
     "format_explain",
     "format_ruleset",

@@ -35,6 +35,18 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 _PLAIN_COLLECTIONS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
+#: The rules file used when none is configured (relative to the working directory).
+DEFAULT_RULES_PATH = Path("rules/default.yaml")
+
+
+def default_rules_path(configured: Path | None) -> Path | None:
+    """The rules file to load: `configured` if set, else rules/default.yaml if present, else
+    None (the built-in defaults). One rule for the service, the demo and the CLI."""
+    if configured is not None:
+        return configured
+    return DEFAULT_RULES_PATH if DEFAULT_RULES_PATH.is_file() else None
+
+
 def load_rules(path: str | Path) -> RuleSet:
     """Load, validate and compile a rules file. Raises `RulesError` (never OSError)."""
     source = str(path)

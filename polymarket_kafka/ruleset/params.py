@@ -194,5 +194,6 @@ class ResolvedRule:
     def layers(self) -> tuple[str, ...]:
         """The layers that contributed at least one parameter, in resolution order."""
         order = ("built-in", "defaults", "tier", "category", "market", "subscription")
-        present = {source.split(":", 1)[0]: source for source in self.sources.values()}
-        return tuple(source for kind in order for k, source in present.items() if k == kind)
+        return tuple(
+            sorted(set(self.sources.values()), key=lambda s: order.index(s.split(":", 1)[0]))
+        )
