@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
@@ -33,6 +33,7 @@ T = TypeVar("T")
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
 _ENVIRONMENTS = ("development", "staging", "production", "test")
+_LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -135,6 +136,28 @@ class AppConfig:
     shutdown_grace_seconds: float = 10.0
     rules_path: Path | None = None
     log_level: str = "INFO"
+    #: `text` (readable, for terminals) or `json` (one object per line, for log pipelines).
+    log_format: str = "text"
+    #: Bind address and port of the health/metrics HTTP server (port 0: any free port).
+    http_host: str = "127.0.0.1"
+    http_port: int = 9464
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every configured password, verbatim: the SASL one and the MongoDB URI's (as written
+        and percent-decoded), longest first.
+
+        Log redaction scrubs these strings from every line, whatever logged them. User names
+        are not listed (scrubbing a short name everywhere would mangle messages); a URI's
+        `user:password@` part is redacted by pattern instead.
+        """
+        values = [self.kafka.sasl_password]
+        try:
+            password = urlsplit(self.mongo.uri).password
+        except ValueError:
+            password = None
+        if password:
+            values += [password, unquote(password)]
+        return tuple(sorted({v for v in values if v}, key=len, reverse=True))
 
 
 def require_sasl_credentials(config: KafkaConfig) -> None:
@@ -195,6 +218,12 @@ class _Reader:
         value = self._convert(name, default, int, "an integer")
         if value < minimum:
             raise ConfigError(name, f"must be >= {minimum}, got {value}")
+        return value
+
+    def port(self, name: str, default: int) -> int:
+        value = self.integer(name, default, minimum=0)
+        if value > 65535:
+            raise ConfigError(name, f"must be <= 65535, got {value}")
         return value
 
     def url(self, name: str, default: str) -> str:
@@ -284,4 +313,7 @@ def load_config(
         ),
         rules_path=Path(rules) if rules else None,
         log_level=r.choice("LOG_LEVEL", AppConfig.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
+        log_format=r.choice("LOG_FORMAT", AppConfig.log_format, _LOG_FORMATS).lower(),
+        http_host=r.text("HTTP_HOST", AppConfig.http_host),
+        http_port=r.port("HTTP_PORT", AppConfig.http_port),
     )

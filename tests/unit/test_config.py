@@ -33,6 +33,9 @@ FULL_ENV = {
     "SHUTDOWN_GRACE_SECONDS": "3",
     "RULES_PATH": "rules/default.yaml",
     "LOG_LEVEL": "debug",
+    "LOG_FORMAT": "JSON",
+    "HTTP_HOST": "0.0.0.0",
+    "HTTP_PORT": "9100",
 }
 
 
@@ -44,6 +47,7 @@ def test_defaults_with_empty_environment() -> None:
     assert config.polymarket.base_url == "https://clob.polymarket.com"
     assert config.polymarket.gamma_url == "https://gamma-api.polymarket.com"
     assert config.poll_interval_seconds == 30.0
+    assert (config.log_format, config.http_host, config.http_port) == ("text", "127.0.0.1", 9464)
 
 
 def test_every_variable_is_read() -> None:
@@ -69,6 +73,9 @@ def test_every_variable_is_read() -> None:
     assert config.shutdown_grace_seconds == 3.0
     assert config.rules_path == Path("rules/default.yaml")
     assert config.log_level == "DEBUG"
+    assert config.log_format == "json"
+    assert config.http_host == "0.0.0.0"
+    assert config.http_port == 9100
 
 
 def test_secrets_never_in_repr() -> None:
@@ -102,6 +109,10 @@ def test_redact_uri() -> None:
         ("POLL_INTERVAL_SECONDS", "abc", "must be a number"),
         ("ENVIRONMENT", "moon", "must be one of"),
         ("LOG_LEVEL", "LOUD", "must be one of"),
+        ("LOG_FORMAT", "xml", "must be one of text, json"),
+        ("HTTP_PORT", "http", "must be an integer"),
+        ("HTTP_PORT", "-1", "must be >= 0"),
+        ("HTTP_PORT", "65536", "must be <= 65535"),
     ],
 )
 def test_malformed_values_name_the_variable(variable: str, value: str, message: str) -> None:
@@ -146,3 +157,35 @@ def test_blank_values_mean_default() -> None:
 def test_process_environment_is_the_default_source(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAFKA_CLIENT_ID", "from-os-environ")
     assert load_config(env_file=None).kafka.client_id == "from-os-environ"
+
+
+@pytest.mark.parametrize("port", ["0", "65535"])
+def test_http_port_bounds_are_inclusive(port: str) -> None:
+    assert load_config({"HTTP_PORT": port}, env_file=None).http_port == int(port)
+
+
+def test_secret_values_lists_every_password_longest_first() -> None:
+    config = load_config(
+        {
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_USERNAME": "svc",
+            "KAFKA_SASL_PASSWORD": "kafka-pw",
+            "MONGODB_URI": "mongodb://alice:hunter2%40x@db.example.test:27017/",
+        },
+        env_file=None,
+    )
+    # The MongoDB password as written in the URI and percent-decoded; user names are not secret.
+    assert config.secret_values() == ("hunter2%40x", "hunter2@x", "kafka-pw")
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, ()),
+        ({"MONGODB_URI": "mongodb://alice@db.example.test/"}, ()),
+        ({"MONGODB_URI": "mongodb://alice:plain@db.example.test/"}, ("plain",)),
+        ({"MONGODB_URI": "mongodb://u:p@[::1/"}, ()),  # unparseable: nothing to list
+    ],
+)
+def test_secret_values_without_passwords(env: dict[str, str], expected: tuple[str, ...]) -> None:
+    assert load_config(env, env_file=None).secret_values() == expected
