@@ -21,6 +21,10 @@ Why it is shaped like this:
   same producer never succeeds, so on a fatal error or a message timeout (librdkafka has then
   already retried for `delivery.timeout.ms`) the publisher purges and closes the producer,
   builds a new one (new producer id) and re-sends every unacknowledged event in publish order.
+* Connectivity (`broker_status`, for readiness) is judged from librdkafka's statistics, which
+  it emits every `statistics_interval_ms` from the poll thread. They take the same road as
+  delivery reports (parsed in the callback, handed over through the deque), so the latest
+  statistics are event loop state too. How they are judged: `kafka_health`.
 """
 
 from __future__ import annotations
@@ -35,19 +39,23 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal
 
 import anyio
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException, Message
 
 from polymarket_kafka.clock import now_utc
-from polymarket_kafka.config import KafkaConfig, require_sasl_credentials
+from polymarket_kafka.config import KafkaConfig
+from polymarket_kafka.histogram import Histogram
+from polymarket_kafka.kafka_config import ProducerLike, producer_config, redacted_producer_config
+from polymarket_kafka.kafka_health import BrokerStatus, KafkaStatistics, evaluate, parse_statistics
 from polymarket_kafka.models import PolymarketEvent
 
 __all__ = [
+    "BrokerStatus",
     "DeliveryStats",
     "FailedDelivery",
     "KafkaPublisher",
@@ -76,67 +84,9 @@ _NEW_PRODUCER_CODES = frozenset(
 )
 
 
-def producer_config(config: KafkaConfig) -> dict[str, object]:
-    """The librdkafka configuration: acks=all, idempotence, zstd, bounded queue and timeout.
-
-    SASL protocols add the mechanism and credentials (required: `ConfigError` otherwise); SSL
-    adds only `security.protocol`. The result holds the SASL password: never log it, log
-    `redacted_producer_config` instead.
-    """
-    conf: dict[str, object] = {
-        "bootstrap.servers": config.bootstrap_servers,
-        "client.id": config.client_id,
-        "acks": "all",
-        "enable.idempotence": True,
-        "compression.type": "zstd",
-        "batch.num.messages": 1000,
-        "linger.ms": 5,
-        "queue.buffering.max.kbytes": 32768,
-        "delivery.timeout.ms": 30000,
-        "message.max.bytes": 1_000_000,
-        "security.protocol": config.security_protocol,
-    }
-    require_sasl_credentials(config)
-    if config.security_protocol.startswith("SASL_"):
-        conf["sasl.mechanisms"] = config.sasl_mechanisms
-        conf["sasl.username"] = config.sasl_username
-        conf["sasl.password"] = config.sasl_password
-    return conf
-
-
-def redacted_producer_config(config: KafkaConfig) -> dict[str, object]:
-    """`producer_config` with the SASL password replaced by `***`: safe to log."""
-    conf = producer_config(config)
-    if "sasl.password" in conf:
-        conf["sasl.password"] = "***"
-    return conf
-
-
-class ProducerLike(Protocol):
-    """The part of `confluent_kafka.Producer` the publisher uses (tests pass a fake)."""
-
-    def produce(
-        self,
-        topic: str,
-        *,
-        value: bytes,
-        key: bytes,
-        headers: list[tuple[str, str | bytes | None]],
-        on_delivery: Callable[[KafkaError | None, Message], None],
-    ) -> None: ...
-
-    def poll(self, timeout: float) -> int: ...
-
-    def flush(self, timeout: float) -> int: ...
-
-    def purge(
-        self, in_queue: bool = True, in_flight: bool = True, blocking: bool = True
-    ) -> None: ...
-
-
 @dataclass
 class DeliveryStats:
-    """Plain counters of the publisher (exported by the metrics layer later)."""
+    """Plain counters of the publisher (`metrics` exports them at scrape time)."""
 
     published: int = 0
     delivered: int = 0
@@ -148,6 +98,10 @@ class DeliveryStats:
     #: From `publish` to the successful delivery report; average = sum / delivered.
     delivery_latency_seconds_sum: float = 0.0
     delivery_latency_seconds_max: float = 0.0
+    #: The same latencies, as a distribution.
+    delivery_latency: Histogram = field(default_factory=Histogram)
+    #: Brokers `UP` in the latest statistics of the current producer (0 before any).
+    brokers_up: int = 0
 
 
 @dataclass(frozen=True)
@@ -185,6 +139,13 @@ class _ClientError:
     error: KafkaError
 
 
+@dataclass(frozen=True)
+class _Statistics:
+    generation: int
+    statistics: KafkaStatistics
+    at: float
+
+
 _Outcome = Literal["accepted", "rejected", "full", "broken"]
 
 
@@ -209,7 +170,10 @@ class KafkaPublisher:
         max_attempts: int | None,
         retry_backoff_seconds: float,
         max_backoff_seconds: float,
+        statistics_interval_ms: int = 5000,
     ) -> None:
+        if statistics_interval_ms < 1:
+            raise ValueError("statistics_interval_ms must be >= 1")
         self.stats = DeliveryStats()
         self.failed: list[FailedDelivery] = []
         self.topic = config.full_topic
@@ -226,7 +190,9 @@ class KafkaPublisher:
         self._producer: ProducerLike | None = None
         self._polled: tuple[ProducerLike, int] | None = None  # (producer, generation)
         self._retiring: deque[ProducerLike] = deque()  # closed by the poll thread
-        self._reports: deque[_Report | _ClientError] = deque()  # filled by the poll thread
+        self._reports: deque[_Report | _ClientError | _Statistics] = deque()  # by the poll thread
+        self._statistics_interval_ms = statistics_interval_ms
+        self._statistics: _Statistics | None = None  # the current producer's latest
         self._retries: list[tuple[float, int, int]] = []  # heap of (due, seq, token)
         self._replace_reason: str | None = None
         self._swap = anyio.Lock()  # held while producing, and while replacing the producer
@@ -274,6 +240,23 @@ class KafkaPublisher:
     def pending_events(self) -> list[PolymarketEvent]:
         """The events not acknowledged yet, in publish order."""
         return [entry.event for entry in self._pending.values()]
+
+    def broker_status(self) -> BrokerStatus:
+        """Whether the current producer reaches Kafka, from its latest statistics (no I/O).
+
+        Not connected before the first statistics of the current producer (a replaced
+        producer starts over), when no broker is `UP`, when the idempotent producer has no
+        producer id, or when the statistics are older than 3 intervals (at least 1 s): the
+        poll thread is not serving callbacks any more. Call it on the event loop thread.
+        """
+        if self._closed:
+            return BrokerStatus(False, "the Kafka publisher is closed")
+        latest = self._statistics
+        interval = self._statistics_interval_ms / 1000
+        if latest is None:
+            return evaluate(None, 0.0, interval)
+        age = time.monotonic() - latest.at
+        return evaluate(latest.statistics, age, max(3 * interval, 1.0))
 
     # --- producing (event loop thread) ----------------------------------------------------
 
@@ -342,6 +325,12 @@ class KafkaPublisher:
             entry.event.market_id,
             entry.attempts,
             reason,
+            extra={
+                "market_id": entry.event.market_id,
+                "event_id": entry.event.event_id,
+                "rule": entry.event.rule,
+                "attempt": entry.attempts,
+            },
         )
         self._settle()
 
@@ -361,10 +350,23 @@ class KafkaPublisher:
     def _on_client_error(self, generation: int, error: KafkaError) -> None:
         self._reports.append(_ClientError(generation, error))
 
+    def _on_statistics(self, generation: int, text: str) -> None:
+        # Poll thread again: parse (a few KB of JSON per interval) and hand over.
+        try:
+            parsed = parse_statistics(text)
+        except ValueError as exc:
+            logger.warning("unreadable librdkafka statistics ignored: %s", exc)
+            return
+        self._reports.append(_Statistics(generation, parsed, time.monotonic()))
+
     def _drain_reports(self) -> None:
         while self._reports:
             report = self._reports.popleft()
-            if isinstance(report, _ClientError):
+            if isinstance(report, _Statistics):
+                if report.generation == self._generation:  # not a retired producer's
+                    self._statistics = report
+                    self.stats.brokers_up = report.statistics.brokers_up
+            elif isinstance(report, _ClientError):
                 if _needs_new_producer(report.error):
                     self._request_new_producer(report.generation, f"client error: {report.error}")
                 else:
@@ -385,6 +387,7 @@ class KafkaPublisher:
             self.stats.delivery_latency_seconds_max = max(
                 self.stats.delivery_latency_seconds_max, latency
             )
+            self.stats.delivery_latency.observe(latency)
             self._settle()
             return
         if report.token != entry.token or report.generation != self._generation:
@@ -402,6 +405,12 @@ class KafkaPublisher:
                 entry.attempts,
                 reason,
                 delay,
+                extra={
+                    "market_id": entry.event.market_id,
+                    "event_id": entry.event.event_id,
+                    "rule": entry.event.rule,
+                    "attempt": entry.attempts,
+                },
             )
             heapq.heappush(self._retries, (anyio.current_time() + delay, entry.seq, report.token))
             self._wake.set()
@@ -419,6 +428,8 @@ class KafkaPublisher:
         conf = {
             **self._conf,
             "error_cb": functools.partial(self._on_client_error, generation),
+            "statistics.interval.ms": self._statistics_interval_ms,
+            "stats_cb": functools.partial(self._on_statistics, generation),
             "logger": _librdkafka_logger,
         }
         return self._factory(conf)
@@ -489,6 +500,8 @@ class KafkaPublisher:
             # included) is stale and cannot schedule a retry or another replacement.
             self._generation += 1
             self._set_producer(None)
+            self._statistics = None  # the new producer must show it is connected
+            self.stats.brokers_up = 0
             delay = self._backoff
             while True:
                 try:
@@ -524,6 +537,12 @@ class KafkaPublisher:
                 entry.event.event_id,
                 entry.event.market_id,
                 entry.attempts,
+                extra={
+                    "market_id": entry.event.market_id,
+                    "event_id": entry.event.event_id,
+                    "rule": entry.event.rule,
+                    "attempt": entry.attempts,
+                },
             )
         if self._pending:
             logger.error("%d event(s) NOT acknowledged at shutdown", len(self._pending))
@@ -555,6 +574,7 @@ async def open_kafka_publisher(
     max_attempts: int | None = None,
     retry_backoff_seconds: float = 0.5,
     max_backoff_seconds: float = 30.0,
+    statistics_interval_ms: int = 5000,
 ) -> AsyncIterator[KafkaPublisher]:
     """Open a `KafkaPublisher` on `config.full_topic`, with its poll thread and retry task.
 
@@ -562,6 +582,8 @@ async def open_kafka_publisher(
     `failed`) after that many produce attempts. On exit -- also on error or cancellation --
     pending events are flushed under a shielded scope for at most `grace_seconds`; those
     still unacknowledged are logged at ERROR by event_id, then the producer is closed.
+    librdkafka reports statistics every `statistics_interval_ms` (>= 1): they drive
+    `KafkaPublisher.broker_status` and `DeliveryStats.brokers_up`.
     """
     if max_attempts is not None and max_attempts < 1:
         raise ValueError("max_attempts must be >= 1 or None")
@@ -572,6 +594,7 @@ async def open_kafka_publisher(
         max_attempts=max_attempts,
         retry_backoff_seconds=retry_backoff_seconds,
         max_backoff_seconds=max_backoff_seconds,
+        statistics_interval_ms=statistics_interval_ms,
     )
     logger.info(
         "opening Kafka producer for topic %s: %s", publisher.topic, redacted_producer_config(config)

@@ -168,7 +168,12 @@ class MarketPoller:
             raise
         except PolymarketError as exc:
             self.stats.metadata_failures += 1
-            logger.warning("poll: metadata refresh of %d market(s) failed: %s", len(due), exc)
+            logger.warning(
+                "poll: metadata refresh of %d market(s) failed: %s",
+                len(due),
+                exc,
+                extra={"endpoint": "GET /markets"},
+            )
             return dict.fromkeys(due, f"metadata unavailable: {exc}")
         for market_id, metadata in batch.markets.items():
             self._cache[market_id] = _Cached(metadata, cycle.now)
@@ -212,7 +217,12 @@ class MarketPoller:
             raise
         except PolymarketError as exc:
             self.stats.midpoint_failures += 1
-            logger.warning("poll: midpoints for %d market(s) failed: %s", len(tokens), exc)
+            logger.warning(
+                "poll: midpoints for %d market(s) failed: %s",
+                len(tokens),
+                exc,
+                extra={"endpoint": "POST /midpoints"},
+            )
             for market_id in open_markets:
                 self._skip(cycle, market_id, "midpoint", f"midpoints unavailable: {exc}")
             return
@@ -256,4 +266,10 @@ class MarketPoller:
     def _skip(self, cycle: _Cycle, market_id: str, kind: str, reason: str) -> None:
         cycle.skipped[market_id] = reason
         self.stats.skipped[kind] += 1
-        logger.debug("poll: skip %s (%s): %s", market_id, kind, reason)
+        logger.debug(
+            "poll: skip %s (%s): %s",
+            market_id,
+            kind,
+            reason,
+            extra={"market_id": market_id, "skip_reason": kind},
+        )

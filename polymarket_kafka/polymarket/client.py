@@ -224,7 +224,12 @@ class PolymarketClient:
             if not budget.take(2):
                 raise
             self.stats.bisections += 1
-            logger.info("POST /midpoints: HTTP %d for %d tokens, bisecting", exc.status, len(chunk))
+            logger.info(
+                "POST /midpoints: HTTP %d for %d tokens, bisecting",
+                exc.status,
+                len(chunk),
+                extra={"endpoint": MIDPOINTS_ENDPOINT},
+            )
             half = len(chunk) // 2
             for part in (chunk[:half], chunk[half:]):
                 try:
@@ -246,6 +251,7 @@ class PolymarketClient:
                 len(malformed),
                 malformed[0],
                 parsed.failures[malformed[0]],
+                extra={"endpoint": MIDPOINTS_ENDPOINT},
             )
 
     async def _gamma_chunk(self, chunk: list[str], batch: MetadataBatch, *, closed: bool) -> None:
@@ -262,13 +268,19 @@ class PolymarketClient:
         for returned_id, market in parsed.markets.items():
             requested = wanted.get(returned_id.lower())
             if requested is None:
-                logger.debug("Gamma /markets returned an unrequested market %s", returned_id)
+                logger.debug(
+                    "Gamma /markets returned an unrequested market %s",
+                    returned_id,
+                    extra={"endpoint": GAMMA_MARKETS_ENDPOINT, "market_id": returned_id},
+                )
                 continue
             batch.markets[requested] = replace(market, market_id=requested)
             batch.failures.pop(requested, None)
         for key, reason in parsed.failures.items():
             self.stats.malformed_items += 1
-            logger.warning("Gamma /markets: %s: %s", key, reason)
+            logger.warning(
+                "Gamma /markets: %s: %s", key, reason, extra={"endpoint": GAMMA_MARKETS_ENDPOINT}
+            )
             requested = wanted.get(key.lower())
             if requested is not None and requested not in batch.markets:
                 batch.failures[requested] = reason
@@ -362,23 +374,28 @@ class PolymarketClient:
         query = httpx.QueryParams(tuple(params)) if params is not None else None
         last_problem = "no attempt made"
         for attempt in range(attempts):
-            if await self._limiter.acquire():
+            waited = await self._limiter.wait()
+            if waited > 0:
                 self.stats.rate_limit_waits += 1
+                self.stats.rate_limit_wait_seconds += waited
             response: httpx.Response | None = None
+            # The event loop's clock, not the limiter's (tests may fake that one).
+            started = anyio.current_time()
             try:
                 response = await self._http.request(method, url, params=query, json=json_body)
             except httpx.TimeoutException as exc:
-                self.stats.record(endpoint, "timeout")
+                self.stats.record(endpoint, "timeout", anyio.current_time() - started)
                 last_problem = f"timeout ({type(exc).__name__})"
             except httpx.TransportError as exc:
-                self.stats.record(endpoint, "transport_error")
+                self.stats.record(endpoint, "transport_error", anyio.current_time() - started)
                 last_problem = f"transport error ({type(exc).__name__}: {exc})"
             except httpx.DecodingError as exc:
-                self.stats.record(endpoint, "decoding_error")
+                self.stats.record(endpoint, "decoding_error", anyio.current_time() - started)
                 self.stats.malformed_payloads += 1
                 raise MalformedPayloadError(f"{endpoint}: undecodable body: {exc}") from exc
             else:
-                self.stats.record(endpoint, str(response.status_code))
+                elapsed = anyio.current_time() - started
+                self.stats.record(endpoint, str(response.status_code), elapsed)
                 if response.is_success:
                     return response
                 if not is_retryable_status(response.status_code):
@@ -394,6 +411,7 @@ class PolymarketClient:
                     attempt + 1,
                     self._policy.max_retries,
                     delay,
+                    extra={"endpoint": endpoint, "attempt": attempt + 1},
                 )
                 await self._sleep(delay)
         raise PolymarketUnavailableError(url, attempts, last_problem)

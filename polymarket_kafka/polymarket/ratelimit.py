@@ -76,10 +76,14 @@ class RateLimiter:
 
     async def acquire(self) -> bool:
         """Wait until the caller may start a request. Returns True when it had to wait."""
+        return await self.wait() > 0
+
+    async def wait(self) -> float:
+        """Wait until the caller may start a request; return the seconds waited (0: none)."""
         delay = self.reserve(self._clock())
         if delay <= 0:
-            return False
+            return 0.0
         self.waits += 1
         self.waited_seconds += delay
         await self._sleep(delay)
-        return True
+        return delay

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from polymarket_kafka.histogram import Histogram
 from polymarket_kafka.polymarket.parsing import MarketMetadata
 
 __all__ = ["ClientStats", "MetadataBatch", "PriceBatch"]
@@ -20,17 +21,24 @@ class ClientStats:
 
     `requests` counts attempts by `(endpoint, outcome)`, the outcome being the HTTP status
     (`"200"`, `"429"`...) or `"timeout"` / `"transport_error"` / `"decoding_error"`.
+    `latency` holds the duration of every attempt, by endpoint, whatever its outcome.
     """
 
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)
+    latency: dict[str, Histogram] = field(default_factory=dict)
     retries: int = 0
     rate_limit_waits: int = 0
+    #: Seconds spent waiting for the rate limiter (paced, not failed, requests).
+    rate_limit_wait_seconds: float = 0.0
     malformed_payloads: int = 0
     malformed_items: int = 0
     bisections: int = 0
 
-    def record(self, endpoint: str, outcome: str) -> None:
+    def record(self, endpoint: str, outcome: str, seconds: float | None = None) -> None:
+        """Count one attempt; `seconds` (how long it took) adds it to `latency`."""
         self.requests[(endpoint, outcome)] += 1
+        if seconds is not None:
+            self.latency.setdefault(endpoint, Histogram()).observe(seconds)
 
     def total_requests(self, endpoint: str | None = None) -> int:
         """Attempts made, for one endpoint or all of them."""

@@ -438,6 +438,27 @@ async def test_outcomes_are_counted_by_endpoint_and_status(sleeps: Sleeps) -> No
     assert stats.retries == 3
     assert stats.total_requests() == stats.total_requests("POST /midpoints") == 4
     assert stats.total_requests("GET /markets") == 0
+    # Every attempt is timed, whatever its outcome; only endpoints that were asked appear.
+    assert list(stats.latency) == ["POST /midpoints"]
+    assert stats.latency["POST /midpoints"].count == 4
+
+
+@pytest.mark.anyio
+async def test_request_latency_is_measured_on_the_event_loop_clock() -> None:
+    stats = ClientStats()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await anyio.sleep(0.05)
+        return midpoints_for(request)
+
+    async with open_polymarket_client(
+        config(), transport=httpx.MockTransport(slow), stats=stats
+    ) as client:
+        await client.fetch_midpoints(["t"])
+
+    latency = stats.latency["POST /midpoints"]
+    assert latency.count == 1
+    assert latency.sum >= 0.05  # a lower bound only: the reply waited at least that long
 
 
 @pytest.mark.anyio
@@ -556,6 +577,7 @@ async def test_an_undecodable_body_is_malformed() -> None:
             await client.fetch_midpoints(["t"])
 
     assert stats.requests == {("POST /midpoints", "decoding_error"): 1}
+    assert stats.latency["POST /midpoints"].count == 1
     assert stats.malformed_payloads == 1
 
 
@@ -819,6 +841,7 @@ async def test_requests_are_paced_by_the_configured_delay() -> None:
     assert len(script.requests) == 3
     assert sleeps.calls == pytest.approx([0.1, 0.2])  # the fake clock never moves
     assert stats.rate_limit_waits == 2
+    assert stats.rate_limit_wait_seconds == pytest.approx(0.3)
 
 
 @pytest.mark.anyio

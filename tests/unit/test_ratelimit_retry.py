@@ -73,6 +73,15 @@ async def test_no_wait_once_the_interval_has_passed() -> None:
 
 
 @pytest.mark.anyio
+async def test_wait_returns_the_seconds_waited() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(0.25, clock=clock, sleep=clock.sleep)
+
+    assert [await limiter.wait() for _ in range(3)] == pytest.approx([0.0, 0.25, 0.25])
+    assert limiter.waited_seconds == pytest.approx(0.5)
+
+
+@pytest.mark.anyio
 async def test_zero_delay_disables_pacing() -> None:
     clock = FakeClock()
     limiter = RateLimiter.from_delay_ms(0, clock=clock, sleep=clock.sleep)

@@ -1,0 +1,74 @@
+"""The librdkafka producer configuration, and the part of the producer the publisher uses.
+
+Kept apart from the publisher (`kafka`), which re-exports everything here: this is plain
+data about settings, with no threads and no event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from confluent_kafka import KafkaError, Message
+
+from polymarket_kafka.config import KafkaConfig, require_sasl_credentials
+
+__all__ = ["ProducerLike", "producer_config", "redacted_producer_config"]
+
+
+def producer_config(config: KafkaConfig) -> dict[str, object]:
+    """The librdkafka configuration: acks=all, idempotence, zstd, bounded queue and timeout.
+
+    SASL protocols add the mechanism and credentials (required: `ConfigError` otherwise); SSL
+    adds only `security.protocol`. The result holds the SASL password: never log it, log
+    `redacted_producer_config` instead.
+    """
+    conf: dict[str, object] = {
+        "bootstrap.servers": config.bootstrap_servers,
+        "client.id": config.client_id,
+        "acks": "all",
+        "enable.idempotence": True,
+        "compression.type": "zstd",
+        "batch.num.messages": 1000,
+        "linger.ms": 5,
+        "queue.buffering.max.kbytes": 32768,
+        "delivery.timeout.ms": 30000,
+        "message.max.bytes": 1_000_000,
+        "security.protocol": config.security_protocol,
+    }
+    require_sasl_credentials(config)
+    if config.security_protocol.startswith("SASL_"):
+        conf["sasl.mechanisms"] = config.sasl_mechanisms
+        conf["sasl.username"] = config.sasl_username
+        conf["sasl.password"] = config.sasl_password
+    return conf
+
+
+def redacted_producer_config(config: KafkaConfig) -> dict[str, object]:
+    """`producer_config` with the SASL password replaced by `***`: safe to log."""
+    conf = producer_config(config)
+    if "sasl.password" in conf:
+        conf["sasl.password"] = "***"
+    return conf
+
+
+class ProducerLike(Protocol):
+    """The part of `confluent_kafka.Producer` the publisher uses (tests pass a fake)."""
+
+    def produce(
+        self,
+        topic: str,
+        *,
+        value: bytes,
+        key: bytes,
+        headers: list[tuple[str, str | bytes | None]],
+        on_delivery: Callable[[KafkaError | None, Message], None],
+    ) -> None: ...
+
+    def poll(self, timeout: float) -> int: ...
+
+    def flush(self, timeout: float) -> int: ...
+
+    def purge(
+        self, in_queue: bool = True, in_flight: bool = True, blocking: bool = True
+    ) -> None: ...
