@@ -2,21 +2,34 @@
 
 Resources are opened outermost-first so they close in the order shutdown needs: the
 publisher flushes (shielded, bounded by the grace period) before the HTTP client closes, and
-MongoDB closes last.
+MongoDB closes last. The health/metrics server is a background task of the service: it
+answers from start-up until the pipeline has drained.
+
+Neither MongoDB nor Kafka has to be up for the service to start: the store is opened without
+a probe (the first refresh finds out, and retries), the producer connects in the background.
+Until both are there, `/health/live` is 200 and `/health/ready` says what is missing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
+import anyio
+
 from polymarket_kafka.clock import now_utc
 from polymarket_kafka.config import AppConfig
-from polymarket_kafka.kafka import open_kafka_publisher
+from polymarket_kafka.health import ComponentStatus, ServiceHealth
+from polymarket_kafka.http_server import serve_ops
+from polymarket_kafka.kafka import KafkaPublisher, open_kafka_publisher
+from polymarket_kafka.metrics import MetricSources, build_registry
 from polymarket_kafka.poller import MarketPoller
 from polymarket_kafka.polymarket import open_polymarket_client
 from polymarket_kafka.reloader import RulesHolder, default_rules_path
 from polymarket_kafka.service import ServiceSettings, ServiceStats, run_service
 from polymarket_kafka.subscriptions import open_subscription_store
 
-__all__ = ["load_initial_rules", "run_app", "settings_from_config"]
+__all__ = ["kafka_check", "load_initial_rules", "run_app", "settings_from_config"]
 
 
 def settings_from_config(config: AppConfig) -> ServiceSettings:
@@ -37,19 +50,65 @@ def load_initial_rules(config: AppConfig) -> RulesHolder:
     return RulesHolder.from_path(default_rules_path(config.rules_path), clock=now_utc)
 
 
-async def run_app(config: AppConfig, rules: RulesHolder | None = None) -> ServiceStats:
-    """Run the service against the configured MongoDB, Polymarket and Kafka until stopped."""
+def kafka_check(publisher: KafkaPublisher) -> Callable[[], ComponentStatus]:
+    """The readiness check of the "kafka" component: the producer's broker connectivity."""
+
+    def check() -> ComponentStatus:
+        status = publisher.broker_status()
+        return ComponentStatus(status.connected, status.detail)
+
+    return check
+
+
+async def run_app(
+    config: AppConfig,
+    rules: RulesHolder | None = None,
+    *,
+    on_listening: Callable[[int], object] | None = None,
+    kafka_statistics_interval_ms: int = 5000,
+) -> ServiceStats:
+    """Run the service against the configured MongoDB, Polymarket and Kafka until stopped.
+
+    The health/metrics server listens on `config.http_host:config.http_port`; `on_listening`
+    is called with the bound port once it does (useful with port 0). Kafka connectivity is
+    judged from librdkafka statistics sent every `kafka_statistics_interval_ms`.
+    """
     rules = rules if rules is not None else load_initial_rules(config)
+    stats = ServiceStats()
+    health = ServiceHealth(secrets=config.secret_values())
     async with (
-        open_subscription_store(config.mongo, clock=now_utc) as store,
+        open_subscription_store(config.mongo, clock=now_utc, probe=False) as store,
         open_polymarket_client(config.polymarket) as client,
         open_kafka_publisher(
-            config.kafka, clock=now_utc, grace_seconds=config.shutdown_grace_seconds
+            config.kafka,
+            clock=now_utc,
+            grace_seconds=config.shutdown_grace_seconds,
+            statistics_interval_ms=kafka_statistics_interval_ms,
         ) as publisher,
     ):
         poller = MarketPoller(
             client, metadata_refresh_seconds=config.polymarket.metadata_refresh_seconds
         )
+        health.add_check("kafka", kafka_check(publisher))
+        registry = build_registry(
+            MetricSources(
+                service=stats,
+                client=client.stats,
+                poller=poller.stats,
+                delivery=publisher.stats,
+                rules=rules,
+            )
+        )
+        serve = partial(
+            serve_ops, config.http_host, config.http_port, health=health, registry=registry
+        )
+
+        async def http_server() -> None:
+            async with anyio.create_task_group() as tg:
+                port = await tg.start(serve)
+                if on_listening is not None:
+                    on_listening(port)
+
         return await run_service(
             store=store,
             poller=poller,
@@ -57,4 +116,7 @@ async def run_app(config: AppConfig, rules: RulesHolder | None = None) -> Servic
             settings=settings_from_config(config),
             clock=now_utc,
             rules=rules,
+            stats=stats,
+            health=health,
+            background=[http_server],
         )

@@ -72,6 +72,23 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--all", action="store_true", help="include inactive ones (ref_count 0)")
     listing.add_argument("--json", action="store_true", help="one JSON document per line")
 
+    check = commands.add_parser(
+        "healthcheck",
+        help="ask a running service whether it is ready (exit 0) or not (exit 1)",
+        description="GET /health/ready (or /health/live with --live) of a running service; "
+        "exit 0 on HTTP 200, else 1. The container HEALTHCHECK command.",
+    )
+    check.add_argument("--live", action="store_true", help="ask /health/live instead")
+    check.add_argument(
+        "--url",
+        default=None,
+        help="base URL of the health server (default: http://HTTP_HOST:HTTP_PORT, "
+        "with 127.0.0.1 for a wildcard HTTP_HOST)",
+    )
+    check.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)"
+    )
+
     add_offline_commands(commands)
     return parser
 
@@ -82,12 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in OFFLINE_COMMANDS:
         # Offline tools (rules, replay) read files only: no environment configuration.
         return run_offline(args)
+    if args.command == "healthcheck":
+        return _healthcheck(args)
     try:
         config = load_config(env_file=args.env_file)
     except ConfigError as exc:
         print(f"polymarket-kafka: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format, config.secret_values())
     try:
         return anyio.run(_dispatch, args, config, backend=args.backend)
     except KeyboardInterrupt:  # pragma: no cover - signals are handled inside the service
@@ -105,6 +124,7 @@ async def _dispatch(args: argparse.Namespace, config: AppConfig) -> int:
 
 async def _run(config: AppConfig) -> int:
     from polymarket_kafka.app import load_initial_rules, run_app
+    from polymarket_kafka.http_server import OpsServerError
     from polymarket_kafka.ruleset import RulesError
 
     try:
@@ -124,8 +144,43 @@ async def _run(config: AppConfig) -> int:
         config.kafka.full_topic,
         config.mongo.redacted_uri,
     )
-    stats = await run_app(config, rules)
+    try:
+        stats = await run_app(config, rules)
+    except* OpsServerError as group:
+        # One line instead of a traceback through the task groups: the address is taken.
+        error: BaseException = group
+        while isinstance(error, BaseExceptionGroup):  # nested by the task groups
+            error = error.exceptions[0]
+        print(f"polymarket-kafka: {error} (HTTP_HOST/HTTP_PORT)", file=sys.stderr)
+        stats = None
+    if stats is None:
+        return EXIT_FAILURE
     return EXIT_OK if stats.events_undelivered == 0 else EXIT_FAILURE
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    """One request, one line of output; never 2 (container engines reserve that status)."""
+    base: str | None = args.url
+    if base is None:
+        try:
+            config = load_config(env_file=args.env_file)
+        except ConfigError as exc:
+            print(f"polymarket-kafka: configuration error: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        host = "127.0.0.1" if config.http_host in ("0.0.0.0", "::") else config.http_host  # noqa: S104
+        base = f"http://{f'[{host}]' if ':' in host else host}:{config.http_port}"
+    url = base.rstrip("/") + ("/health/live" if args.live else "/health/ready")
+
+    import httpx  # here, not at the top: a healthcheck runs every few seconds
+
+    try:
+        # trust_env=False: a proxy from the environment must not relay a loopback request.
+        response = httpx.get(url, timeout=args.timeout, trust_env=False)
+    except httpx.HTTPError as exc:
+        print(f"polymarket-kafka: {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"HTTP {response.status_code} {' '.join(response.text.splitlines())}".strip())
+    return EXIT_OK if response.status_code == 200 else EXIT_FAILURE
 
 
 async def _demo(args: argparse.Namespace) -> int:

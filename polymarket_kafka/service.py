@@ -24,17 +24,24 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Collection
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import (
+    MemoryObjectReceiveStream,
+    MemoryObjectSendStream,
+    MemoryObjectStreamStatistics,
+)
 
 from polymarket_kafka.detection import Detector, DetectorStats, RuleSource
 from polymarket_kafka.events import build_event
+from polymarket_kafka.health import ServiceHealth
+from polymarket_kafka.histogram import Histogram
 from polymarket_kafka.models import MarketSnapshot, PolymarketEvent, PolymarketSubscription
 from polymarket_kafka.reloader import RulesHolder, run_reloader
 
@@ -108,7 +115,7 @@ class ServiceSettings:
 
 @dataclass
 class ServiceStats:
-    """Plain counters of what the pipeline did (exported by the metrics layer later)."""
+    """Plain counters of what the pipeline did (`metrics` exports them at scrape time)."""
 
     poll_cycles: int = 0
     poll_failures: int = 0
@@ -125,6 +132,15 @@ class ServiceStats:
     last_poll_at: datetime | None = None
     #: What the detector dropped: glitches, stale and thin-book snapshots, unwatched markets.
     detector: DetectorStats = field(default_factory=DetectorStats)
+    #: How long each poll cycle took (`poll_once`, successful or not), in seconds.
+    poll_duration: Histogram = field(default_factory=Histogram)
+    #: Distinct markets in the latest active subscriptions.
+    markets_tracked: int = 0
+    #: Events detected by `(rule, severity or "none", direction)`.
+    events_by_label: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    #: Live statistics of the pipeline's channels by name (`snapshots`, `events`), registered
+    #: by `run_service`: the metrics layer calls them at scrape time.
+    channels: dict[str, Callable[[], MemoryObjectStreamStatistics]] = field(default_factory=dict)
 
 
 class LatestSubscriptions:
@@ -156,6 +172,8 @@ class Stopper:
         self.requested = False
         self._sources = anyio.CancelScope()
         self._service: anyio.CancelScope | None = None
+        #: Called on the first request (`run_service` marks its health as stopping).
+        self._on_stop: Callable[[], None] = lambda: None
 
     def stop(self) -> None:
         if self.requested:
@@ -164,6 +182,7 @@ class Stopper:
                 self._service.cancel()
             return
         self.requested = True
+        self._on_stop()
         self._sources.cancel()
 
 
@@ -178,6 +197,8 @@ async def run_service(
     stats: ServiceStats | None = None,
     stopper: Stopper | None = None,
     on_published: Callable[[PolymarketEvent], Awaitable[None]] | None = None,
+    health: ServiceHealth | None = None,
+    background: Sequence[Callable[[], Awaitable[None]]] = (),
     task_status: TaskStatus[Stopper] = anyio.TASK_STATUS_IGNORED,
 ) -> ServiceStats:
     """Run the pipeline until stopped (signal, `Stopper.stop()`, or `max_cycles`), drained.
@@ -185,29 +206,51 @@ async def run_service(
     Returns the counters. `clock` gives the wall-clock time stamped on snapshots (tests and
     the demo inject a fake one). The publisher is owned by the caller, which flushes it after
     this returns; every event this function accepted has been handed to `publish`.
+
+    `health` (if given) is kept up to date: every task is a stage, subscription refreshes
+    and poll cycles are recorded (on `anyio.current_time()`), a stop marks it stopping.
+    `background` tasks (e.g. the health/metrics server) run in the service's task group as
+    stages named after the callable, from start-up until the pipeline has drained; an
+    exception in one stops the service like any stage's.
     """
     rules = rules or RulesHolder()
     stats = stats or ServiceStats()
     stopper = stopper or Stopper()
+    health = health if health is not None else ServiceHealth()
+    health.poll_interval_seconds = settings.poll_interval_seconds
+    stopper._on_stop = health.mark_stopping
+    # The stages stay unaware of health: it is told what crosses their boundaries.
+    store = _WatchedStore(store, health)
+    poller = _WatchedPoller(poller, health)
     subscriptions = LatestSubscriptions()
     snap_send, snap_recv = anyio.create_memory_object_stream[_Polled](settings.snapshot_buffer)
     event_send, event_recv = anyio.create_memory_object_stream[PolymarketEvent](
         settings.event_buffer
     )
+    stats.channels.update(snapshots=snap_recv.statistics, events=event_recv.statistics)
 
     async with anyio.create_task_group() as tg:
         stopper._service = tg.cancel_scope
+        for task in background:
+            tg.start_soon(_stage, health, _task_name(task), task)
         if settings.handle_signals:
-            await tg.start(_handle_signals, stopper, rules, stats)
-        tg.start_soon(run_reloader, rules)
-        tg.start_soon(_detect, snap_recv, event_send, rules, subscriptions, stats)
-        tg.start_soon(_deliver, event_recv, publisher, stats, on_published, tg.cancel_scope)
+            await tg.start(_stage, health, "signals", _handle_signals, stopper, rules, stats)
+        tg.start_soon(_stage, health, "reloader", run_reloader, rules)
+        tg.start_soon(
+            _stage, health, "detect", _detect, snap_recv, event_send, rules, subscriptions, stats
+        )
+        deliver = (_deliver, event_recv, publisher, stats, on_published, tg.cancel_scope)
+        tg.start_soon(_stage, health, "deliver", *deliver)
         task_status.started(stopper)
         with stopper._sources:
             async with anyio.create_task_group() as sources:
-                sources.start_soon(_refresh_subscriptions, store, subscriptions, settings, stats)
-                await _poll_markets(snap_send, poller, subscriptions, settings, clock, stats)
+                refresh = (_refresh_subscriptions, store, subscriptions, settings, stats)
+                sources.start_soon(_stage, health, "refresh_subscriptions", *refresh)
+                with health.stage("poll_markets"):
+                    await _poll_markets(snap_send, poller, subscriptions, settings, clock, stats)
+                health.mark_stopping()  # max_cycles: the sources are done, the rest drains
                 sources.cancel_scope.cancel()
+        health.mark_stopping()
         if stopper.requested:
             logger.info("stop requested: sources stopped, draining the pipeline")
             tg.cancel_scope.deadline = anyio.current_time() + settings.drain_grace_seconds
@@ -218,6 +261,58 @@ async def run_service(
         stats.events_delivered,
     )
     return stats
+
+
+async def _stage(
+    health: ServiceHealth,
+    name: str,
+    task: Callable[..., Awaitable[object]],
+    *args: object,
+    **kwargs: object,
+) -> None:
+    """Run `task(*args, **kwargs)` as stage `name` of `health` (kwargs: `task_status`)."""
+    with health.stage(name):
+        await task(*args, **kwargs)
+
+
+def _task_name(task: Callable[..., object]) -> str:
+    # functools.partial has no __name__: name it after the function it wraps.
+    target = getattr(task, "func", task)
+    return str(getattr(target, "__name__", type(target).__name__))
+
+
+class _WatchedStore:
+    """A `SubscriptionSource` that tells `health` how each refresh went."""
+
+    def __init__(self, store: SubscriptionSource, health: ServiceHealth) -> None:
+        self._store, self._health = store, health
+
+    async def active(self) -> _ActiveSubscriptions:
+        try:
+            active = await self._store.active()
+        except Exception as exc:
+            self._health.record_refresh_failure(str(exc))
+            raise
+        self._health.record_subscriptions(len({s.market_id for s in active.subscriptions}))
+        return active
+
+
+class _WatchedPoller:
+    """A `Poller` that tells `health` when a cycle finished (or failed)."""
+
+    def __init__(self, poller: Poller, health: ServiceHealth) -> None:
+        self._poller, self._health = poller, health
+
+    async def poll_once(
+        self, subscriptions: Collection[PolymarketSubscription], now: datetime
+    ) -> _PollResult:
+        try:
+            result = await self._poller.poll_once(subscriptions, now)
+        except Exception as exc:
+            self._health.record_poll_failure(f"{type(exc).__name__}: {exc}")
+            raise
+        self._health.record_poll(anyio.current_time())
+        return result
 
 
 async def _handle_signals(
@@ -267,6 +362,7 @@ async def _refresh_subscriptions(
         if active.subscriptions != subscriptions.value or not subscriptions.loaded.is_set():
             logger.info("active subscriptions: %d markets", len(active.subscriptions))
         subscriptions.set(active.subscriptions)
+        stats.markets_tracked = len(subscriptions.market_ids())
         await anyio.sleep(settings.subscription_refresh_seconds)
 
 
@@ -285,17 +381,30 @@ async def _poll_markets(
         while settings.max_cycles is None or cycles < settings.max_cycles:
             cycles += 1
             now = clock()
+            started = anyio.current_time()
             try:
                 result = await poller.poll_once(subscriptions.value, now)
             except Exception:
+                stats.poll_duration.observe(anyio.current_time() - started)
                 stats.poll_failures += 1
-                logger.exception("poll cycle %d failed; retrying on the next tick", cycles)
+                logger.exception(
+                    "poll cycle %d failed; retrying on the next tick",
+                    cycles,
+                    extra={"cycle": cycles},
+                )
             else:
+                stats.poll_duration.observe(anyio.current_time() - started)
                 stats.poll_cycles += 1
                 stats.last_poll_at = now
                 stats.markets_skipped += len(result.skipped)
                 for market_id, reason in result.skipped.items():
-                    logger.warning("cycle %d: skipped market %s: %s", cycles, market_id, reason)
+                    logger.warning(
+                        "cycle %d: skipped market %s: %s",
+                        cycles,
+                        market_id,
+                        reason,
+                        extra={"cycle": cycles, "market_id": market_id},
+                    )
                 for snapshot in result.snapshots:
                     await snapshots.send((snapshot, anyio.current_time()))
             next_tick += settings.poll_interval_seconds
@@ -333,10 +442,16 @@ async def _detect(
                 built = [build_event(change) for change in changes]
             except Exception:
                 stats.detection_errors += 1
-                logger.exception("detection failed for market %s", snapshot.market_id)
+                logger.exception(
+                    "detection failed for market %s",
+                    snapshot.market_id,
+                    extra={"market_id": snapshot.market_id},
+                )
                 continue
             for event in built:
                 stats.events_detected += 1
+                label = (event.rule, event.severity or "none", event.direction.value)
+                stats.events_by_label[label] += 1
                 logger.info(
                     "conviction change %s %s %.4f -> %.4f (%s, %s) event_id=%s",
                     event.market_id,
@@ -346,6 +461,11 @@ async def _detect(
                     event.rule,
                     event.severity,
                     event.event_id,
+                    extra={
+                        "market_id": event.market_id,
+                        "event_id": event.event_id,
+                        "rule": event.rule,
+                    },
                 )
                 await events.send(event)
 
@@ -360,6 +480,7 @@ def _adopt(detector: Detector, rules: RuleSource, stats: ServiceStats) -> None:
             reset.market_id,
             reset.old_state_key,
             reset.new_state_key or "not watched",
+            extra={"market_id": reset.market_id},
         )
     logger.info(
         "rules %s in force: %d markets reset, %d kept",
@@ -404,4 +525,5 @@ def _report_undelivered(
             "event NOT delivered (stopped before publishing): market %s event_id=%s",
             event.market_id,
             event.event_id,
+            extra={"market_id": event.market_id, "event_id": event.event_id, "rule": event.rule},
         )

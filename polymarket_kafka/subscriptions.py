@@ -326,6 +326,7 @@ async def open_subscription_store(
     clock: Clock = now_utc,
     client_factory: ClientFactory = MongoClient,
     server_selection_timeout_ms: int = 5000,
+    probe: bool = True,
 ) -> AsyncIterator[MongoSubscriptionStore]:
     """Open a MongoDB client for `config`, yield a store on its collection, close it on exit.
 
@@ -333,6 +334,10 @@ async def open_subscription_store(
     and the store is yielded anyway; its calls raise `SubscriptionStoreError` until MongoDB is
     back, and the first successful write creates the index. A malformed URI raises
     `SubscriptionStoreError` at once.
+
+    `probe=False` skips that start-up check (and its wait of up to the server selection
+    timeout): the service, which only reads, learns about MongoDB from its first refresh and
+    answers its health endpoint meanwhile. The CLI commands keep the probe and its warning.
     """
     scrub = _scrubber(config.uri)
 
@@ -356,7 +361,8 @@ async def open_subscription_store(
     )
     try:
         try:
-            await store.ensure_indexes()
+            if probe:
+                await store.ensure_indexes()
         except SubscriptionStoreError as exc:
             logger.warning(
                 "MongoDB at %s is not ready, continuing without it for now "

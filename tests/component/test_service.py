@@ -244,6 +244,7 @@ async def test_poll_failure_is_counted_and_retried(
     assert stats.poll_failures == 1
     assert stats.poll_cycles == 3
     assert stats.snapshots == 9
+    assert stats.poll_duration.count == 4  # the failed cycle is timed too
     assert "poll cycle 1 failed" in caplog.text
 
 

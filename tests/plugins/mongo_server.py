@@ -37,8 +37,9 @@ START_TIMEOUT_SECONDS = 30.0
 _LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
 
 
-def _start_secantus(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Start SecantusDB in `workdir`; return the process and its URI once it listens."""
+def _start_secantus(workdir: Path, port: int = 0) -> tuple[subprocess.Popen[bytes], str]:
+    """Start SecantusDB in `workdir` on `port` (0: a free one it picks); return the process
+    and its URI once it listens."""
     # An explicit (empty) config file turns off the server's auto-discovery of
     # ./secantusd.toml, ~/.secantus/... and /etc/secantus/..., so the machine cannot change it.
     config = workdir / "secantusd.toml"
@@ -46,7 +47,7 @@ def _start_secantus(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     log_path = workdir / "secantus.log"
     command = [
         sys.executable, "-m", "secantus",
-        "--host", "127.0.0.1", "--port", "0", "--storage-path", ":memory:",
+        "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:",
         "--config", str(config), "--log-level", "INFO",
     ]  # fmt: skip
     with log_path.open("wb") as log:

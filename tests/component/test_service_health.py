@@ -1,0 +1,258 @@
+"""`run_service` keeps its `ServiceHealth` up to date and runs background tasks as stages.
+
+Polymarket is the fake HTTP server on loopback, subscriptions the in-process store, the
+publisher a recording double. The health object is read from inside the service, by a
+background task, the way the HTTP server reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+
+import anyio
+import pytest
+
+from polymarket_kafka.health import HealthReport, ServiceHealth, StageState
+from polymarket_kafka.models import PolymarketEvent
+from polymarket_kafka.poller import MarketPoller
+from polymarket_kafka.polymarket import open_polymarket_client
+from polymarket_kafka.service import ServiceSettings, Stopper, SubscriptionSource, run_service
+from polymarket_kafka.subscriptions import ActiveSubscriptions, InMemorySubscriptionStore
+from polymarket_kafka.testing import FakePolymarketServer
+
+pytestmark = pytest.mark.anyio
+
+PIPELINE = ["reloader", "detect", "deliver", "refresh_subscriptions", "poll_markets"]
+#: The probes stop the service just after a poll cycle finished: with this much time to the
+#: next one, no request is in flight when the stop cancels the poller. (On trio, httpx leaves
+#: a cancelled request's body iterator to the garbage collector, which warns: encode/httpx#3686.)
+POLL_SECONDS = 0.2
+
+
+@dataclass
+class RecordingPublisher:
+    events: list[PolymarketEvent] = field(default_factory=list)
+
+    async def publish(self, event: PolymarketEvent) -> None:
+        self.events.append(event)
+
+
+@dataclass
+class FlakyStore:
+    """Fails its first `failures` refreshes, then serves `store`."""
+
+    store: InMemorySubscriptionStore
+    failures: int
+    calls: int = 0
+
+    async def active(self) -> ActiveSubscriptions:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConnectionError(f"MongoDB down (attempt {self.calls})")
+        return await self.store.active()
+
+
+@pytest.fixture
+def server() -> Iterator[FakePolymarketServer]:
+    with FakePolymarketServer(n_markets=3, price=lambda i: 0.50) as fake:
+        yield fake
+
+
+def clock() -> datetime:
+    return datetime(2024, 11, 5, 23, 0, tzinfo=UTC)
+
+
+async def run(
+    server: FakePolymarketServer,
+    health: ServiceHealth,
+    *,
+    background: list[Callable[[], Awaitable[None]]],
+    store: SubscriptionSource | None = None,
+    stopper: Stopper | None = None,
+    max_cycles: int | None = None,
+) -> None:
+    markets = [m.condition_id for m in server.markets]
+    async with open_polymarket_client(server.polymarket_config(max_retries=0)) as client:
+        await run_service(
+            store=store or InMemorySubscriptionStore(seed=markets),
+            poller=MarketPoller(client, metadata_refresh_seconds=3600),
+            publisher=RecordingPublisher(),
+            settings=ServiceSettings(
+                poll_interval_seconds=POLL_SECONDS,
+                subscription_refresh_seconds=0.01,
+                max_cycles=max_cycles,
+                handle_signals=False,
+            ),
+            clock=clock,
+            health=health,
+            background=background,
+            stopper=stopper,
+        )
+
+
+async def wait_until(
+    health: ServiceHealth, predicate: Callable[[HealthReport], bool]
+) -> HealthReport:
+    while not predicate(report := health.ready(anyio.current_time())):  # noqa: ASYNC110
+        await anyio.sleep(0.005)
+    return report
+
+
+async def test_ready_after_the_first_poll_then_stopping_then_stopped(
+    server: FakePolymarketServer,
+) -> None:
+    health = ServiceHealth()
+    stopper = Stopper()
+    seen: dict[str, object] = {}
+
+    async def probe() -> None:
+        report = await wait_until(health, lambda r: r.ok)
+        seen["ready"] = report.to_json()
+        seen["stages"] = dict(health.stages)
+        seen["live"] = health.live(anyio.current_time()).ok
+        stopper.stop()
+        seen["ready_after_stop"] = health.ready(anyio.current_time()).to_json()
+        seen["live_after_stop"] = health.live(anyio.current_time()).ok
+        await anyio.sleep_forever()  # until the drained service cancels it
+
+    with anyio.fail_after(30):
+        await run(server, health, background=[probe], stopper=stopper)
+
+    assert seen["stages"] == dict.fromkeys(["probe", *PIPELINE], StageState.RUNNING)
+    assert health.poll_interval_seconds == POLL_SECONDS  # taken from the settings
+    ready = seen["ready"]
+    assert isinstance(ready, dict)
+    assert ready["components"]["subscriptions"]["detail"] == "3 active markets"
+    assert ready["components"]["polling"]["status"] == "ok"
+    assert "kafka" not in ready["components"]  # only the application adds that check
+    assert seen["live"] is True
+    after_stop = seen["ready_after_stop"]
+    assert isinstance(after_stop, dict)
+    assert after_stop["status"] == "fail"
+    assert after_stop["components"]["stages"]["detail"] == "stopping: draining the pipeline"
+    assert seen["live_after_stop"] is True
+    # Drained and returned: every stage stopped, none crashed, still "live" (stopping).
+    assert set(health.stages.values()) == {StageState.STOPPED}
+    assert health.stopping
+    assert health.live(anyio.current_time()).ok
+
+
+async def test_subscription_failures_then_recovery(server: FakePolymarketServer) -> None:
+    markets = [m.condition_id for m in server.markets]
+    store = FlakyStore(InMemorySubscriptionStore(seed=markets[:2]), failures=1)
+    health = ServiceHealth()
+    stopper = Stopper()
+    seen: list[dict[str, object]] = []
+
+    async def probe() -> None:
+        failing = await wait_until(
+            health, lambda r: r.components["subscriptions"].extra["consecutive_failures"] == 1
+        )
+        seen.append(failing.to_json())
+        seen.append((await wait_until(health, lambda r: r.ok)).to_json())
+        stopper.stop()
+
+    with anyio.fail_after(30):
+        await run(server, health, background=[probe], store=store, stopper=stopper)
+
+    failing, recovered = (report["components"] for report in seen)
+    assert isinstance(failing, dict)
+    assert isinstance(recovered, dict)
+    assert failing["subscriptions"]["status"] == "fail"
+    assert failing["subscriptions"]["detail"] == (
+        "subscriptions not loaded; latest refresh failed (1 in a row): MongoDB down (attempt 1)"
+    )
+    assert failing["polling"]["detail"] == "no poll cycle finished yet"
+    assert recovered["subscriptions"]["detail"] == "2 active markets"
+    # The probe returned after the stop request: ending while stopping is not a failure.
+    assert health.stages["probe"] is StageState.STOPPED
+    assert health.live(anyio.current_time()).ok
+
+
+async def test_failed_poll_cycles_are_reported(server: FakePolymarketServer) -> None:
+    class BrokenPoller:
+        async def poll_once(self, subscriptions: object, now: datetime) -> object:
+            raise RuntimeError("the poller broke")
+
+    health = ServiceHealth()
+    stopper = Stopper()
+    seen: list[dict[str, object]] = []
+
+    async def probe() -> None:
+        report = await wait_until(health, lambda r: "last_error" in r.components["polling"].extra)
+        seen.append(report.to_json())
+        stopper.stop()
+
+    with anyio.fail_after(30):
+        await run_service(
+            store=InMemorySubscriptionStore(seed=[server.markets[0].condition_id]),
+            poller=BrokenPoller(),  # type: ignore[arg-type]
+            publisher=RecordingPublisher(),
+            settings=ServiceSettings(poll_interval_seconds=0.01, handle_signals=False),
+            clock=clock,
+            health=health,
+            background=[probe],
+            stopper=stopper,
+        )
+    polling = seen[0]["components"]["polling"]  # type: ignore[index]
+    assert polling["status"] == "fail"
+    assert polling["detail"] == (
+        "no poll cycle finished yet; latest cycle failed: RuntimeError: the poller broke"
+    )
+
+
+async def test_a_crashing_background_task_stops_the_service(
+    server: FakePolymarketServer,
+) -> None:
+    health = ServiceHealth()
+
+    async def broken_server() -> None:
+        await wait_until(health, lambda r: r.ok)
+        raise OSError("cannot serve health/metrics on 127.0.0.1:9464: Address already in use")
+
+    with (
+        anyio.fail_after(30),
+        pytest.RaisesGroup(pytest.RaisesExc(OSError, match="Address already in use")),
+    ):
+        await run(server, health, background=[broken_server])
+    assert health.stages["broken_server"] is StageState.CRASHED
+    live = health.live(anyio.current_time())
+    assert not live.ok
+    assert live.components["stages"].detail == (
+        "broken_server crashed: OSError: cannot serve health/metrics on 127.0.0.1:9464: "
+        "Address already in use"
+    )
+
+
+async def test_max_cycles_marks_stopping_and_partials_are_named(
+    server: FakePolymarketServer,
+) -> None:
+    health = ServiceHealth()
+
+    async def idle(label: str) -> None:
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(30):
+        await run(server, health, background=[partial(idle, "x")], max_cycles=2)
+    assert health.stopping
+    assert health.stages["idle"] is StageState.STOPPED
+    assert health.live(anyio.current_time()).ok
+    assert not health.ready(anyio.current_time()).ok
+
+
+async def test_without_health_nothing_changes(server: FakePolymarketServer) -> None:
+    markets = [m.condition_id for m in server.markets]
+    async with open_polymarket_client(server.polymarket_config(max_retries=0)) as client:
+        stats = await run_service(
+            store=InMemorySubscriptionStore(seed=markets),
+            poller=MarketPoller(client, metadata_refresh_seconds=3600),
+            publisher=RecordingPublisher(),
+            settings=ServiceSettings(
+                poll_interval_seconds=0.01, max_cycles=2, handle_signals=False
+            ),
+            clock=clock,
+        )
+    assert stats.poll_cycles == 2
