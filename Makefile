@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench replay-real clean
+.PHONY: demo test lint bench replay-real container-smoke clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,14 @@ test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy polymarket_kafka
+	$(BIN)/hadolint Containerfile
 	$(BIN)/python -m pytest --cov --cov-report=term-missing
+
+## Build the image with podman from a local Debian base and run it against real servers on
+## loopback (what .ci/run calls after `make test`). Needs root; prints SKIPPED where podman
+## cannot be installed. The mmdebstrap base is cached in .venv/container-cache/.
+container-smoke: $(VENV)/.dev-installed
+	$(BIN)/python scripts/container_smoke.py
 
 ## Replay the shared real Polymarket histories through rules/default.yaml; score the labels.
 REAL ?= ../shared/data/real
