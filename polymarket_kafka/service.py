@@ -25,10 +25,9 @@ from __future__ import annotations
 import logging
 import signal
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
 
 import anyio
 from anyio.abc import TaskStatus
@@ -43,6 +42,15 @@ from polymarket_kafka.events import build_event
 from polymarket_kafka.health import ServiceHealth
 from polymarket_kafka.histogram import Histogram
 from polymarket_kafka.models import MarketSnapshot, PolymarketEvent, PolymarketSubscription
+from polymarket_kafka.ports import (
+    Poller,
+    Publisher,
+    SubscriptionSource,
+    WatchedPoller,
+    WatchedStore,
+    run_stage,
+    task_name,
+)
 from polymarket_kafka.reloader import RulesHolder, run_reloader
 
 __all__ = [
@@ -62,39 +70,6 @@ logger = logging.getLogger(__name__)
 
 #: A snapshot and the monotonic time (`anyio.current_time()`) it left the poller.
 _Polled = tuple[MarketSnapshot, float]
-
-
-class _PollResult(Protocol):
-    @property
-    def snapshots(self) -> list[MarketSnapshot]: ...
-
-    @property
-    def skipped(self) -> dict[str, str]: ...
-
-
-class Poller(Protocol):
-    """Turns the active subscriptions into snapshots (see `poller.MarketPoller`)."""
-
-    async def poll_once(
-        self, subscriptions: Collection[PolymarketSubscription], now: datetime
-    ) -> _PollResult: ...
-
-
-class _ActiveSubscriptions(Protocol):
-    @property
-    def subscriptions(self) -> tuple[PolymarketSubscription, ...]: ...
-
-
-class SubscriptionSource(Protocol):
-    """Where the active subscriptions come from (see `subscriptions`)."""
-
-    async def active(self) -> _ActiveSubscriptions: ...
-
-
-class Publisher(Protocol):
-    """Accepts events for delivery (see `kafka.KafkaPublisher`)."""
-
-    async def publish(self, event: PolymarketEvent) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -220,8 +195,8 @@ async def run_service(
     health.poll_interval_seconds = settings.poll_interval_seconds
     stopper._on_stop = health.mark_stopping
     # The stages stay unaware of health: it is told what crosses their boundaries.
-    store = _WatchedStore(store, health)
-    poller = _WatchedPoller(poller, health)
+    store = WatchedStore(store, health)
+    poller = WatchedPoller(poller, health)
     subscriptions = LatestSubscriptions()
     snap_send, snap_recv = anyio.create_memory_object_stream[_Polled](settings.snapshot_buffer)
     event_send, event_recv = anyio.create_memory_object_stream[PolymarketEvent](
@@ -232,20 +207,20 @@ async def run_service(
     async with anyio.create_task_group() as tg:
         stopper._service = tg.cancel_scope
         for task in background:
-            tg.start_soon(_stage, health, _task_name(task), task)
+            tg.start_soon(run_stage, health, task_name(task), task)
         if settings.handle_signals:
-            await tg.start(_stage, health, "signals", _handle_signals, stopper, rules, stats)
-        tg.start_soon(_stage, health, "reloader", run_reloader, rules)
+            await tg.start(run_stage, health, "signals", _handle_signals, stopper, rules, stats)
+        tg.start_soon(run_stage, health, "reloader", run_reloader, rules)
         tg.start_soon(
-            _stage, health, "detect", _detect, snap_recv, event_send, rules, subscriptions, stats
+            run_stage, health, "detect", _detect, snap_recv, event_send, rules, subscriptions, stats
         )
         deliver = (_deliver, event_recv, publisher, stats, on_published, tg.cancel_scope)
-        tg.start_soon(_stage, health, "deliver", *deliver)
+        tg.start_soon(run_stage, health, "deliver", *deliver)
         task_status.started(stopper)
         with stopper._sources:
             async with anyio.create_task_group() as sources:
                 refresh = (_refresh_subscriptions, store, subscriptions, settings, stats)
-                sources.start_soon(_stage, health, "refresh_subscriptions", *refresh)
+                sources.start_soon(run_stage, health, "refresh_subscriptions", *refresh)
                 with health.stage("poll_markets"):
                     await _poll_markets(snap_send, poller, subscriptions, settings, clock, stats)
                 health.mark_stopping()  # max_cycles: the sources are done, the rest drains
@@ -261,58 +236,6 @@ async def run_service(
         stats.events_delivered,
     )
     return stats
-
-
-async def _stage(
-    health: ServiceHealth,
-    name: str,
-    task: Callable[..., Awaitable[object]],
-    *args: object,
-    **kwargs: object,
-) -> None:
-    """Run `task(*args, **kwargs)` as stage `name` of `health` (kwargs: `task_status`)."""
-    with health.stage(name):
-        await task(*args, **kwargs)
-
-
-def _task_name(task: Callable[..., object]) -> str:
-    # functools.partial has no __name__: name it after the function it wraps.
-    target = getattr(task, "func", task)
-    return str(getattr(target, "__name__", type(target).__name__))
-
-
-class _WatchedStore:
-    """A `SubscriptionSource` that tells `health` how each refresh went."""
-
-    def __init__(self, store: SubscriptionSource, health: ServiceHealth) -> None:
-        self._store, self._health = store, health
-
-    async def active(self) -> _ActiveSubscriptions:
-        try:
-            active = await self._store.active()
-        except Exception as exc:
-            self._health.record_refresh_failure(str(exc))
-            raise
-        self._health.record_subscriptions(len({s.market_id for s in active.subscriptions}))
-        return active
-
-
-class _WatchedPoller:
-    """A `Poller` that tells `health` when a cycle finished (or failed)."""
-
-    def __init__(self, poller: Poller, health: ServiceHealth) -> None:
-        self._poller, self._health = poller, health
-
-    async def poll_once(
-        self, subscriptions: Collection[PolymarketSubscription], now: datetime
-    ) -> _PollResult:
-        try:
-            result = await self._poller.poll_once(subscriptions, now)
-        except Exception as exc:
-            self._health.record_poll_failure(f"{type(exc).__name__}: {exc}")
-            raise
-        self._health.record_poll(anyio.current_time())
-        return result
 
 
 async def _handle_signals(
