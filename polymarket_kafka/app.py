@@ -22,6 +22,7 @@ from polymarket_kafka.config import AppConfig
 from polymarket_kafka.health import ComponentStatus, ServiceHealth
 from polymarket_kafka.http_server import serve_ops
 from polymarket_kafka.kafka import KafkaPublisher, open_kafka_publisher
+from polymarket_kafka.kafka_health import kafka_readiness
 from polymarket_kafka.metrics import MetricSources, build_registry
 from polymarket_kafka.poller import MarketPoller
 from polymarket_kafka.polymarket import open_polymarket_client
@@ -51,11 +52,15 @@ def load_initial_rules(config: AppConfig) -> RulesHolder:
 
 
 def kafka_check(publisher: KafkaPublisher) -> Callable[[], ComponentStatus]:
-    """The readiness check of the "kafka" component: the producer's broker connectivity."""
+    """The readiness check of the "kafka" component: the producer reaches a broker, and no
+    event has been pending longer than librdkafka's delivery timeout (`kafka_readiness`)."""
 
     def check() -> ComponentStatus:
-        status = publisher.broker_status()
-        return ComponentStatus(status.connected, status.detail)
+        return kafka_readiness(
+            publisher.broker_status(),
+            publisher.delivery_backlog(),
+            publisher.delivery_timeout_seconds,
+        )
 
     return check
 

@@ -7,14 +7,17 @@ and the HTTP server asks it two questions, passing the time in:
 * `live(now)`: should the process be restarted? Only if a stage ended while the service was
   not stopping (a crash, or a task that returned for no reason). Answering at all already
   proves the event loop runs, since the HTTP server shares it. A draining service stays live.
-* `ready(now)`: is it doing its job? Kafka connected (a check the application adds),
-  subscriptions loaded at least once, a poll cycle finished within twice the poll interval,
-  every stage running and no stop requested.
+* `ready(now)`: is it doing its job? Kafka connected and delivering (a check the application
+  adds), subscriptions loaded at least once, a successful poll cycle within twice the poll
+  interval (a cycle in which Polymarket did not answer is not one), every stage running and
+  no stop requested.
 
 Nothing here does I/O or reads a clock: `now` is monotonic seconds on the event loop's clock
 (`anyio.current_time()`), the same clock the service stamps poll cycles with, so transitions
-are tested with plain numbers. Every text that leaves through a report is scrubbed of the
-configured secrets: error messages (from a store, a broker, a crashed task) may quote them.
+are tested with plain numbers. Every text that leaves through a report -- details and the
+strings inside `extra` -- goes through the log formatter's `logs.Redactor`: error messages
+(from a store, a broker, Polymarket, a crashed task) may quote a configured password or a URL
+with user-info.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+from polymarket_kafka.logs import Redactor
 
 __all__ = ["ComponentStatus", "HealthReport", "ServiceHealth", "StageState"]
 
@@ -88,12 +93,13 @@ class ServiceHealth:
 
     Mutated on the event loop thread only (by `run_service` and its stages); read by the HTTP
     server on the same thread, so no locking is needed. `poll_interval_seconds` is set by
-    `run_service` from its settings. `secrets` are replaced by `***` in every report.
+    `run_service` from its settings. `secrets` and the user-info of any URL are replaced by
+    `***` in every report (the same `logs.Redactor` as the log lines).
     """
 
     def __init__(self, *, poll_interval_seconds: float = 30.0, secrets: Sequence[str] = ()) -> None:
         self.poll_interval_seconds = poll_interval_seconds
-        self._secrets = tuple(sorted((s for s in secrets if s), key=len, reverse=True))
+        self._redact = Redactor(secrets)
         self._stages: dict[str, _Stage] = {}
         self._checks: dict[str, Callable[[], ComponentStatus]] = {}
         self._stopping = False
@@ -135,18 +141,23 @@ class ServiceHealth:
         self._refresh_failures = 0
         self._refresh_error = None
 
-    def record_refresh_failure(self, error: str) -> None:
-        """A subscription refresh failed with `error` (the last loaded set stays in force)."""
+    def record_refresh_failure(self, error: str) -> int:
+        """A subscription refresh failed with `error` (the last loaded set stays in force).
+
+        Returns how many refreshes failed in a row, this one included.
+        """
         self._refresh_failures += 1
         self._refresh_error = error
+        return self._refresh_failures
 
     def record_poll(self, now: float) -> None:
-        """A poll cycle finished at monotonic time `now`."""
+        """A poll cycle succeeded, finishing at monotonic time `now`."""
         self._last_poll = now
         self._poll_error = None
 
     def record_poll_failure(self, error: str) -> None:
-        """A poll cycle failed with `error` (the next tick retries)."""
+        """A poll cycle failed with `error`, or Polymarket did not answer it (the next tick
+        retries); the last successful cycle keeps ageing."""
         self._poll_error = error
 
     def add_check(self, name: str, check: Callable[[], ComponentStatus]) -> None:
@@ -183,20 +194,27 @@ class ServiceHealth:
 
     # --- components ------------------------------------------------------------------------
 
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+    def _scrub_value(self, value: Any) -> Any:
+        """`value` with every string in it scrubbed (mappings and sequences recursively)."""
+        if isinstance(value, str):
+            return self._redact(value)
+        if isinstance(value, Mapping):
+            return {self._scrub_value(k): self._scrub_value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._scrub_value(item) for item in value]
+        return value
 
     def _run_check(self, check: Callable[[], ComponentStatus]) -> ComponentStatus:
         try:
             status = check()
         except Exception as exc:  # noqa: BLE001 - a broken check is a failed component
-            return ComponentStatus(False, self._scrub(f"check failed: {type(exc).__name__}: {exc}"))
-        return ComponentStatus(status.ok, self._scrub(status.detail), status.extra)
+            detail = f"check failed: {type(exc).__name__}: {exc}"
+            return ComponentStatus(False, self._redact(detail))
+        extra = self._scrub_value(status.extra)
+        return ComponentStatus(status.ok, self._redact(status.detail), extra)
 
     def _stages_status(self, *, for_ready: bool) -> ComponentStatus:
-        described = {name: self._scrub(stage.describe()) for name, stage in self._stages.items()}
+        described = {name: self._redact(stage.describe()) for name, stage in self._stages.items()}
         extra = {"stages": described}
         crashed = [n for n, s in self._stages.items() if s.state is StageState.CRASHED]
         ended = [n for n, s in self._stages.items() if s.state is StageState.STOPPED]
@@ -218,7 +236,7 @@ class ServiceHealth:
         }
         failing = ""
         if self._refresh_error is not None:
-            error = self._scrub(self._refresh_error)
+            error = self._redact(self._refresh_error)
             extra["last_error"] = error
             failing = f"; latest refresh failed ({self._refresh_failures} in a row): {error}"
         if not self._subscriptions_loaded:
@@ -231,11 +249,11 @@ class ServiceHealth:
         extra: dict[str, Any] = {"max_age_seconds": limit}
         failing = ""
         if self._poll_error is not None:
-            extra["last_error"] = error = self._scrub(self._poll_error)
+            extra["last_error"] = error = self._redact(self._poll_error)
             failing = f"; latest cycle failed: {error}"
         if self._last_poll is None:
-            return ComponentStatus(False, f"no poll cycle finished yet{failing}", extra)
+            return ComponentStatus(False, f"no successful poll cycle yet{failing}", extra)
         age = max(0.0, now - self._last_poll)
         extra["age_seconds"] = round(age, 3)
-        detail = f"last poll cycle finished {age:.1f}s ago (limit {limit:g}s){failing}"
+        detail = f"last successful poll cycle {age:.1f}s ago (limit {limit:g}s){failing}"
         return ComponentStatus(age <= limit, detail, extra)

@@ -2,13 +2,10 @@
 
 Why it is shaped like this:
 
-* confluent-kafka's `Producer` is thread-safe (librdkafka locks internally) but it runs
-  callbacks only inside `poll()`/`flush()`, and `poll()` blocks. So one worker thread does
-  nothing but `poll(0.1)`. The callbacks it runs only append to a deque; after each poll the
-  thread hands the batch to the event loop with `anyio.from_thread.run_sync` (trio and
-  asyncio alike). All bookkeeping -- pending events, retries, stats -- therefore happens on
-  the event loop thread, without locks. That thread is also the only one that ever closes a
-  producer, so `poll()` never races with `close()`.
+* confluent-kafka runs callbacks only inside the blocking `poll()`: one worker thread
+  (`kafka_thread.PollThread`) polls, the callbacks only queue records, and the thread hands
+  them to the event loop. All bookkeeping -- pending events, retries, stats -- therefore
+  happens on the event loop thread, without locks; only the poll thread closes producers.
 * `produce()` is called on the event loop thread: it never blocks, it raises `BufferError`
   when librdkafka's local queue is full. `publish` then waits for a delivery report (at most
   50 ms) and tries again: a slow broker slows the caller down instead of dropping events.
@@ -24,19 +21,19 @@ Why it is shaped like this:
 * Connectivity (`broker_status`, for readiness) is judged from librdkafka's statistics, which
   it emits every `statistics_interval_ms` from the poll thread. They take the same road as
   delivery reports (parsed in the callback, handed over through the deque), so the latest
-  statistics are event loop state too. How they are judged: `kafka_health`.
+  statistics are event loop state too. How they are judged, and what else readiness looks at
+  (`delivery_backlog`: the age of the oldest pending event): `kafka_health`.
+* Every duration (delivery latency, pending age, statistics age) is measured on one injected
+  `monotonic` clock, read from the poll thread too: tests move it instead of waiting.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import heapq
 import itertools
 import logging
-import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -50,12 +47,24 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from polymarket_kafka.clock import now_utc
 from polymarket_kafka.config import KafkaConfig
 from polymarket_kafka.histogram import Histogram
-from polymarket_kafka.kafka_config import ProducerLike, producer_config, redacted_producer_config
-from polymarket_kafka.kafka_health import BrokerStatus, KafkaStatistics, evaluate, parse_statistics
+from polymarket_kafka.kafka_config import (
+    DELIVERY_TIMEOUT_MS,
+    ProducerLike,
+    producer_config,
+    redacted_producer_config,
+)
+from polymarket_kafka.kafka_health import (
+    BrokerStatus,
+    DeliveryBacklog,
+    StatisticsBridge,
+    StatisticsReport,
+)
+from polymarket_kafka.kafka_thread import ClientErrorReport, DeliveryReport, PollThread
 from polymarket_kafka.models import PolymarketEvent
 
 __all__ = [
     "BrokerStatus",
+    "DeliveryBacklog",
     "DeliveryStats",
     "FailedDelivery",
     "KafkaPublisher",
@@ -68,7 +77,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 _librdkafka_logger = logging.getLogger(f"{__name__}.librdkafka")
 
-_POLL_SECONDS = 0.1
 _ROOM_WAIT_SECONDS = 0.05
 # Errors after which the producer itself is unusable (see the module docstring).
 _NEW_PRODUCER_CODES = frozenset(
@@ -95,10 +103,7 @@ class DeliveryStats:
     producer_recreated: int = 0
     buffer_full_waits: int = 0
     pending: int = 0
-    #: From `publish` to the successful delivery report; average = sum / delivered.
-    delivery_latency_seconds_sum: float = 0.0
-    delivery_latency_seconds_max: float = 0.0
-    #: The same latencies, as a distribution.
+    #: From `publish` to the successful delivery report (count, sum and buckets).
     delivery_latency: Histogram = field(default_factory=Histogram)
     #: Brokers `UP` in the latest statistics of the current producer (0 before any).
     brokers_up: int = 0
@@ -122,28 +127,6 @@ class _Pending:
     attempts: int = 0
     #: Id of the latest `produce()` of this event; None until librdkafka accepted it once.
     token: int | None = None
-
-
-@dataclass(frozen=True)
-class _Report:
-    seq: int
-    token: int
-    generation: int
-    error: KafkaError | None
-    at: float
-
-
-@dataclass(frozen=True)
-class _ClientError:
-    generation: int
-    error: KafkaError
-
-
-@dataclass(frozen=True)
-class _Statistics:
-    generation: int
-    statistics: KafkaStatistics
-    at: float
 
 
 _Outcome = Literal["accepted", "rejected", "full", "broken"]
@@ -171,9 +154,10 @@ class KafkaPublisher:
         retry_backoff_seconds: float,
         max_backoff_seconds: float,
         statistics_interval_ms: int = 5000,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        if statistics_interval_ms < 1:
-            raise ValueError("statistics_interval_ms must be >= 1")
+        self._statistics = StatisticsBridge(statistics_interval_ms, monotonic=monotonic)
+        self._monotonic = monotonic
         self.stats = DeliveryStats()
         self.failed: list[FailedDelivery] = []
         self.topic = config.full_topic
@@ -188,18 +172,14 @@ class KafkaPublisher:
         self._tokens = itertools.count()
         self._generation = 0
         self._producer: ProducerLike | None = None
-        self._polled: tuple[ProducerLike, int] | None = None  # (producer, generation)
-        self._retiring: deque[ProducerLike] = deque()  # closed by the poll thread
-        self._reports: deque[_Report | _ClientError | _Statistics] = deque()  # by the poll thread
-        self._statistics_interval_ms = statistics_interval_ms
-        self._statistics: _Statistics | None = None  # the current producer's latest
+        self._thread = PollThread(self._drain_reports)
+        self._reports = self._thread.reports  # appended to by the callbacks (poll thread)
         self._retries: list[tuple[float, int, int]] = []  # heap of (due, seq, token)
         self._replace_reason: str | None = None
         self._swap = anyio.Lock()  # held while producing, and while replacing the producer
         self._settled = anyio.Event()  # set (and renewed) whenever an event leaves pending
         self._wake = anyio.Event()  # wakes the maintenance task
         self._maintenance = anyio.CancelScope(shield=True)
-        self._stop = threading.Event()
         self._closed = False
 
     async def publish(self, event: PolymarketEvent) -> None:
@@ -212,7 +192,7 @@ class KafkaPublisher:
         if self._closed:
             raise RuntimeError("the Kafka publisher is closed")
         stamped = event.model_copy(update={"published_at": self._clock()})
-        entry = _Pending(next(self._seqs), stamped, stamped.to_kafka_value(), time.monotonic())
+        entry = _Pending(next(self._seqs), stamped, stamped.to_kafka_value(), self._monotonic())
         self._pending[entry.seq] = entry
         self.stats.published += 1
         self.stats.pending = len(self._pending)
@@ -251,12 +231,20 @@ class KafkaPublisher:
         """
         if self._closed:
             return BrokerStatus(False, "the Kafka publisher is closed")
-        latest = self._statistics
-        interval = self._statistics_interval_ms / 1000
-        if latest is None:
-            return evaluate(None, 0.0, interval)
-        age = time.monotonic() - latest.at
-        return evaluate(latest.statistics, age, max(3 * interval, 1.0))
+        return self._statistics.status()
+
+    def delivery_backlog(self) -> DeliveryBacklog:
+        """How many events are pending, and for how long the oldest has been (no I/O)."""
+        oldest = next(iter(self._pending.values()), None)
+        if oldest is None:
+            return DeliveryBacklog(0)
+        age = max(0.0, self._monotonic() - oldest.published_monotonic)
+        return DeliveryBacklog(len(self._pending), age)
+
+    @property
+    def delivery_timeout_seconds(self) -> float:
+        """librdkafka's `delivery.timeout.ms`, in seconds: the readiness bound on pending age."""
+        return DELIVERY_TIMEOUT_MS / 1000
 
     # --- producing (event loop thread) ----------------------------------------------------
 
@@ -345,28 +333,27 @@ class KafkaPublisher:
         self, seq: int, token: int, generation: int, error: KafkaError | None, _msg: Message
     ) -> None:
         # Runs inside poll() in the poll thread: only record, the event loop decides.
-        self._reports.append(_Report(seq, token, generation, error, time.monotonic()))
+        self._reports.append(DeliveryReport(seq, token, generation, error, self._monotonic()))
 
     def _on_client_error(self, generation: int, error: KafkaError) -> None:
-        self._reports.append(_ClientError(generation, error))
+        self._reports.append(ClientErrorReport(generation, error))
 
     def _on_statistics(self, generation: int, text: str) -> None:
         # Poll thread again: parse (a few KB of JSON per interval) and hand over.
         try:
-            parsed = parse_statistics(text)
+            report = self._statistics.receive(generation, text)
         except ValueError as exc:
             logger.warning("unreadable librdkafka statistics ignored: %s", exc)
             return
-        self._reports.append(_Statistics(generation, parsed, time.monotonic()))
+        self._reports.append(report)
 
     def _drain_reports(self) -> None:
         while self._reports:
             report = self._reports.popleft()
-            if isinstance(report, _Statistics):
-                if report.generation == self._generation:  # not a retired producer's
-                    self._statistics = report
-                    self.stats.brokers_up = report.statistics.brokers_up
-            elif isinstance(report, _ClientError):
+            if isinstance(report, StatisticsReport):
+                self._statistics.accept(report, self._generation)  # not a retired producer's
+                self.stats.brokers_up = self._statistics.brokers_up
+            elif isinstance(report, ClientErrorReport):
                 if _needs_new_producer(report.error):
                     self._request_new_producer(report.generation, f"client error: {report.error}")
                 else:
@@ -374,20 +361,15 @@ class KafkaPublisher:
             else:
                 self._handle_delivery(report)
 
-    def _handle_delivery(self, report: _Report) -> None:
+    def _handle_delivery(self, report: DeliveryReport) -> None:
         entry = self._pending.get(report.seq)
         if entry is None:
             return  # settled already, e.g. an older copy was delivered first
         if report.error is None:
             # Any copy counts, even one from a retired producer: the event is in Kafka.
             del self._pending[report.seq]
-            latency = max(0.0, report.at - entry.published_monotonic)
             self.stats.delivered += 1
-            self.stats.delivery_latency_seconds_sum += latency
-            self.stats.delivery_latency_seconds_max = max(
-                self.stats.delivery_latency_seconds_max, latency
-            )
-            self.stats.delivery_latency.observe(latency)
+            self.stats.delivery_latency.observe(max(0.0, report.at - entry.published_monotonic))
             self._settle()
             return
         if report.token != entry.token or report.generation != self._generation:
@@ -428,44 +410,16 @@ class KafkaPublisher:
         conf = {
             **self._conf,
             "error_cb": functools.partial(self._on_client_error, generation),
-            "statistics.interval.ms": self._statistics_interval_ms,
+            "statistics.interval.ms": self._statistics.interval_ms,
             "stats_cb": functools.partial(self._on_statistics, generation),
             "logger": _librdkafka_logger,
         }
         return self._factory(conf)
 
-    async def _run_poll_thread(self) -> None:
-        # Shielded: even when cancelled before it started, the thread must run until `_close`
-        # stops it, or the final flush gets no reports and the producer is never closed.
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._poll_forever)
-
     def _set_producer(self, producer: ProducerLike | None) -> None:
         """Swap the current producer (the old one goes to the poll thread to be closed)."""
-        if self._producer is not None:
-            self._retiring.append(self._producer)
         self._producer = producer
-        self._polled = None if producer is None else (producer, self._generation)
-
-    def _poll_forever(self) -> None:
-        """The poll thread: serve callbacks, close retired producers, until `_stop`."""
-        while True:
-            while self._retiring:
-                _retire(self._retiring.popleft())
-            if self._stop.is_set():
-                return
-            polled = self._polled
-            if polled is None:
-                self._stop.wait(_POLL_SECONDS)
-            else:
-                try:
-                    polled[0].poll(_POLL_SECONDS)
-                except KafkaException as exc:
-                    # confluent-kafka raises a fatal error from poll() (it never reaches
-                    # error_cb): report it like one.
-                    self._reports.append(_ClientError(polled[1], exc.args[0]))
-            if self._reports:
-                anyio.from_thread.run_sync(self._drain_reports)
+        self._thread.serve(producer, self._generation)
 
     async def _maintain(self) -> None:
         """Replace a broken producer and re-send failed events when their backoff is over."""
@@ -500,7 +454,7 @@ class KafkaPublisher:
             # included) is stale and cannot schedule a retry or another replacement.
             self._generation += 1
             self._set_producer(None)
-            self._statistics = None  # the new producer must show it is connected
+            self._statistics.reset()  # the new producer must show it is connected
             self.stats.brokers_up = 0
             delay = self._backoff
             while True:
@@ -548,20 +502,7 @@ class KafkaPublisher:
             logger.error("%d event(s) NOT acknowledged at shutdown", len(self._pending))
         self._maintenance.cancel()
         self._set_producer(None)
-        self._stop.set()
-
-
-def _retire(producer: ProducerLike) -> None:
-    """Drop everything a producer still holds and close it (poll thread only; never raises)."""
-    try:
-        producer.purge(in_queue=True, in_flight=True, blocking=True)
-        with contextlib.suppress(KafkaException):  # a fatal error is raised again: known
-            producer.flush(0)  # serves the purged messages' reports: stale, ignored
-        close = getattr(producer, "close", None)  # not in older confluent-kafka versions
-        if close is not None:
-            close()
-    except Exception:
-        logger.warning("closing a retired Kafka producer failed", exc_info=True)
+        self._thread.stop()
 
 
 @asynccontextmanager
@@ -575,6 +516,7 @@ async def open_kafka_publisher(
     retry_backoff_seconds: float = 0.5,
     max_backoff_seconds: float = 30.0,
     statistics_interval_ms: int = 5000,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[KafkaPublisher]:
     """Open a `KafkaPublisher` on `config.full_topic`, with its poll thread and retry task.
 
@@ -583,7 +525,8 @@ async def open_kafka_publisher(
     pending events are flushed under a shielded scope for at most `grace_seconds`; those
     still unacknowledged are logged at ERROR by event_id, then the producer is closed.
     librdkafka reports statistics every `statistics_interval_ms` (>= 1): they drive
-    `KafkaPublisher.broker_status` and `DeliveryStats.brokers_up`.
+    `KafkaPublisher.broker_status` and `DeliveryStats.brokers_up`. `monotonic` (called from
+    the poll thread too) times delivery latency, pending age and statistics age.
     """
     if max_attempts is not None and max_attempts < 1:
         raise ValueError("max_attempts must be >= 1 or None")
@@ -595,6 +538,7 @@ async def open_kafka_publisher(
         retry_backoff_seconds=retry_backoff_seconds,
         max_backoff_seconds=max_backoff_seconds,
         statistics_interval_ms=statistics_interval_ms,
+        monotonic=monotonic,
     )
     logger.info(
         "opening Kafka producer for topic %s: %s", publisher.topic, redacted_producer_config(config)
@@ -603,7 +547,7 @@ async def open_kafka_publisher(
     caller_error: BaseException | None = None
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(publisher._run_poll_thread)
+            tg.start_soon(publisher._thread.run)
             tg.start_soon(publisher._maintain)
             try:
                 yield publisher

@@ -13,7 +13,12 @@ from confluent_kafka import KafkaError, Message
 
 from polymarket_kafka.config import KafkaConfig, require_sasl_credentials
 
-__all__ = ["ProducerLike", "producer_config", "redacted_producer_config"]
+__all__ = ["DELIVERY_TIMEOUT_MS", "ProducerLike", "producer_config", "redacted_producer_config"]
+
+#: librdkafka's `delivery.timeout.ms`: how long it tries to deliver a message before reporting
+#: it timed out (the publisher then replaces the producer and re-sends). An event pending for
+#: longer has failed at least once: readiness reports the delivery as stalled.
+DELIVERY_TIMEOUT_MS = 30_000
 
 
 def producer_config(config: KafkaConfig) -> dict[str, object]:
@@ -32,7 +37,7 @@ def producer_config(config: KafkaConfig) -> dict[str, object]:
         "batch.num.messages": 1000,
         "linger.ms": 5,
         "queue.buffering.max.kbytes": 32768,
-        "delivery.timeout.ms": 30000,
+        "delivery.timeout.ms": DELIVERY_TIMEOUT_MS,
         "message.max.bytes": 1_000_000,
         "security.protocol": config.security_protocol,
     }

@@ -19,14 +19,36 @@ that polls the producer. Two parts of it answer the question:
 So the producer counts as connected when at least one real broker is `UP` and, where the
 document reports it, the producer id is assigned -- and the statistics are fresh: when the
 poll thread stops, no statistics arrive any more, and the last ones go stale.
+
+Connected is not enough to be ready: a missing topic, a denied ACL or too few in-sync
+replicas leave the broker `UP` while every delivery fails and is retried. So readiness
+(`kafka_readiness`) also looks at the publisher's backlog: not ready once the oldest
+unacknowledged event has been pending longer than librdkafka's `delivery.timeout.ms` --
+by then it failed at least once.
+
+`StatisticsBridge` carries the statistics from the publisher's poll thread to the event loop
+and judges them there; every time in this module is on one injected monotonic clock.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["BrokerStatus", "KafkaStatistics", "evaluate", "parse_statistics"]
+from polymarket_kafka.health import ComponentStatus
+
+__all__ = [
+    "BrokerStatus",
+    "DeliveryBacklog",
+    "KafkaStatistics",
+    "StatisticsBridge",
+    "StatisticsReport",
+    "evaluate",
+    "kafka_readiness",
+    "parse_statistics",
+]
 
 _ASSIGNED = "Assigned"
 # Brokers that are not cluster members: librdkafka's internal one, and logical brokers.
@@ -99,3 +121,95 @@ def evaluate(
     if state is not None and state != _ASSIGNED:
         return BrokerStatus(False, f"{brokers}, idempotent producer id not assigned ({state})")
     return BrokerStatus(True, brokers)
+
+
+@dataclass(frozen=True)
+class StatisticsReport:
+    """The statistics of the producer of `generation`, received at monotonic time `at`."""
+
+    generation: int
+    statistics: KafkaStatistics
+    at: float
+
+
+class StatisticsBridge:
+    """librdkafka statistics, from the publisher's poll thread to its event loop.
+
+    The poll thread turns a document into a `StatisticsReport` (`receive`) and queues it; the
+    event loop thread `accept`s the queued reports of the current producer generation (a
+    retired producer's are stale), `reset`s when the producer is replaced (the new one must
+    show it is connected), and asks for the `status`. Times come from `monotonic`.
+    """
+
+    def __init__(
+        self, interval_ms: int, *, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        if interval_ms < 1:
+            raise ValueError("statistics_interval_ms must be >= 1")
+        self.interval_ms = interval_ms
+        self._monotonic = monotonic
+        self._latest: StatisticsReport | None = None
+
+    def receive(self, generation: int, text: str) -> StatisticsReport:
+        """Parse one document (poll thread). Raises `ValueError` if it is malformed."""
+        return StatisticsReport(generation, parse_statistics(text), self._monotonic())
+
+    def accept(self, report: StatisticsReport, generation: int) -> None:
+        """Keep `report` if it comes from the current producer `generation` (event loop)."""
+        if report.generation == generation:
+            self._latest = report
+
+    def reset(self) -> None:
+        """Forget the statistics: the producer was replaced."""
+        self._latest = None
+
+    @property
+    def brokers_up(self) -> int:
+        """Brokers `UP` in the latest statistics (0 before any)."""
+        return 0 if self._latest is None else self._latest.statistics.brokers_up
+
+    def status(self) -> BrokerStatus:
+        """Judge the latest statistics; stale after 3 intervals (at least 1 s)."""
+        interval = self.interval_ms / 1000
+        latest = self._latest
+        if latest is None:
+            return evaluate(None, 0.0, interval)
+        age = self._monotonic() - latest.at
+        return evaluate(latest.statistics, age, max(3 * interval, 1.0))
+
+
+@dataclass(frozen=True)
+class DeliveryBacklog:
+    """Events handed to the publisher and not acknowledged by Kafka yet."""
+
+    pending: int
+    #: How long the oldest of them has been pending; None when nothing is.
+    oldest_age_seconds: float | None = None
+
+
+def kafka_readiness(
+    broker: BrokerStatus, backlog: DeliveryBacklog, max_pending_seconds: float
+) -> ComponentStatus:
+    """The "kafka" component of readiness: connected, and no event pending too long.
+
+    Ok when `broker` is connected and the oldest pending event (if any) has waited at most
+    `max_pending_seconds`. The detail leads with what fails; `extra` always carries the
+    backlog: `pending_events`, `oldest_pending_seconds` (None when empty) and the limit.
+    """
+    age = backlog.oldest_age_seconds
+    extra: dict[str, object] = {
+        "pending_events": backlog.pending,
+        "oldest_pending_seconds": None if age is None else round(age, 3),
+        "max_pending_seconds": max_pending_seconds,
+    }
+    if not backlog.pending or age is None:
+        return ComponentStatus(broker.connected, broker.detail, extra)
+    events = f"{backlog.pending} event{'' if backlog.pending == 1 else 's'} pending"
+    if age > max_pending_seconds:
+        detail = (
+            f"delivery stalled: {events}, the oldest for {age:.1f}s "
+            f"(limit {max_pending_seconds:g}s); {broker.detail}"
+        )
+        return ComponentStatus(False, detail, extra)
+    detail = f"{broker.detail}; {events}, the oldest for {age:.1f}s"
+    return ComponentStatus(broker.connected, detail, extra)

@@ -87,8 +87,13 @@ class _StatsCollector(Collector):
 def _service_metrics(stats: ServiceStats, poller: PollerStats | None) -> Iterator[_Family]:
     yield _counter(
         "poll_cycles_total",
-        "Poll cycles, by result (a failed cycle is retried on the next tick).",
-        {("ok",): stats.poll_cycles, ("failed",): stats.poll_failures},
+        "Poll cycles, by result: ok, unavailable (Polymarket did not answer, nothing priced) "
+        "or failed (the cycle raised); the next tick retries.",
+        {
+            ("ok",): stats.poll_cycles,
+            ("unavailable",): stats.poll_unavailable,
+            ("failed",): stats.poll_failures,
+        },
         labels=("result",),
     )
     yield _histogram(

@@ -15,6 +15,13 @@ this cycle with a reason, logged and counted; the cycle itself never fails for i
 exception that escapes `poll_once` is `PolymarketBlockedError` (an HTML 403 from Cloudflare):
 no market can be served, retrying does not help, and the service should say so loudly.
 
+A failed batch request (Polymarket down, after the client's retries) also skips markets, but
+it is not the markets' fault: `PollResult.unavailable` then says why, when the failure left
+markets out and no open market got a price this cycle -- the midpoints request failed, or the
+metadata request failed and no market it left out could be priced from the cache. A set of
+closed markets, markets without a token yet or with bad prices never sets it: only a request
+that failed does, so readiness follows Polymarket's availability and not the markets' state.
+
 Markets are processed in sorted `market_id` order, so the requests of a cycle do not depend on
 the iteration order of the subscription collection (a set's order changes between processes,
 which would break cassette replay).
@@ -68,10 +75,15 @@ SKIP_KINDS = ("metadata", "no_token", "closed_price", "midpoint", "invalid")
 
 @dataclass(frozen=True)
 class PollResult:
-    """The snapshots of one cycle, and a reason for every subscribed market left out."""
+    """The snapshots of one cycle, and a reason for every subscribed market left out.
+
+    `unavailable` is None, or why Polymarket could not serve the cycle: a batch request failed,
+    markets were left out because of it, and no open market was priced (see the module notes).
+    """
 
     snapshots: list[MarketSnapshot]
     skipped: dict[str, str]
+    unavailable: str | None = None
 
 
 @dataclass
@@ -89,6 +101,16 @@ class _Cycle:
     subscriptions: dict[str, PolymarketSubscription]
     snapshots: list[MarketSnapshot] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    #: Why a batch request failed (midpoints over metadata), and how many markets it left out.
+    request_error: str | None = None
+    lost_to_request_error: int = 0
+    #: Open markets that got a midpoint.
+    priced: int = 0
+
+    def unavailable(self) -> str | None:
+        if self.lost_to_request_error and not self.priced:
+            return self.request_error
+        return None
 
 
 class MarketPoller:
@@ -123,7 +145,8 @@ class MarketPoller:
         """Poll every subscribed market once; `now` stamps the snapshots (`taken_at`).
 
         The caller passes the active subscriptions; each distinct `market_id` yields either
-        one snapshot or one entry in `skipped`. Raises only `PolymarketBlockedError`.
+        one snapshot or one entry in `skipped`. Raises only `PolymarketBlockedError`; a
+        Polymarket outage is reported in `PollResult.unavailable` instead.
         """
         by_id: dict[str, PolymarketSubscription] = {}
         for subscription in subscriptions:
@@ -146,7 +169,7 @@ class MarketPoller:
                 len(cycle.subscriptions),
                 *example,
             )
-        return PollResult(cycle.snapshots, cycle.skipped)
+        return PollResult(cycle.snapshots, cycle.skipped, cycle.unavailable())
 
     # --- steps -----------------------------------------------------------------------------
 
@@ -174,6 +197,7 @@ class MarketPoller:
                 exc,
                 extra={"endpoint": "GET /markets"},
             )
+            cycle.request_error = cycle.request_error or f"metadata unavailable: {exc}"
             return dict.fromkeys(due, f"metadata unavailable: {exc}")
         for market_id, metadata in batch.markets.items():
             self._cache[market_id] = _Cached(metadata, cycle.now)
@@ -188,7 +212,9 @@ class MarketPoller:
             cached = self._cache.get(market_id)
             if cached is None:
                 reason = metadata_errors.get(market_id, "no metadata")
-                self._skip(cycle, market_id, "metadata", reason)
+                # Uncached means due: with a failed request, that request left it out.
+                lost = cycle.request_error is not None
+                self._skip(cycle, market_id, "metadata", reason, lost=lost)
                 continue
             metadata = cached.metadata
             if metadata.closed:
@@ -223,8 +249,10 @@ class MarketPoller:
                 exc,
                 extra={"endpoint": "POST /midpoints"},
             )
+            cycle.request_error = f"midpoints unavailable: {exc}"
             for market_id in open_markets:
-                self._skip(cycle, market_id, "midpoint", f"midpoints unavailable: {exc}")
+                reason = f"midpoints unavailable: {exc}"
+                self._skip(cycle, market_id, "midpoint", reason, lost=True)
             return
         for market_id, metadata in open_markets.items():
             token_id = metadata.yes_token_id
@@ -236,6 +264,7 @@ class MarketPoller:
                 reason = batch.failures.get(token_id, "no midpoint returned")
                 self._skip(cycle, market_id, "midpoint", f"midpoint: {reason}")
             else:
+                cycle.priced += 1
                 self._emit(cycle, market_id, metadata, price)
 
     # --- outcomes --------------------------------------------------------------------------
@@ -263,8 +292,12 @@ class MarketPoller:
             return
         cycle.snapshots.append(snapshot)
 
-    def _skip(self, cycle: _Cycle, market_id: str, kind: str, reason: str) -> None:
+    def _skip(
+        self, cycle: _Cycle, market_id: str, kind: str, reason: str, *, lost: bool = False
+    ) -> None:
+        """Leave `market_id` out of the cycle; `lost`: because a batch request failed."""
         cycle.skipped[market_id] = reason
+        cycle.lost_to_request_error += lost
         self.stats.skipped[kind] += 1
         logger.debug(
             "poll: skip %s (%s): %s",

@@ -1,40 +1,49 @@
-"""What the pipeline needs from its adapters, and how it watches them for health.
+"""What the pipeline needs from its adapters, and where their outcomes are recorded.
 
 `service.run_service` talks to the outside only through the three protocols below
 (`poller.MarketPoller`, `subscriptions` stores and `kafka.KafkaPublisher` satisfy them; tests
-pass fakes). The stages stay unaware of health: `WatchedStore` and `WatchedPoller` wrap the
-adapters and tell `health.ServiceHealth` what crossed the boundary, and `run_stage` runs
-each long-lived task as a named stage, so `/health/live` knows which task ended and why.
+pass fakes). `SourceOutcomes` is the one place where the sources record how each
+subscription refresh and poll cycle went: it classifies the outcome once and updates both
+the metrics' counters (`service.ServiceStats`) and `health.ServiceHealth`, so the two never
+disagree. `run_stage` runs each long-lived task as a named stage, so `/health/live` knows
+which task ended and why.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
 from polymarket_kafka.health import ServiceHealth
 from polymarket_kafka.models import MarketSnapshot, PolymarketEvent, PolymarketSubscription
 
+if TYPE_CHECKING:
+    from polymarket_kafka.service import ServiceStats
+
 __all__ = [
     "Poller",
     "Publisher",
+    "SourceOutcomes",
     "SubscriptionSource",
-    "WatchedPoller",
-    "WatchedStore",
     "run_stage",
     "task_name",
 ]
 
 
-class _PollResult(Protocol):
+class PollOutcome(Protocol):
+    """What a poll cycle returns (see `poller.PollResult`)."""
+
     @property
     def snapshots(self) -> list[MarketSnapshot]: ...
 
     @property
     def skipped(self) -> dict[str, str]: ...
+
+    @property
+    def unavailable(self) -> str | None: ...
 
 
 class Poller(Protocol):
@@ -42,7 +51,7 @@ class Poller(Protocol):
 
     async def poll_once(
         self, subscriptions: Collection[PolymarketSubscription], now: datetime
-    ) -> _PollResult: ...
+    ) -> PollOutcome: ...
 
 
 class _ActiveSubscriptions(Protocol):
@@ -81,35 +90,49 @@ def task_name(task: Callable[..., object]) -> str:
     return str(getattr(target, "__name__", type(target).__name__))
 
 
-class WatchedStore:
-    """A `SubscriptionSource` that tells `health` how each refresh went."""
+class SourceOutcomes:
+    """Records each subscription refresh and poll cycle once, into `stats` and `health`.
 
-    def __init__(self, store: SubscriptionSource, health: ServiceHealth) -> None:
-        self._store, self._health = store, health
+    Called by the service's source tasks on the event loop thread; `time` is the monotonic
+    clock poll cycles are stamped with for readiness.
+    """
 
-    async def active(self) -> _ActiveSubscriptions:
-        try:
-            active = await self._store.active()
-        except Exception as exc:
-            self._health.record_refresh_failure(str(exc))
-            raise
-        self._health.record_subscriptions(len({s.market_id for s in active.subscriptions}))
-        return active
+    def __init__(
+        self,
+        stats: ServiceStats,
+        health: ServiceHealth,
+        *,
+        time: Callable[[], float] = anyio.current_time,
+    ) -> None:
+        self._stats, self._health, self._time = stats, health, time
 
+    def refreshed(self, active_markets: int) -> None:
+        """A refresh read the active subscriptions: `active_markets` distinct markets."""
+        self._stats.subscription_refreshes += 1
+        self._stats.markets_tracked = active_markets
+        self._health.record_subscriptions(active_markets)
 
-class WatchedPoller:
-    """A `Poller` that tells `health` when a cycle finished (or failed)."""
+    def refresh_failed(self, error: Exception) -> int:
+        """A refresh failed; returns how many failed in a row (for the retry backoff)."""
+        self._stats.subscription_failures += 1
+        return self._health.record_refresh_failure(str(error))
 
-    def __init__(self, poller: Poller, health: ServiceHealth) -> None:
-        self._poller, self._health = poller, health
+    def polled(self, result: PollOutcome, now: datetime, seconds: float) -> bool:
+        """A cycle stamped `now` returned after `seconds`; False if Polymarket was unavailable
+        (`result.unavailable`): a failed cycle for readiness, `unavailable` for the metrics."""
+        self._stats.poll_duration.observe(seconds)
+        self._stats.markets_skipped += len(result.skipped)
+        if result.unavailable is not None:
+            self._stats.poll_unavailable += 1
+            self._health.record_poll_failure(f"Polymarket unavailable: {result.unavailable}")
+            return False
+        self._stats.poll_cycles += 1
+        self._stats.last_poll_at = now
+        self._health.record_poll(self._time())
+        return True
 
-    async def poll_once(
-        self, subscriptions: Collection[PolymarketSubscription], now: datetime
-    ) -> _PollResult:
-        try:
-            result = await self._poller.poll_once(subscriptions, now)
-        except Exception as exc:
-            self._health.record_poll_failure(f"{type(exc).__name__}: {exc}")
-            raise
-        self._health.record_poll(anyio.current_time())
-        return result
+    def poll_failed(self, error: Exception, seconds: float) -> None:
+        """A cycle raised `error` after `seconds`."""
+        self._stats.poll_duration.observe(seconds)
+        self._stats.poll_failures += 1
+        self._health.record_poll_failure(f"{type(error).__name__}: {error}")

@@ -16,8 +16,10 @@ was detected is dropped by a shutdown.
 Every error has a home: a malformed market is skipped by the poller; an exception while
 detecting one snapshot is logged with its market id and counted; a failing poll cycle or
 subscription refresh is logged, counted and retried on the next tick (the last known
-subscriptions stay in force). Only the publisher may stop the service: if it cannot accept
-events any more, there is nothing safe left to do.
+subscriptions stay in force). A cycle in which Polymarket did not answer
+(`PollResult.unavailable`) is counted apart and logged once, not once per market. Only the
+publisher may stop the service: if it cannot accept events any more, there is nothing safe
+left to do.
 """
 
 from __future__ import annotations
@@ -45,9 +47,8 @@ from polymarket_kafka.models import MarketSnapshot, PolymarketEvent, PolymarketS
 from polymarket_kafka.ports import (
     Poller,
     Publisher,
+    SourceOutcomes,
     SubscriptionSource,
-    WatchedPoller,
-    WatchedStore,
     run_stage,
     task_name,
 )
@@ -92,7 +93,9 @@ class ServiceSettings:
 class ServiceStats:
     """Plain counters of what the pipeline did (`metrics` exports them at scrape time)."""
 
+    #: Poll cycles by outcome: ok, Polymarket unavailable (`PollResult.unavailable`), raised.
     poll_cycles: int = 0
+    poll_unavailable: int = 0
     poll_failures: int = 0
     snapshots: int = 0
     markets_skipped: int = 0
@@ -194,9 +197,7 @@ async def run_service(
     health = health if health is not None else ServiceHealth()
     health.poll_interval_seconds = settings.poll_interval_seconds
     stopper._on_stop = health.mark_stopping
-    # The stages stay unaware of health: it is told what crosses their boundaries.
-    store = WatchedStore(store, health)
-    poller = WatchedPoller(poller, health)
+    outcomes = SourceOutcomes(stats, health)
     subscriptions = LatestSubscriptions()
     snap_send, snap_recv = anyio.create_memory_object_stream[_Polled](settings.snapshot_buffer)
     event_send, event_recv = anyio.create_memory_object_stream[PolymarketEvent](
@@ -219,10 +220,11 @@ async def run_service(
         task_status.started(stopper)
         with stopper._sources:
             async with anyio.create_task_group() as sources:
-                refresh = (_refresh_subscriptions, store, subscriptions, settings, stats)
+                refresh = (_refresh_subscriptions, store, subscriptions, settings, outcomes)
                 sources.start_soon(run_stage, health, "refresh_subscriptions", *refresh)
                 with health.stage("poll_markets"):
-                    await _poll_markets(snap_send, poller, subscriptions, settings, clock, stats)
+                    polling = (poller, subscriptions, settings, clock, outcomes)
+                    await _poll_markets(snap_send, *polling)
                 health.mark_stopping()  # max_cycles: the sources are done, the rest drains
                 sources.cancel_scope.cancel()
         health.mark_stopping()
@@ -261,15 +263,13 @@ async def _refresh_subscriptions(
     store: SubscriptionSource,
     subscriptions: LatestSubscriptions,
     settings: ServiceSettings,
-    stats: ServiceStats,
+    outcomes: SourceOutcomes,
 ) -> None:
-    failures = 0
     while True:
         try:
             active = await store.active()
         except Exception as exc:  # noqa: BLE001 - any store failure keeps the last set
-            failures += 1
-            stats.subscription_failures += 1
+            failures = outcomes.refresh_failed(exc)
             # Keep polling the last known set; retry sooner than a full interval at first.
             delay = min(settings.subscription_refresh_seconds, 2.0 ** min(failures, 6))
             logger.warning(
@@ -280,12 +280,10 @@ async def _refresh_subscriptions(
             )
             await anyio.sleep(delay)
             continue
-        failures = 0
-        stats.subscription_refreshes += 1
         if active.subscriptions != subscriptions.value or not subscriptions.loaded.is_set():
             logger.info("active subscriptions: %d markets", len(active.subscriptions))
         subscriptions.set(active.subscriptions)
-        stats.markets_tracked = len(subscriptions.market_ids())
+        outcomes.refreshed(len(subscriptions.market_ids()))
         await anyio.sleep(settings.subscription_refresh_seconds)
 
 
@@ -295,7 +293,7 @@ async def _poll_markets(
     subscriptions: LatestSubscriptions,
     settings: ServiceSettings,
     clock: Callable[[], datetime],
-    stats: ServiceStats,
+    outcomes: SourceOutcomes,
 ) -> None:
     async with snapshots:
         await subscriptions.loaded.wait()
@@ -307,31 +305,39 @@ async def _poll_markets(
             started = anyio.current_time()
             try:
                 result = await poller.poll_once(subscriptions.value, now)
-            except Exception:
-                stats.poll_duration.observe(anyio.current_time() - started)
-                stats.poll_failures += 1
+            except Exception as exc:
+                outcomes.poll_failed(exc, anyio.current_time() - started)
                 logger.exception(
                     "poll cycle %d failed; retrying on the next tick",
                     cycles,
                     extra={"cycle": cycles},
                 )
             else:
-                stats.poll_duration.observe(anyio.current_time() - started)
-                stats.poll_cycles += 1
-                stats.last_poll_at = now
-                stats.markets_skipped += len(result.skipped)
-                for market_id, reason in result.skipped.items():
+                if outcomes.polled(result, now, anyio.current_time() - started):
+                    _log_skipped(cycles, result.skipped)
+                else:
                     logger.warning(
-                        "cycle %d: skipped market %s: %s",
+                        "cycle %d: Polymarket unavailable, %d market(s) not priced: %s",
                         cycles,
-                        market_id,
-                        reason,
-                        extra={"cycle": cycles, "market_id": market_id},
+                        len(result.skipped),
+                        result.unavailable,
+                        extra={"cycle": cycles},
                     )
                 for snapshot in result.snapshots:
                     await snapshots.send((snapshot, anyio.current_time()))
             next_tick += settings.poll_interval_seconds
             await anyio.sleep(max(0.0, next_tick - anyio.current_time()))
+
+
+def _log_skipped(cycle: int, skipped: dict[str, str]) -> None:
+    for market_id, reason in skipped.items():
+        logger.warning(
+            "cycle %d: skipped market %s: %s",
+            cycle,
+            market_id,
+            reason,
+            extra={"cycle": cycle, "market_id": market_id},
+        )
 
 
 async def _detect(

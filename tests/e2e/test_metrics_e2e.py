@@ -122,6 +122,7 @@ async def test_a_run_moves_every_family_of_metrics(
 
     # Poll cycles and what they saw.
     assert one("poll_cycles_total", result="ok") == CYCLES
+    assert one("poll_cycles_total", result="unavailable") == 0  # the 503 was retried
     assert one("poll_cycles_total", result="failed") == 0
     assert one("poll_cycle_duration_seconds_count") == CYCLES
     assert one("poll_cycle_duration_seconds_sum") > 0

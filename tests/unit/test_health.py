@@ -61,7 +61,7 @@ def test_fully_ready_service() -> None:
     assert body["kafka"] == {"status": "ok", "detail": "1/1 brokers up"}
     assert body["subscriptions"]["detail"] == "3 active markets"
     assert body["subscriptions"]["active_markets"] == 3
-    assert body["polling"]["detail"] == "last poll cycle finished 5.0s ago (limit 20s)"
+    assert body["polling"]["detail"] == "last successful poll cycle 5.0s ago (limit 20s)"
     assert body["stages"]["stages"] == {"poll_markets": "running", "detect": "running"}
 
 
@@ -71,7 +71,7 @@ def test_not_ready_before_anything_happened() -> None:
     body = report.to_json()["components"]
     assert body["subscriptions"]["status"] == "fail"
     assert body["subscriptions"]["detail"] == "subscriptions not loaded"
-    assert body["polling"]["detail"] == "no poll cycle finished yet"
+    assert body["polling"]["detail"] == "no successful poll cycle yet"
     assert body["stages"]["status"] == "ok"
     assert running("poll_markets").live(0.0).ok  # but alive
 
@@ -122,7 +122,8 @@ def test_poll_failures_are_shown_and_a_success_clears_them() -> None:
     polling = health.ready(125.0).components["polling"]
     assert not polling.ok
     assert polling.detail == (
-        "last poll cycle finished 25.0s ago (limit 20s); latest cycle failed: HTTPStatusError: 503"
+        "last successful poll cycle 25.0s ago (limit 20s); "
+        "latest cycle failed: HTTPStatusError: 503"
     )
     health.record_poll(130.0)
     polling = health.ready(131.0).components["polling"]
@@ -215,3 +216,42 @@ def test_secrets_are_scrubbed_from_every_detail() -> None:
     assert "hunter2" not in text
     assert "s3cr" not in text
     assert "***" in text
+
+
+def test_url_user_info_is_scrubbed_like_in_the_logs_even_without_configured_secrets() -> None:
+    health = ServiceHealth()  # nothing configured: the URL pattern alone must catch these
+    health.record_refresh_failure("cannot reach mongodb://alice:pa55@db:27017/")
+    health.record_poll_failure("proxy http://bob:tok3n@proxy:3128 refused")
+    with pytest.raises(RuntimeError), health.stage("detect"):
+        raise RuntimeError("gave up on https://carol@hooks.example/")
+    body = health.ready(0.0).to_json()["components"]
+    assert body["subscriptions"]["last_error"] == "cannot reach mongodb://***:***@db:27017/"
+    assert body["polling"]["last_error"] == "proxy http://***:***@proxy:3128 refused"
+    assert body["stages"]["stages"]["detect"] == (
+        "crashed: RuntimeError: gave up on https://***@hooks.example/"
+    )
+    text = repr(body) + repr(health.live(0.0).to_json())
+    for secret in ("alice", "pa55", "bob", "tok3n", "carol"):
+        assert secret not in text
+
+
+def test_extra_fields_of_a_check_are_scrubbed_too() -> None:
+    health = ServiceHealth(secrets=("hunter2",))
+    extra = {
+        "uri": "mongodb://alice:pa55@db/",
+        "nested": {"hunter2-key": ["password hunter2", ("http://bob:tok3n@proxy",)]},
+        "count": 3,
+        "ratio": 0.5,
+        "missing": None,
+    }
+    health.add_check("kafka", lambda: ComponentStatus(True, "ok", extra))
+    kafka = health.ready(0.0).to_json()["components"]["kafka"]
+    assert kafka == {
+        "status": "ok",
+        "detail": "ok",
+        "uri": "mongodb://***:***@db/",
+        "nested": {"***-key": ["password ***", ["http://***:***@proxy"]]},
+        "count": 3,
+        "ratio": 0.5,
+        "missing": None,
+    }

@@ -12,10 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from polymarket_kafka.health import ComponentStatus
 from polymarket_kafka.kafka_health import (
     BrokerStatus,
+    DeliveryBacklog,
     KafkaStatistics,
+    StatisticsBridge,
     evaluate,
+    kafka_readiness,
     parse_statistics,
 )
 
@@ -102,3 +106,110 @@ def test_not_connected_when_the_statistics_went_stale() -> None:
     assert evaluate(fresh, age_seconds=15.0, max_age_seconds=15).connected
     stale = evaluate(fresh, age_seconds=15.5, max_age_seconds=15)
     assert not stale.connected and "15.5s old" in stale.detail
+
+
+# --- the bridge: statistics of the current producer, on an injected clock ---------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 500.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_bridge_keeps_the_current_producers_statistics_and_ages_them() -> None:
+    clock = Clock()
+    bridge = StatisticsBridge(2000, monotonic=clock)
+    assert bridge.status() == BrokerStatus(False, "no statistics from the Kafka producer yet")
+    assert bridge.brokers_up == 0
+
+    report = bridge.receive(0, captured("up"))
+    assert (report.generation, report.at) == (0, 500.0)
+    bridge.accept(report, generation=0)
+    assert bridge.status() == BrokerStatus(True, "1/1 brokers up")
+    assert bridge.brokers_up == 1
+
+    clock.now += 6.0  # 3 intervals of 2 s: still fresh
+    assert bridge.status().connected
+    clock.now += 0.1
+    assert bridge.status() == BrokerStatus(
+        False, "statistics are 6.1s old (the producer's poll thread stalled?)"
+    )
+
+
+def test_the_bridge_ignores_a_retired_producers_statistics_and_resets() -> None:
+    bridge = StatisticsBridge(100, monotonic=Clock())
+    bridge.accept(bridge.receive(0, captured("up")), generation=1)  # from the old producer
+    assert bridge.status().detail == "no statistics from the Kafka producer yet"
+    bridge.accept(bridge.receive(1, captured("down")), generation=1)
+    assert bridge.status().detail == "all brokers down (0/1 brokers up)"
+    bridge.reset()
+    assert bridge.status().detail == "no statistics from the Kafka producer yet"
+
+
+def test_a_short_interval_goes_stale_after_one_second_at_the_earliest() -> None:
+    clock = Clock()
+    bridge = StatisticsBridge(1, monotonic=clock)
+    bridge.accept(bridge.receive(0, captured("up")), generation=0)
+    clock.now += 1.0
+    assert bridge.status().connected
+    clock.now += 0.01
+    assert not bridge.status().connected
+
+
+def test_the_bridge_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="statistics_interval_ms"):
+        StatisticsBridge(0)
+    with pytest.raises(ValueError, match="statistics"):
+        StatisticsBridge(100).receive(0, "[]")
+
+
+# --- readiness: connected, and nothing pending for too long -----------------------------------
+
+UP = BrokerStatus(True, "1/1 brokers up")
+DOWN = BrokerStatus(False, "all brokers down (0/1 brokers up)")
+
+
+def test_ready_with_nothing_pending() -> None:
+    assert kafka_readiness(UP, DeliveryBacklog(0), 30.0) == ComponentStatus(
+        True,
+        "1/1 brokers up",
+        {"pending_events": 0, "oldest_pending_seconds": None, "max_pending_seconds": 30.0},
+    )
+
+
+@pytest.mark.parametrize(
+    ("backlog", "ok", "detail"),
+    [
+        (DeliveryBacklog(1, 0.25), True, "1/1 brokers up; 1 event pending, the oldest for 0.2s"),
+        (DeliveryBacklog(3, 30.0), True, "1/1 brokers up; 3 events pending, the oldest for 30.0s"),
+        (
+            DeliveryBacklog(3, 30.01),
+            False,
+            "delivery stalled: 3 events pending, the oldest for 30.0s (limit 30s); 1/1 brokers up",
+        ),
+        (
+            DeliveryBacklog(1, 3600.0),
+            False,
+            "delivery stalled: 1 event pending, the oldest for 3600.0s (limit 30s); 1/1 brokers up",
+        ),
+    ],
+)
+def test_a_connected_producer_is_not_ready_once_an_event_pends_too_long(
+    backlog: DeliveryBacklog, ok: bool, detail: str
+) -> None:
+    status = kafka_readiness(UP, backlog, 30.0)
+    assert (status.ok, status.detail) == (ok, detail)
+    assert status.extra["pending_events"] == backlog.pending
+    assert status.extra["oldest_pending_seconds"] == round(backlog.oldest_age_seconds or 0, 3)
+
+
+def test_a_disconnected_producer_is_not_ready_whatever_its_backlog() -> None:
+    assert not kafka_readiness(DOWN, DeliveryBacklog(0), 30.0).ok
+    status = kafka_readiness(DOWN, DeliveryBacklog(2, 1.5), 30.0)
+    assert (status.ok, status.detail) == (
+        False,
+        "all brokers down (0/1 brokers up); 2 events pending, the oldest for 1.5s",
+    )

@@ -79,6 +79,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def filled_sources() -> MetricSources:
     service = ServiceStats(
         poll_cycles=7,
+        poll_unavailable=3,
         poll_failures=2,
         snapshots=21,
         markets_skipped=3,
@@ -126,6 +127,7 @@ def test_service_counters_are_exported_by_label() -> None:
     _, samples = scrape(filled_sources())
 
     assert value(samples, "poll_cycles_total", result="ok") == 7
+    assert value(samples, "poll_cycles_total", result="unavailable") == 3
     assert value(samples, "poll_cycles_total", result="failed") == 2
     assert value(samples, "snapshots_evaluated_total") == 21
     assert value(samples, "markets_tracked") == 5
@@ -286,3 +288,12 @@ def test_the_readme_table_lists_exactly_the_exported_metrics() -> None:
 
     exported = {name + "_total" if kind == "counter" else name for name, kind in types.items()}
     assert documented == exported
+
+
+def test_the_readme_names_every_poll_cycle_result() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (row,) = [line for line in readme.splitlines() if line.startswith("| `poll_cycles_total` |")]
+    _, samples = scrape(filled_sources())
+    results = {dict(labels)["result"] for name, labels in samples if name == "poll_cycles_total"}
+    assert results == {"ok", "unavailable", "failed"}
+    assert all(f"`{result}`" in row for result in results)

@@ -253,6 +253,10 @@ async def test_unavailable_midpoints_skip_every_open_market_but_not_closed_ones(
     assert set(result.skipped) == {A, B}
     assert result.skipped[A].startswith("midpoints unavailable: https://clob/midpoints unavailable")
     assert stats.midpoint_failures == 1
+    # No open market priced: Polymarket is down, whatever the closed market's snapshot says.
+    assert result.unavailable == (
+        "midpoints unavailable: https://clob/midpoints unavailable after 5 attempt(s): HTTP 503"
+    )
 
 
 @pytest.mark.anyio
@@ -269,6 +273,95 @@ async def test_unavailable_metadata_without_a_cache_skips_everything() -> None:
     assert result.skipped[A].startswith("metadata unavailable: ")
     assert source.midpoint_calls == []
     assert (stats.metadata_requests, stats.metadata_failures) == (1, 1)
+    assert result.unavailable == (
+        "metadata unavailable: https://gamma/markets unavailable after 5 attempt(s): HTTP 500"
+    )
+
+
+# --- is Polymarket unavailable? (a failed request that cost every open market its price) ------
+
+GAMMA_DOWN = PolymarketUnavailableError("https://gamma/markets", 1, "HTTP 502")
+CLOB_DOWN = PolymarketUnavailableError("https://clob/midpoints", 1, "HTTP 503")
+
+
+@pytest.mark.anyio
+async def test_markets_skipped_for_their_own_reasons_never_make_polymarket_unavailable() -> None:
+    # Nothing priced at all, but every request succeeded: the markets are the problem.
+    source = FakeSource(
+        market(A, yes_token_id=None),
+        market(B, closed=True, yes_outcome_price=None),
+        market(C),
+        prices={"yes-c": 1.5},  # rejected by the snapshot model
+    )
+    unknown = "0x" + "d" * 64
+    result = await poller(source).poll_once([sub(A), sub(B), sub(C), sub(unknown)], T0)
+    assert result.snapshots == []
+    assert len(result.skipped) == 4
+    assert result.unavailable is None
+
+    no_midpoints = await poller(FakeSource(market(A), market(B))).poll_once([sub(A), sub(B)], T0)
+    assert set(no_midpoints.skipped) == {A, B}
+    assert no_midpoints.unavailable is None
+
+
+@pytest.mark.anyio
+async def test_only_closed_markets_are_never_unavailable_even_while_gamma_is_down() -> None:
+    source = FakeSource(market(A, closed=True, yes_outcome_price=1.0))
+    p = poller(source, refresh=60)
+    first = await p.poll_once([sub(A)], T0)
+    between = await p.poll_once([sub(A)], T0 + timedelta(seconds=30))  # no request at all
+    source.markets_error = GAMMA_DOWN
+    refresh_failed = await p.poll_once([sub(A)], T0 + timedelta(seconds=60))  # the cache serves
+
+    assert [r.unavailable for r in (first, between, refresh_failed)] == [None, None, None]
+    assert [len(r.snapshots) for r in (first, between, refresh_failed)] == [1, 1, 1]
+    assert source.midpoint_calls == []
+
+
+@pytest.mark.anyio
+async def test_a_failed_metadata_refresh_is_not_an_outage_while_prices_flow() -> None:
+    source = FakeSource(market(A), market(B), prices={"yes-a": 0.5, "yes-b": 0.5})
+    p = poller(source, refresh=60)
+    await p.poll_once([sub(A)], T0)  # A cached, B not yet
+
+    source.markets_error = GAMMA_DOWN
+    result = await p.poll_once([sub(A), sub(B)], T0 + timedelta(seconds=60))
+
+    assert [s.market_id for s in result.snapshots] == [A]  # priced from the cached metadata
+    assert result.skipped[B].startswith("metadata unavailable: ")  # B's request failed
+    assert result.unavailable is None
+
+
+@pytest.mark.anyio
+async def test_failed_metadata_that_leaves_no_open_market_to_price_is_an_outage() -> None:
+    source = FakeSource(market(A, closed=True, yes_outcome_price=1.0), market(B))
+    p = poller(source, refresh=3600)
+    await p.poll_once([sub(A)], T0)  # only the closed market is cached
+
+    source.markets_error = GAMMA_DOWN
+    result = await p.poll_once([sub(A), sub(B)], T0 + timedelta(seconds=1))
+
+    assert [s.market_id for s in result.snapshots] == [A]
+    assert result.unavailable is not None
+    assert result.unavailable.startswith("metadata unavailable: https://gamma/markets")
+
+
+@pytest.mark.anyio
+async def test_when_both_endpoints_fail_the_midpoints_failure_is_reported() -> None:
+    source = FakeSource(market(A), prices={"yes-a": 0.5})
+    p = poller(source, refresh=60)
+    await p.poll_once([sub(A)], T0)
+
+    source.markets_error, source.midpoints_error = GAMMA_DOWN, CLOB_DOWN
+    result = await p.poll_once([sub(A)], T0 + timedelta(seconds=60))
+
+    assert result.snapshots == []
+    assert result.unavailable == (
+        "midpoints unavailable: https://clob/midpoints unavailable after 1 attempt(s): HTTP 503"
+    )
+    source.markets_error = source.midpoints_error = None
+    recovered = await p.poll_once([sub(A)], T0 + timedelta(seconds=61))
+    assert (len(recovered.snapshots), recovered.unavailable) == (1, None)
 
 
 @pytest.mark.anyio
@@ -400,7 +493,7 @@ async def test_no_subscriptions_means_no_requests() -> None:
 
     result = await poller(source).poll_once([], T0)
 
-    assert (result.snapshots, result.skipped) == ([], {})
+    assert (result.snapshots, result.skipped, result.unavailable) == ([], {}, None)
     assert source.market_calls == source.midpoint_calls == []
 
 
