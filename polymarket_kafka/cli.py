@@ -4,6 +4,12 @@ Exit status: 0 on success (including a clean stop on SIGINT/SIGTERM), 1 when the
 failed at run time, 2 for a configuration or usage error (one line on stderr, naming the
 variable or argument at fault). The offline commands (`rules check|explain|test`, `replay`)
 live in `cli_rules` and never read the service configuration; 1 there means bad input.
+
+What `run` writes on stderr goes through the logger once logging is configured, so with
+`LOG_FORMAT=json` every line is a scrubbed JSON object: an invalid rules file, the ops address
+taken, a crash of start-up or of a stage (its traceback in `exc_info`), warnings. A
+configuration error comes before logging exists: it is made a JSON line here when
+`LOG_FORMAT=json` asks for it.
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ import anyio
 
 from polymarket_kafka import __version__
 from polymarket_kafka.cli_rules import OFFLINE_COMMANDS, add_offline_commands, run_offline
-from polymarket_kafka.config import AppConfig, ConfigError, load_config
-from polymarket_kafka.logs import configure_logging
+from polymarket_kafka.config import AppConfig, ConfigError, load_config, requested_log_format
+from polymarket_kafka.logs import JsonFormatter, configure_logging
 
 __all__ = ["main"]
 
@@ -104,13 +110,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(env_file=args.env_file)
     except ConfigError as exc:
-        print(f"polymarket-kafka: configuration error: {exc}", file=sys.stderr)
+        log_format = requested_log_format(env_file=args.env_file)
+        print(_configuration_error_line(exc, log_format), file=sys.stderr)
         return EXIT_USAGE
     configure_logging(config.log_level, config.log_format, config.secret_values())
     try:
         return anyio.run(_dispatch, args, config, backend=args.backend)
     except KeyboardInterrupt:  # pragma: no cover - signals are handled inside the service
         return EXIT_OK
+
+
+def _configuration_error_line(exc: ConfigError, log_format: str) -> str:
+    """The line reporting `exc`; a JSON log record for `json` (the message holds no secret)."""
+    message = f"configuration error: {exc}"
+    if log_format != "json":
+        return f"polymarket-kafka: {message}"
+    record = logging.makeLogRecord(
+        {
+            "name": logger.name,
+            "levelno": logging.CRITICAL,
+            "levelname": "CRITICAL",
+            "msg": message,
+            "variable": exc.variable,
+        }
+    )
+    return JsonFormatter().format(record)
 
 
 async def _dispatch(args: argparse.Namespace, config: AppConfig) -> int:
@@ -123,14 +147,40 @@ async def _dispatch(args: argparse.Namespace, config: AppConfig) -> int:
 
 
 async def _run(config: AppConfig) -> int:
-    from polymarket_kafka.app import load_initial_rules, run_app
+    """`_serve`, with any error it raises logged (not printed by the interpreter) as exit 1."""
     from polymarket_kafka.http_server import OpsServerError
+
+    try:
+        return await _serve(config)
+    except Exception as exc:
+        errors = _leaves(exc)
+        taken = [error for error in errors if isinstance(error, OpsServerError)]
+        if taken:
+            # One line instead of a traceback through the task groups: the address is taken.
+            logger.critical("%s (HTTP_HOST/HTTP_PORT)", taken[0])
+        else:
+            first = errors[0]
+            logger.critical(
+                "stopped by an unexpected error: %s: %s", type(first).__name__, first, exc_info=True
+            )
+        return EXIT_FAILURE
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions in `error`, (nested) exception groups flattened."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
+async def _serve(config: AppConfig) -> int:
+    from polymarket_kafka.app import load_initial_rules, run_app
     from polymarket_kafka.ruleset import RulesError
 
     try:
         rules = load_initial_rules(config)
     except RulesError as exc:
-        print(f"polymarket-kafka: invalid rules, not starting:\n{exc}", file=sys.stderr)
+        logger.critical("invalid rules, not starting:\n%s", exc)
         return EXIT_USAGE
     logger.info(
         "rules %s (version %s)",
@@ -144,17 +194,7 @@ async def _run(config: AppConfig) -> int:
         config.kafka.full_topic,
         config.mongo.redacted_uri,
     )
-    try:
-        stats = await run_app(config, rules)
-    except* OpsServerError as group:
-        # One line instead of a traceback through the task groups: the address is taken.
-        error: BaseException = group
-        while isinstance(error, BaseExceptionGroup):  # nested by the task groups
-            error = error.exceptions[0]
-        print(f"polymarket-kafka: {error} (HTTP_HOST/HTTP_PORT)", file=sys.stderr)
-        stats = None
-    if stats is None:
-        return EXIT_FAILURE
+    stats = await run_app(config, rules)
     return EXIT_OK if stats.events_undelivered == 0 else EXIT_FAILURE
 
 
@@ -167,8 +207,11 @@ def _healthcheck(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"polymarket-kafka: configuration error: {exc}", file=sys.stderr)
             return EXIT_FAILURE
+        from polymarket_kafka.http_server import url_host
+
+        # A wildcard bind address answers on loopback.
         host = "127.0.0.1" if config.http_host in ("0.0.0.0", "::") else config.http_host  # noqa: S104
-        base = f"http://{f'[{host}]' if ':' in host else host}:{config.http_port}"
+        base = f"http://{url_host(host)}:{config.http_port}"
     url = base.rstrip("/") + ("/health/live" if args.live else "/health/ready")
 
     import httpx  # here, not at the top: a healthcheck runs every few seconds

@@ -2,8 +2,9 @@
 
 Read once at start-up. Every variable, its default and its meaning is listed in
 `app.env.example`. A missing or malformed value raises `ConfigError`, whose message is one
-line naming the variable; the CLI prints it and exits with status 2. Secrets (the SASL
-password, credentials inside `MONGODB_URI`) never appear in a `repr`, a log line or an error.
+line naming the variable; the CLI writes it on stderr (a JSON log line when `LOG_FORMAT=json`)
+and exits with status 2. Secrets (the SASL password, credentials inside `MONGODB_URI`) never
+appear in a `repr`, a log line or an error.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
+from polymarket_kafka.logs import LOG_FORMATS
+
 __all__ = [
     "AppConfig",
     "ConfigError",
@@ -25,6 +28,7 @@ __all__ = [
     "PolymarketConfig",
     "load_config",
     "redact_uri",
+    "requested_log_format",
     "require_sasl_credentials",
 ]
 
@@ -33,7 +37,6 @@ T = TypeVar("T")
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
 _ENVIRONMENTS = ("development", "staging", "production", "test")
-_LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -243,6 +246,23 @@ def _merged_env(environ: Mapping[str, str] | None, env_file: Path | None) -> dic
     return merged
 
 
+def requested_log_format(
+    environ: Mapping[str, str] | None = None, *, env_file: Path | None = Path(".env")
+) -> str:
+    """The `LOG_FORMAT` that `environ` (default: `os.environ`) over an optional `.env` asks
+    for, `text` when it is unset or invalid.
+
+    For reporting a `ConfigError`: it is raised before logging is configured, yet a log
+    pipeline expecting JSON should get its line as JSON.
+    """
+    try:
+        return _Reader(_merged_env(environ, env_file)).choice(
+            "LOG_FORMAT", AppConfig.log_format, LOG_FORMATS
+        )
+    except ConfigError:
+        return AppConfig.log_format
+
+
 def load_config(
     environ: Mapping[str, str] | None = None, *, env_file: Path | None = Path(".env")
 ) -> AppConfig:
@@ -307,13 +327,13 @@ def load_config(
         poll_interval_seconds=r.number(
             "POLL_INTERVAL_SECONDS", AppConfig.poll_interval_seconds, strict=True
         ),
-        environment=r.choice("ENVIRONMENT", AppConfig.environment, _ENVIRONMENTS).lower(),
+        environment=r.choice("ENVIRONMENT", AppConfig.environment, _ENVIRONMENTS),
         shutdown_grace_seconds=r.number(
             "SHUTDOWN_GRACE_SECONDS", AppConfig.shutdown_grace_seconds, strict=True
         ),
         rules_path=Path(rules) if rules else None,
         log_level=r.choice("LOG_LEVEL", AppConfig.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
-        log_format=r.choice("LOG_FORMAT", AppConfig.log_format, _LOG_FORMATS).lower(),
+        log_format=r.choice("LOG_FORMAT", AppConfig.log_format, LOG_FORMATS),
         http_host=r.text("HTTP_HOST", AppConfig.http_host),
         http_port=r.port("HTTP_PORT", AppConfig.http_port),
     )

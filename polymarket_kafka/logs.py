@@ -7,6 +7,8 @@ a URI, a librdkafka line, an exception raised deep in a driver) is outside our c
 last step before a line leaves the process replaces every configured secret value and the
 user-info part of any URL (`scheme://user:password@` -> `scheme://***:***@`). The scrubbing
 runs on everything a line carries: the message, every context value and the exception text.
+A secret is also found as `repr()` and JSON show it (backslashes and quotes escaped), since
+a driver's error often quotes its configuration that way.
 
 Context fields: a call passes them with `extra=` (`market_id`, `event_id`, `rule`, `cycle`,
 `endpoint`, `attempt`, ...). Every LogRecord attribute that the standard library did not put
@@ -27,9 +29,11 @@ import logging
 import math
 import re
 import sys
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import Enum
+from types import TracebackType
 
 __all__ = [
     "LOG_FORMATS",
@@ -62,19 +66,36 @@ _MAX_DEPTH = 8
 class Redactor:
     """Scrubs secrets from text.
 
-    Every non-empty value of `secrets` becomes `***` (longest first, so a secret that contains
-    another is scrubbed whole), then the user-info of any URL becomes `***:***` (`***` when it
-    has no `:`). Calling it is pure and cannot raise.
+    Every non-empty value of `secrets` becomes `***`, whether written as is or escaped the way
+    `repr()` or JSON write it inside quotes (longest first, so a secret that contains another
+    is scrubbed whole); then the user-info of any URL becomes `***:***` (`***` when it has no
+    `:`). Calling it is pure and cannot raise.
     """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        values = sorted({s for s in secrets if s}, key=len, reverse=True)
+        forms = {form for secret in secrets if secret for form in _written_forms(secret)}
+        values = sorted(forms, key=len, reverse=True)
         self._secrets = re.compile("|".join(map(re.escape, values))) if values else None
 
     def __call__(self, text: str) -> str:
         if self._secrets is not None:
             text = self._secrets.sub("***", text)
         return _USERINFO.sub(_hide_userinfo, text)
+
+
+def _written_forms(secret: str) -> set[str]:
+    """`secret` as it may appear in a line: verbatim, inside a `repr()` and inside JSON."""
+    # repr() escapes character by character, except `'`: escaped only when repr() chose `'`
+    # quotes, which depends on the whole string shown, so both forms. (A character followed
+    # by `"` is always shown in `'` quotes; [1:-2] drops the quotes and the `"`.)
+    escaped = [repr(char + '"')[1:-2] for char in secret]
+    return {
+        secret,
+        "".join(escaped),
+        "".join("'" if char == "'" else form for char, form in zip(secret, escaped, strict=True)),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+    }
 
 
 def _hide_userinfo(match: re.Match[str]) -> str:
@@ -86,6 +107,13 @@ def _safe_str(value: object) -> str:
     try:
         return str(value)
     except Exception:  # noqa: BLE001 - a broken __str__ must not lose the line
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _safe_repr(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not lose the line
         return f"<unprintable {type(value).__name__}>"
 
 
@@ -195,7 +223,7 @@ class TextFormatter(_BaseFormatter):
             message = _message(record)
             parts = [f"{_timestamp(record.created)} {record.levelname:<7} {record.name}: {message}"]
             for key, value in context_fields(record).items():
-                pair = f"{key}={_text_value(value)}"
+                pair = f"{key}={_text_value(value, self.redact)}"
                 # Messages stay self-contained for other formatters (an embedding application's,
                 # pytest's); the text line does not repeat a `key=value` the message already has.
                 if pair not in message:
@@ -211,10 +239,11 @@ class TextFormatter(_BaseFormatter):
             )
 
 
-def _text_value(value: object) -> str:
+def _text_value(value: object, redact: Redactor) -> str:
     if isinstance(value, Enum):
         value = value.value
-    text = _safe_str(value)
+    # Scrubbed before quoting: quoting escapes again a secret that `str()` showed escaped.
+    text = redact(_safe_str(value))
     if not text or any(c.isspace() or c in "\"'=" for c in text):
         return json.dumps(text, ensure_ascii=False)
     return text
@@ -245,9 +274,13 @@ def configure_logging(level: str = "INFO", fmt: str = "text", secrets: Sequence[
     value of `secrets` and every URL's user-info scrubbed.
 
     Installs one handler on the root logger and sets the root level; calling it again replaces
-    that handler. A root logger that already has other handlers (an embedding application,
-    pytest's log capture) is left alone: its owner decides where records go. Raises
-    `ValueError` for an unknown format or level.
+    that handler. It also routes what the interpreter would otherwise print raw to stderr
+    through logging: warnings (`logging.captureWarnings`), and exceptions nothing caught, in
+    the main thread (`sys.excepthook`), in other threads (`threading.excepthook`) and in
+    finalizers (`sys.unraisablehook`), so that every line is in the chosen format and
+    scrubbed. A root logger that already has other handlers (an embedding application,
+    pytest's log capture) is left alone, hooks included: its owner decides where records go.
+    Raises `ValueError` for an unknown format or level.
     """
     if fmt not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {fmt!r}")
@@ -266,3 +299,30 @@ def configure_logging(level: str = "INFO", fmt: str = "text", secrets: Sequence[
         root.removeHandler(previous)
     root.addHandler(handler)
     root.setLevel(numeric_level)
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+    sys.unraisablehook = _log_unraisable
+
+
+_uncaught_logger = logging.getLogger("polymarket_kafka")
+
+
+def _log_uncaught(
+    exc_type: type[BaseException], exc: BaseException, traceback: TracebackType | None
+) -> None:
+    _uncaught_logger.critical("uncaught exception", exc_info=(exc_type, exc, traceback))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if issubclass(args.exc_type, SystemExit):  # as the default hook: a thread's normal exit
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    _uncaught_logger.error("uncaught exception in thread %s", name, exc_info=args.exc_value)
+
+
+def _log_unraisable(args: sys.UnraisableHookArgs) -> None:
+    message = args.err_msg or "Exception ignored in"
+    if args.object is not None:
+        message = f"{message}: {_safe_repr(args.object)}"
+    _uncaught_logger.error("%s", message, exc_info=args.exc_value)

@@ -4,14 +4,17 @@ against the fake Polymarket server and a real broker, the demo, and exit codes."
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pymongo import MongoClient
 
 from polymarket_kafka.cli import main
 from polymarket_kafka.local_broker import LocalBroker, read_events
@@ -50,6 +53,18 @@ def test_subscribe_unsubscribe_and_list(env: Path, capsys: pytest.CaptureFixture
     assert capsys.readouterr().out == ""
     assert main(["--env-file", str(env), "subscriptions", "--all"]) == 0
     assert capsys.readouterr().out.startswith(f"{MARKET} ref_count=0 updated_at=")
+
+
+def test_listing_names_invalid_documents_on_stderr(
+    env: Path, mongo_client: MongoClient[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    collection = mongo_client["cli"][os.environ["MONGODB_COLLECTION"]]
+    collection.insert_one({"_id": "broken-1", "market_id": "trump-2024", "ref_count": 1})
+    assert main(["--env-file", str(env), "subscriptions", "--all"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith("invalid document broken-1: ")
 
 
 def test_invalid_market_id_is_a_usage_error(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -157,7 +172,7 @@ def test_demo_with_missing_cassette_exits_2(
 
 
 def test_run_with_invalid_rules_exits_2_before_connecting(
-    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    env: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     rules = env.with_name("bad-rules.yaml")
     rules.write_text("version: 1\ndefaults:\n  window: 0s\n  move: {abs: 2}\n")
@@ -165,7 +180,51 @@ def test_run_with_invalid_rules_exits_2_before_connecting(
     # Nothing listens here: reaching Kafka or MongoDB would hang or fail differently.
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")
     assert main(["--env-file", str(env), "run"]) == 2
-    err = capsys.readouterr().err
-    assert "invalid rules, not starting" in err
+    # Logged, so in the configured format (JSON in the container), not printed.
+    (record,) = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    err = record.getMessage()
+    assert err.startswith("invalid rules, not starting:\n")
     assert f"{rules}:3:" in err and "defaults.window" in err
     assert f"{rules}:4:" in err and "defaults.move.abs" in err
+
+
+def test_a_configuration_error_is_a_json_line_when_log_format_is_json(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Logging is not configured yet when the configuration is wrong: LOG_FORMAT is read alone.
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    assert main(["--env-file", str(tmp_path / "x"), "run"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    record = json.loads(line)
+    assert record == {
+        "timestamp": record["timestamp"],
+        "level": "CRITICAL",
+        "logger": "polymarket_kafka",
+        "message": "configuration error: KAFKA_SASL_USERNAME: required when protocol is SASL_SSL",
+        "variable": "KAFKA_SASL_USERNAME",
+    }
+    assert record["timestamp"].endswith("Z")
+
+
+def test_a_crashed_stage_is_logged_with_its_traceback_and_exits_1(
+    anyio_backend: str,
+    env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stage that raises takes the service down: one CRITICAL record with the traceback
+    (a JSON line in the container, see test_log_redaction_e2e), not the interpreter's dump."""
+
+    async def broken_reloader(rules: object) -> None:
+        raise RuntimeError("reloader broke")
+
+    monkeypatch.setattr("polymarket_kafka.service.run_reloader", broken_reloader)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")  # need not be reachable
+    monkeypatch.setenv("HTTP_PORT", "0")
+    monkeypatch.setenv("SHUTDOWN_GRACE_SECONDS", "1")
+    assert main(["--backend", anyio_backend, "--env-file", str(env), "run"]) == 1
+    (record,) = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert record.getMessage() == "stopped by an unexpected error: RuntimeError: reloader broke"
+    assert record.exc_info is not None
+    assert "broken_reloader" in logging.Formatter().formatException(record.exc_info)

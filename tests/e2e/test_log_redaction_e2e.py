@@ -10,6 +10,10 @@ alone would make this test unable to fail. So the passwords are also planted whe
 service logs a value verbatim: the SASL password inside `KAFKA_CLIENT_ID` (in the producer's
 configuration line and in every librdkafka line) and the decoded MongoDB password in the
 rules file's path (in the start-up line). Only the formatter's scrubbing keeps them out.
+
+Two more runs crash, at start-up (a MongoDB URI pymongo refuses, after a warning) and in a
+stage (patched to raise an error quoting the password's `repr()`): even then every stderr
+line is a scrubbed JSON object, the traceback inside the CRITICAL record.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 SASL_PASSWORD = "kafka-s3cret!"
 MONGO_PASSWORD = "hunter2%40x"  # as written in the URI; "hunter2@x" once decoded
@@ -94,3 +99,92 @@ def test_json_logs_of_the_cli_never_contain_a_password(tmp_path: Path) -> None:
     )
     assert any("mongodb://***:***@127.0.0.1:1/" in m for m in messages)
     assert any("SIGTERM received" in m for m in messages)
+
+
+# repr() and JSON escape this one (backslash, quotes): scrubbed in those forms too.
+AWKWARD_PASSWORD = "s3\\cr'et\"pw"
+# Fails in a stage: `run_reloader`, a stage of the service's task group, raises at once.
+STAGE_CRASH = """
+import os, sys
+import polymarket_kafka.service
+from polymarket_kafka.cli import main
+
+async def broken_reloader(rules):
+    config = {"password": os.environ["KAFKA_SASL_PASSWORD"]}
+    raise RuntimeError(f"reloader broke, config {config!r}")
+
+polymarket_kafka.service.run_reloader = broken_reloader
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def crash_env(tmp_path: Path, mongodb_uri: str) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "LOG_FORMAT": "json",
+        "HTTP_PORT": "0",
+        "SHUTDOWN_GRACE_SECONDS": "1",
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "KAFKA_SASL_USERNAME": "svc",
+        "KAFKA_SASL_PASSWORD": AWKWARD_PASSWORD,
+        "MONGODB_URI": mongodb_uri,
+    }
+
+
+def run_to_the_end(command: list[str], env: dict[str, str], cwd: Path) -> list[dict[str, Any]]:
+    """Run `command` until it exits by itself: it must exit 1 and write only JSON lines on
+    stderr, with no password in any form, one of them the CRITICAL record of the crash."""
+    done = subprocess.run(
+        [*command, "--env-file", str(cwd / "none"), "run"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    for secret in (AWKWARD_PASSWORD, repr(AWKWARD_PASSWORD), "hunter2", "cr'et", "cr\\'et"):
+        assert secret not in done.stderr
+    records = [json.loads(line) for line in done.stderr.splitlines()]  # every line is JSON
+    assert records, done.stderr
+    for record in records:
+        assert {"timestamp", "level", "logger", "message"} <= set(record)
+    return records
+
+
+def test_a_crash_at_start_up_is_logged_as_json(tmp_path: Path) -> None:
+    # pymongo refuses this URI when the client is made (start-up), after warning about an
+    # unknown option: both reach stderr through the JSON formatter.
+    uri = "mongodb://alice:hunter2@127.0.0.1:1,127.0.0.1:2/?directConnection=true&bogusOpt=1"
+    records = run_to_the_end(
+        [sys.executable, "-m", "polymarket_kafka"], crash_env(tmp_path, uri), tmp_path
+    )
+    (warning,) = (r for r in records if r["logger"] == "py.warnings")
+    assert "Unknown option: bogusopt" in warning["message"]
+    (crash,) = (r for r in records if r["level"] == "CRITICAL")
+    assert crash["message"].startswith(
+        "stopped by an unexpected error: SubscriptionStoreError: cannot create a MongoDB client "
+        "for mongodb://***:***@127.0.0.1:1,127.0.0.1:2/"
+    )
+    assert crash["exc_info"].startswith("Traceback (most recent call last):")
+    assert "Cannot specify multiple hosts with directConnection=true" in crash["exc_info"]
+
+
+def test_a_crash_of_a_stage_is_logged_as_json(tmp_path: Path) -> None:
+    uri = "mongodb://alice:hunter2@127.0.0.1:1/?serverSelectionTimeoutMS=200"
+    records = run_to_the_end(
+        [sys.executable, "-c", STAGE_CRASH], crash_env(tmp_path, uri), tmp_path
+    )
+    (crash,) = (r for r in records if r["level"] == "CRITICAL")
+    assert crash["message"] == (
+        "stopped by an unexpected error: RuntimeError: reloader broke, config {'password': '***'}"
+    )
+    # The traceback of the task group's exception group, down to the stage's own frame.
+    assert crash["exc_info"].startswith("  + Exception Group Traceback (most recent call last):")
+    assert "in broken_reloader" in crash["exc_info"]
+    assert "RuntimeError: reloader broke, config {'password': '***'}" in crash["exc_info"]

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from polymarket_kafka.config import AppConfig, ConfigError, load_config, redact_uri
+from polymarket_kafka.config import (
+    AppConfig,
+    ConfigError,
+    load_config,
+    redact_uri,
+    requested_log_format,
+)
+from polymarket_kafka.logs import LOG_FORMATS
 
 FULL_ENV = {
     "POLYMARKET_BASE_URL": "https://clob.example.test/",
@@ -91,6 +98,7 @@ def test_redact_uri() -> None:
     assert redact_uri("mongodb://u:p@h:1/db") == "mongodb://***:***@h:1/db"
     assert redact_uri("mongodb://h:1/db") == "mongodb://h:1/db"
     assert redact_uri("mongodb://u:p@h1:1,h2:2/?x=1") == "mongodb://***:***@h1:1,h2:2/?x=1"
+    assert redact_uri("mongodb://u:p@[::1/db") == "<unparseable uri>"  # never echoed
 
 
 @pytest.mark.parametrize(
@@ -157,6 +165,47 @@ def test_blank_values_mean_default() -> None:
 def test_process_environment_is_the_default_source(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAFKA_CLIENT_ID", "from-os-environ")
     assert load_config(env_file=None).kafka.client_id == "from-os-environ"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "attribute", "expected"),
+    [
+        ("ENVIRONMENT", "Staging", "environment", "staging"),
+        ("LOG_FORMAT", "Json", "log_format", "json"),
+        ("LOG_FORMAT", "TEXT", "log_format", "text"),
+    ],
+)
+def test_choices_are_case_insensitive_and_normalised(
+    variable: str, value: str, attribute: str, expected: str
+) -> None:
+    assert getattr(load_config({variable: value}, env_file=None), attribute) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "text"),
+        ({"LOG_FORMAT": " Json "}, "json"),
+        ({"LOG_FORMAT": "xml"}, "text"),  # itself invalid: the error is reported as text
+        ({"LOG_FORMAT": "json", "HTTP_PORT": "nope"}, "json"),  # whatever else is wrong
+    ],
+)
+def test_requested_log_format(env: dict[str, str], expected: str) -> None:
+    assert requested_log_format(env, env_file=None) == expected
+
+
+@pytest.mark.parametrize("log_format", LOG_FORMATS)
+def test_every_format_configure_logging_knows_is_accepted(log_format: str) -> None:
+    assert load_config({"LOG_FORMAT": log_format}, env_file=None).log_format == log_format
+
+
+def test_requested_log_format_reads_the_dotenv_file_and_the_environment_wins(
+    tmp_path: Path,
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("LOG_FORMAT=json\nHTTP_PORT=nope\n")
+    assert requested_log_format({}, env_file=env_file) == "json"
+    assert requested_log_format({"LOG_FORMAT": "text"}, env_file=env_file) == "text"
 
 
 @pytest.mark.parametrize("port", ["0", "65535"])

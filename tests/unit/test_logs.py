@@ -10,11 +10,14 @@ import io
 import json
 import logging
 import sys
+import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -289,6 +292,48 @@ def test_no_secret_in_message_extra_or_exception(
             as_json(line)
 
 
+# A password with a backslash, both quotes and non-ASCII: repr() and JSON escape it.
+AWKWARD = "p\\w'o\"rd-é"
+
+
+def test_redactor_scrubs_secrets_as_repr_and_json_write_them() -> None:
+    redact = Redactor([AWKWARD])
+    config = {"sasl.password": AWKWARD, "note": "it's"}
+    shown = [
+        repr(AWKWARD),  # single quotes: `'` escaped
+        repr(("x'", AWKWARD)),
+        repr(f"{AWKWARD}'"),  # inside a longer string
+        repr(config),
+        str([AWKWARD]),
+        json.dumps(config),  # \u00e9 for é
+        json.dumps(config, ensure_ascii=False),
+        f"raw {AWKWARD}",
+    ]
+    for text in shown:
+        scrubbed = redact(text)
+        assert "***" in scrubbed, text
+        assert "p\\" not in scrubbed and "p\\\\" not in scrubbed and "rd-" not in scrubbed
+    assert redact(repr(config)) == "{'sasl.password': '***', 'note': \"it's\"}"
+    # repr() escapes `'` or not depending on the whole string it shows: both are scrubbed.
+    other = "p\\w'x"
+    assert Redactor([other])(repr("it's " + other)) == '"it\'s ***"'
+    assert Redactor([other])(repr('say "' + other)) == "'say \"***'"
+
+
+@pytest.mark.parametrize("formatter_class", [JsonFormatter, TextFormatter])
+def test_a_secret_in_a_repr_or_traceback_is_scrubbed(
+    formatter_class: type[JsonFormatter | TextFormatter],
+) -> None:
+    formatter = formatter_class([AWKWARD])
+    lines = [
+        formatter.format(record("config %r", ({"sasl.password": AWKWARD},))),
+        formatter.format(record("failed", exc_info=raised(repr(AWKWARD)))),
+        formatter.format(record("x", config={"sasl.password": AWKWARD})),
+    ]
+    for line in lines:
+        assert "rd-" not in line and "***" in line, line
+
+
 def test_json_scrubs_context_keys_too() -> None:
     line = as_json(JsonFormatter(SECRETS).format(record("x", **{SASL_PASSWORD: 1})))
     assert line["***"] == 1
@@ -299,18 +344,22 @@ def test_json_scrubs_context_keys_too() -> None:
 
 @contextmanager
 def bare_root() -> Iterator[logging.Logger]:
-    """The root logger with no handlers, restored afterwards.
+    """The root logger with no handlers, restored afterwards, with the process hooks that
+    `configure_logging` sets (warnings capture, excepthooks).
 
     A context manager, not a fixture: pytest puts its capture handlers back on the root
     logger at the start of every test phase.
     """
     root = logging.getLogger()
     saved_handlers, saved_level = list(root.handlers), root.level
+    saved_hooks = (sys.excepthook, threading.excepthook, sys.unraisablehook)
     for handler in saved_handlers:
         root.removeHandler(handler)
     try:
         yield root
     finally:
+        logging.captureWarnings(False)
+        sys.excepthook, threading.excepthook, sys.unraisablehook = saved_hooks
         for handler in list(root.handlers):
             root.removeHandler(handler)
         for handler in saved_handlers:
@@ -347,6 +396,7 @@ def test_configure_logging_again_replaces_its_handler(monkeypatch: pytest.Monkey
 
 
 def test_configure_logging_leaves_a_configured_root_alone() -> None:
+    hooks = (sys.excepthook, threading.excepthook, sys.unraisablehook, warnings.showwarning)
     with bare_root() as root:
         theirs = logging.NullHandler()
         root.addHandler(theirs)
@@ -354,6 +404,76 @@ def test_configure_logging_leaves_a_configured_root_alone() -> None:
         configure_logging("DEBUG", "json")
         assert root.handlers == [theirs]
         assert root.level == logging.ERROR
+    assert (sys.excepthook, threading.excepthook, sys.unraisablehook, warnings.showwarning) == hooks
+
+
+class _BrokenRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class _RaisesWhenCollected:
+    def __del__(self) -> None:
+        raise RuntimeError(f"finalizer saw {SASL_PASSWORD}")
+
+
+def _crash_in_thread() -> None:
+    raise RuntimeError(f"thread saw {MONGO_URI}")
+
+
+def test_configure_logging_routes_warnings_and_uncaught_exceptions_through_the_handler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the interpreter would print raw (and unscrubbed) becomes JSON lines."""
+    stderr = io.StringIO()
+    with bare_root():
+        configure_logging("INFO", "json", SECRETS)
+        monkeypatch.setattr(sys, "stderr", stderr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn(f"deprecated option in {MONGO_URI}", UserWarning, stacklevel=1)
+        sys.excepthook(*raised(f"main thread saw {SASL_PASSWORD}"))
+        for target in (_crash_in_thread, sys.exit):  # SystemExit ends a thread silently
+            thread = threading.Thread(target=target, name="worker")
+            thread.start()
+            thread.join()
+        _RaisesWhenCollected()  # collected at once: sys.unraisablehook
+        # The hook's arguments without a thread, an object or an exception.
+        threading.excepthook(
+            SimpleNamespace(exc_type=RuntimeError, exc_value=None, exc_traceback=None, thread=None)
+        )
+        sys.unraisablehook(SimpleNamespace(err_msg=None, object=None, exc_value=None))
+        sys.unraisablehook(SimpleNamespace(err_msg="Lost", object=_BrokenRepr(), exc_value=None))
+    output = stderr.getvalue()
+    for secret in (*SECRETS, "hunter2"):
+        assert secret not in output
+    records = [as_json(line) for line in output.splitlines()]
+    assert [(r["level"], r["logger"]) for r in records] == [
+        ("WARNING", "py.warnings"),
+        ("CRITICAL", "polymarket_kafka"),
+        ("ERROR", "polymarket_kafka"),
+        ("ERROR", "polymarket_kafka"),
+        ("ERROR", "polymarket_kafka"),
+        ("ERROR", "polymarket_kafka"),
+        ("ERROR", "polymarket_kafka"),
+    ]
+    warning, uncaught, in_thread, unraisable, no_thread, no_object, broken = records
+    assert (
+        "UserWarning: deprecated option in mongodb://***:***@db.example.test" in warning["message"]
+    )
+    assert uncaught["message"] == "uncaught exception"
+    assert uncaught["exc_info"].endswith("RuntimeError: main thread saw ***")
+    assert in_thread["message"] == "uncaught exception in thread worker"
+    assert in_thread["exc_info"].endswith(
+        "RuntimeError: thread saw mongodb://***:***@db.example.test:27017/?authSource=admin"
+    )
+    assert unraisable["message"].startswith(
+        "Exception ignored in: <function _RaisesWhenCollected.__del__"
+    )
+    assert unraisable["exc_info"].endswith("RuntimeError: finalizer saw ***")
+    assert no_thread["message"] == "uncaught exception in thread ?" and "exc_info" not in no_thread
+    assert no_object["message"] == "Exception ignored in" and "exc_info" not in no_object
+    assert broken["message"] == "Lost: <unprintable _BrokenRepr>"
 
 
 def test_configure_logging_rejects_unknown_format_and_level() -> None:
