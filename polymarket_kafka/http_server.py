@@ -16,7 +16,8 @@ Why it is built this way:
   the address, and port 0 reports the port the kernel chose. Hypercorn gets a *duplicate* of
   the descriptor (`fd://`): hypercorn wraps what it is given in a socket object of its own
   and closes it at shutdown, so sharing one descriptor would close it twice -- the second
-  time perhaps after another thread reused the number.
+  time perhaps after another thread reused the number. Until hypercorn wraps it (after its
+  lifespan startup), the duplicate is ours, and closed here if hypercorn stops before.
 * Hypercorn must be shut down through its `shutdown_trigger`, not by cancellation: on
   asyncio a cancelled hypercorn skips the rest of its clean-up at the next `await` (anyio
   keeps re-delivering the cancellation) and leaves tasks and sockets behind. So hypercorn
@@ -38,7 +39,7 @@ from typing import Any
 import anyio
 import sniffio
 from anyio.abc import TaskStatus
-from hypercorn.config import Config
+from hypercorn.config import Config, Sockets
 from hypercorn.logging import Logger as HypercornLogger
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from prometheus_client import CollectorRegistry
@@ -169,8 +170,25 @@ def _listen(host: str, port: int) -> socket.socket:
         raise error from None
 
 
-def _hypercorn_config(fd: int) -> Config:
-    config = Config()
+class _Config(Config):
+    """Hypercorn's configuration, noting when hypercorn takes the `fd://` descriptor.
+
+    Both hypercorn backends run the lifespan startup before `create_sockets`, which wraps the
+    descriptor in a socket object that hypercorn then closes; a failure before that point
+    leaves the descriptor with us.
+    """
+
+    fd_taken = False
+
+    def create_sockets(self) -> Sockets:
+        # Set first: once called, the descriptor may already be wrapped (and closed later by
+        # hypercorn or the garbage collector); a leak is better than closing it twice.
+        self.fd_taken = True
+        return super().create_sockets()
+
+
+def _hypercorn_config(fd: int) -> _Config:
+    config = _Config()
     config.bind = [f"fd://{fd}"]
     config.accesslog = None
     config.errorlog = logging.getLogger(f"{__name__}.hypercorn")
@@ -185,16 +203,22 @@ async def _run_hypercorn(
 ) -> None:
     with shield:
         # Duplicated only once shielded: from here on hypercorn runs until it has wrapped
-        # (and so owns) the duplicate, however early the cancellation came.
-        config = _hypercorn_config(os.dup(sock.fileno()))
-        if sniffio.current_async_library() == "trio":
-            from hypercorn.trio import serve as trio_serve
+        # (and so owns) the duplicate, however early the cancellation came. If it fails or
+        # returns before wrapping it, the duplicate is still ours to close.
+        fd = os.dup(sock.fileno())
+        config = _hypercorn_config(fd)
+        try:
+            if sniffio.current_async_library() == "trio":
+                from hypercorn.trio import serve as trio_serve
 
-            await trio_serve(app, config, shutdown_trigger=shutdown.wait, mode="asgi")
-        else:
-            from hypercorn.asyncio import serve as asyncio_serve
+                await trio_serve(app, config, shutdown_trigger=shutdown.wait, mode="asgi")
+            else:
+                from hypercorn.asyncio import serve as asyncio_serve
 
-            await asyncio_serve(app, config, shutdown_trigger=shutdown.wait, mode="asgi")
+                await asyncio_serve(app, config, shutdown_trigger=shutdown.wait, mode="asgi")
+        finally:
+            if not config.fd_taken:  # hypercorn failed or returned before wrapping it
+                os.close(fd)
     if not shutdown.is_set():
         raise RuntimeError("the health/metrics server stopped by itself")
 

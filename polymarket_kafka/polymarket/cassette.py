@@ -27,7 +27,8 @@ then stops; a slower or longer run sees a flat price instead of a crash), and
 code is a bug to see, not an outage to ride out.
 
 No I/O happens after construction (a file path is read once, in the constructor), so
-the transport works unchanged under Trio and asyncio.
+the transport works unchanged under Trio and asyncio. `respond` gives the same answers to a
+synchronous caller: `polymarket_kafka.cassette_server` serves them over loopback HTTP.
 """
 
 from __future__ import annotations
@@ -184,7 +185,16 @@ class CassetteTransport(httpx.AsyncBaseTransport):
         return body.strip() == interaction.body.strip()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = await request.aread()
+        await request.aread()
+        return self.respond(request)
+
+    def respond(self, request: httpx.Request) -> httpx.Response:
+        """The recorded answer to `request`, whose body must be read (`request.content`).
+
+        Synchronous and free of I/O, for callers outside an event loop (the loopback
+        `CassetteServer`); not thread-safe: serialise concurrent callers.
+        """
+        body = request.content
         key = _key(request.method, str(request.url))
         candidates = [i for i in self._interactions if self._matches(i, key, body)]
         if not candidates:

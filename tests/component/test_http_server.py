@@ -7,8 +7,10 @@ fails the test).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +19,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from hypercorn.utils import LifespanFailureError
 from prometheus_client import CollectorRegistry, Counter
 
 from polymarket_kafka.health import ComponentStatus, ServiceHealth
@@ -255,3 +258,80 @@ def test_url_host() -> None:
     assert url_host("127.0.0.1") == "127.0.0.1"
     assert url_host("::1") == "[::1]"
     assert url_host("localhost") == "localhost"
+
+
+# --- the duplicated descriptor handed to hypercorn ---------------------------------------------
+
+
+def open_fds() -> set[tuple[str, str]]:
+    """This process's open descriptors and what they are (Linux /proc).
+
+    With the target: a leaked descriptor may reuse a number that was open before (such as
+    the one listing /proc/self/fd itself, already closed when its entries are read).
+    """
+    found: set[tuple[str, str]] = set()
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the listing's own, closed by now
+            found.add((name, os.readlink(f"/proc/self/fd/{name}")))
+    return found
+
+
+needs_proc = pytest.mark.skipif(
+    not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd (Linux)"
+)
+
+
+@needs_proc
+async def test_a_failed_startup_leaves_no_descriptor(
+    health: ServiceHealth, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def failing_lifespan(receive: Any, send: Any) -> None:
+        await receive()  # lifespan.startup
+        await send({"type": "lifespan.startup.failed", "message": "no"})
+
+    # Real hypercorn, failing at its first step (the lifespan startup). On asyncio that is
+    # before it wraps the descriptor in a socket object of its own; on trio the wrapping
+    # races ahead of the failure. Either way nothing may stay open.
+    monkeypatch.setattr("polymarket_kafka.http_server._lifespan", failing_lifespan)
+    before = open_fds()
+    with (
+        anyio.fail_after(20),
+        pytest.RaisesGroup(
+            pytest.RaisesExc(LifespanFailureError, match="startup"), flatten_subgroups=True
+        ),
+    ):
+        await serve_ops("127.0.0.1", 0, health=health, registry=registry)
+    assert open_fds() - before == set()
+
+
+@needs_proc
+async def test_a_server_returning_early_leaves_no_descriptor(
+    health: ServiceHealth, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def returns_at_once(*args: object, **kwargs: object) -> None:
+        return None
+
+    monkeypatch.setattr("hypercorn.trio.serve", returns_at_once)
+    monkeypatch.setattr("hypercorn.asyncio.serve", returns_at_once)
+    before = open_fds()
+    with (
+        anyio.fail_after(20),
+        pytest.RaisesGroup(
+            pytest.RaisesExc(RuntimeError, match="stopped by itself"), flatten_subgroups=True
+        ),
+    ):
+        await serve_ops("127.0.0.1", 0, health=health, registry=registry)
+    assert open_fds() - before == set()
+
+
+@needs_proc
+async def test_a_served_and_cancelled_server_leaves_no_descriptor(
+    health: ServiceHealth, registry: CollectorRegistry
+) -> None:
+    before = open_fds()
+    with anyio.fail_after(20):
+        async with serving(health, registry) as (client, _):
+            assert (await client.get("/health/live")).status_code == 200
+            assert len(open_fds() - before) >= 2  # our socket and hypercorn's duplicate
+    # Hypercorn closed the duplicate it took, and only that one (no double close).
+    assert open_fds() - before == set()
