@@ -32,15 +32,12 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from os import PathLike
-from types import TracebackType
-from typing import Any
 
 import httpx
 
-from polymarket_kafka.config import PolymarketConfig
+from polymarket_kafka.loopback import LoopbackHttpServer
 from polymarket_kafka.polymarket.cassette import CassetteError, CassetteTransport
 
 __all__ = ["MISMATCH_STATUS", "CassetteServer"]
@@ -119,7 +116,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(content)
 
 
-class CassetteServer:
+class CassetteServer(LoopbackHttpServer):
     """A cassette's recorded Polymarket answers on `http://127.0.0.1:<free port>`.
 
     `cassette` is a YAML file path or an already loaded mapping (see `CassetteTransport`).
@@ -131,54 +128,12 @@ class CassetteServer:
         self, cassette: str | PathLike[str] | Mapping[str, object], *, repeat_last: bool = True
     ) -> None:
         self._replay = _Replay(CassetteTransport(cassette, repeat_last=repeat_last))
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
-    # --- lifecycle -------------------------------------------------------------------------
+    thread_name = "cassette-server"
 
-    def start(self) -> CassetteServer:
-        if self._server is None:
-            self._server = _Server(self._replay)
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name="cassette-server",
-                daemon=True,
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is not None and thread is not None:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
-        self._server = self._thread = None
-
-    def __enter__(self) -> CassetteServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """`http://127.0.0.1:<port>`: the base URL for both the CLOB and Gamma."""
-        if self._server is None:
-            raise RuntimeError("CassetteServer is not running")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def polymarket_config(self, **overrides: Any) -> PolymarketConfig:
-        """A config pointing both base URLs here, with no client-side pacing by default."""
-        config = PolymarketConfig(base_url=self.url, gamma_url=self.url, rate_limit_delay_ms=0)
-        return replace(config, **overrides)
+    def _make_server(self) -> _Server:
+        return _Server(self._replay)
 
     # --- what was served -------------------------------------------------------------------
 

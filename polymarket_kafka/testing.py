@@ -46,11 +46,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
-from polymarket_kafka.config import PolymarketConfig
+from polymarket_kafka.loopback import LoopbackHttpServer
 from polymarket_kafka.models import PolymarketSubscription
 
 __all__ = ["FakeMarket", "FakePolymarketServer", "main"]
@@ -273,7 +272,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
 
 
-class FakePolymarketServer:
+class FakePolymarketServer(LoopbackHttpServer):
     """A scriptable fake of the two Polymarket endpoints the service uses.
 
     `n_markets` synthetic markets; `price(index)` gives each one's initial YES price
@@ -291,54 +290,12 @@ class FakePolymarketServer:
         markets = [FakeMarket.make(i) for i in range(n_markets)]
         self._state = _State(markets, price or (lambda i: round(0.10 + (i % 80) / 100, 4)))
         self._state.latency = latency_seconds
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
-    # --- lifecycle -------------------------------------------------------------------------
+    thread_name = "fake-polymarket"
 
-    def start(self) -> FakePolymarketServer:
-        if self._server is None:
-            self._server = _Server(self._state)
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name="fake-polymarket",
-                daemon=True,
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is not None and thread is not None:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
-        self._server = self._thread = None
-
-    def __enter__(self) -> FakePolymarketServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """`http://127.0.0.1:<port>`; both the CLOB and Gamma paths are served there."""
-        if self._server is None:
-            raise RuntimeError("FakePolymarketServer is not running")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def polymarket_config(self, **overrides: Any) -> PolymarketConfig:
-        """A config pointing both base URLs here, with no client-side pacing by default."""
-        config = PolymarketConfig(base_url=self.url, gamma_url=self.url, rate_limit_delay_ms=0)
-        return replace(config, **overrides)
+    def _make_server(self) -> _Server:
+        return _Server(self._state)
 
     # --- markets and scripting -------------------------------------------------------------
 
