@@ -32,12 +32,12 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from os import PathLike
 
 import httpx
 
-from polymarket_kafka.loopback import LoopbackHttpServer
+from polymarket_kafka.loopback import KeepAliveHandler, LoopbackHttpServer
 from polymarket_kafka.polymarket.cassette import CassetteError, CassetteTransport
 
 __all__ = ["MISMATCH_STATUS", "CassetteServer"]
@@ -82,17 +82,8 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus delayed
-    # ACKs add ~40 ms to every keep-alive response.
-    disable_nagle_algorithm = True
+class _Handler(KeepAliveHandler):
     server: _Server
-    # An idle keep-alive connection ends its thread after this long.
-    timeout = 30
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass  # the caller's output stays clean; what was served is in `request_count`
 
     def do_GET(self) -> None:
         self._replay()

@@ -9,13 +9,27 @@ from __future__ import annotations
 
 import threading
 from dataclasses import replace
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
 
 from polymarket_kafka.config import PolymarketConfig
 
-__all__ = ["LoopbackHttpServer"]
+__all__ = ["KeepAliveHandler", "LoopbackHttpServer"]
+
+
+class KeepAliveHandler(BaseHTTPRequestHandler):
+    """An HTTP/1.1 keep-alive handler that stays quiet (subclasses add `do_GET`/`do_POST`)."""
+
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus delayed
+    # ACKs add ~40 ms to every keep-alive response.
+    disable_nagle_algorithm = True
+    # An idle keep-alive connection ends its thread after this long.
+    timeout = 30
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # the caller's output stays clean; each server counts what it served
 
 
 class LoopbackHttpServer:

@@ -45,11 +45,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
-from polymarket_kafka.loopback import LoopbackHttpServer
+from polymarket_kafka.loopback import KeepAliveHandler, LoopbackHttpServer
 from polymarket_kafka.models import PolymarketSubscription
 
 __all__ = ["FakeMarket", "FakePolymarketServer", "main"]
@@ -162,17 +162,8 @@ def _json_bytes(payload: object) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes; without TCP_NODELAY, Nagle plus delayed
-    # ACKs add ~40 ms to every keep-alive response.
-    disable_nagle_algorithm = True
+class _Handler(KeepAliveHandler):
     server: _Server
-    # An idle keep-alive connection ends its thread after this long.
-    timeout = 30
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass  # the test output stays clean; counts are in `request_count`
 
     def _reply(self, status: int, body: bytes, headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.send_response(status)

@@ -1,10 +1,11 @@
-"""Shared test data: a valid `PolymarketEvent` with any field overridden."""
+"""Shared test data: a valid `PolymarketEvent` with any field overridden, scripted clocks."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from polymarket_kafka.models import ConvictionDirection, PolymarketEvent
 
@@ -52,3 +53,25 @@ class FixedRules:
         from polymarket_kafka.ruleset.params import ResolvedRule
 
         return ResolvedRule(params=self.params, rules_version=self.version)
+
+
+class _PricedServer(Protocol):
+    def set_price(self, market_or_token_id: str, price: float | str) -> None: ...
+
+
+def scripted_prices_clock(
+    server: _PricedServer, script: Mapping[int, Mapping[str, float]], start: datetime
+) -> Callable[[], datetime]:
+    """A service clock whose n-th reading (from 0) first sets `script[n]`'s prices on
+    `server`, then returns `start + n hours`: one poll cycle per hour of market time."""
+    cycle = 0
+
+    def clock() -> datetime:
+        nonlocal cycle
+        for market_id, price in script.get(cycle, {}).items():
+            server.set_price(market_id, price)
+        now = start + timedelta(hours=cycle)
+        cycle += 1
+        return now
+
+    return clock

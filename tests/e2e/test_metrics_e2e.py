@@ -30,6 +30,7 @@ from polymarket_kafka.ruleset import load_rules_text
 from polymarket_kafka.service import ServiceSettings, ServiceStats, run_service
 from polymarket_kafka.subscriptions import InMemorySubscriptionStore
 from polymarket_kafka.testing import FakePolymarketServer
+from tests.factories import scripted_prices_clock
 
 pytestmark = [pytest.mark.broker, pytest.mark.anyio]
 
@@ -71,15 +72,7 @@ async def test_a_run_moves_every_family_of_metrics(
 ) -> None:
     a, b, c = (m.condition_id for m in server.markets)
     script = {1: {a: 0.65}, 2: {b: 0.30}}
-    cycle = 0
-
-    def clock() -> datetime:
-        nonlocal cycle
-        for market_id, price in script.get(cycle, {}).items():
-            server.set_price(market_id, price)
-        now = T0 + timedelta(hours=cycle)
-        cycle += 1
-        return now
+    clock = scripted_prices_clock(server, script, T0)
 
     server.fail_next("/midpoints", 503)  # one retried request, counted by status
     service, client_stats, poller_stats = ServiceStats(), ClientStats(), PollerStats()

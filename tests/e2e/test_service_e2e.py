@@ -29,6 +29,7 @@ from polymarket_kafka.polymarket import open_polymarket_client
 from polymarket_kafka.service import ServiceSettings, run_service
 from polymarket_kafka.subscriptions import open_subscription_store
 from polymarket_kafka.testing import FakePolymarketServer
+from tests.factories import scripted_prices_clock
 
 pytestmark = [pytest.mark.broker, pytest.mark.mongo_server]
 
@@ -60,15 +61,7 @@ async def test_events_reach_the_broker_and_sigterm_drains(
 ) -> None:
     a, b, c, d = (m.condition_id for m in server.markets)
     script = {1: {a: 0.55}, 2: {b: 0.20}, 3: {c: 0.43}, 4: {a: 0.30}}
-    cycle = 0
-
-    def clock() -> datetime:
-        nonlocal cycle
-        for market_id, price in script.get(cycle, {}).items():
-            server.set_price(market_id, price)
-        now = T0 + timedelta(hours=cycle)
-        cycle += 1
-        return now
+    clock = scripted_prices_clock(server, script, T0)
 
     expected = 3  # a up, b down, a down again; c's 3-point move stays silent; d never moves
     published: list[PolymarketEvent] = []
