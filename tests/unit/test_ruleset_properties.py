@@ -162,7 +162,7 @@ def assert_within_bounds(resolved: ResolvedRule) -> None:
     assert {source.split(":")[0] for source in resolved.sources.values()} <= kinds
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(document=documents, markets=st.lists(snapshots, min_size=1, max_size=5))
 def test_random_valid_rules_load_and_resolve_within_bounds(
     document: dict[str, Any], markets: list[MarketSnapshot]
@@ -177,7 +177,7 @@ def test_random_valid_rules_load_and_resolve_within_bounds(
             assert resolved.sources["move.abs"] == "subscription"
 
 
-@settings(max_examples=75, deadline=None)
+@settings(max_examples=75)
 @given(document=documents, snapshot=snapshots)
 def test_resolution_is_deterministic(document: dict[str, Any], snapshot: MarketSnapshot) -> None:
     text = yaml.safe_dump(document, sort_keys=False)

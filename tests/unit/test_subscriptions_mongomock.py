@@ -363,7 +363,7 @@ def test_in_memory_store_is_atomic_across_threads() -> None:
 
 
 @pytest.mark.parametrize("kind", ["memory", "mongomock"])
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(
     operations=st.lists(
         st.tuples(st.booleans(), st.sampled_from([MARKET_A, MARKET_B, MARKET_C])), max_size=30
