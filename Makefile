@@ -1,20 +1,32 @@
-# The two commands of the README. Both set up everything they need in .venv first.
+# The two commands of the README. Both set up everything they need in .venv first, from the
+# lock in requirements/ (every version and hash pinned: see "Dependencies and the lock").
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Hash-checked and wheels only: nothing is built from source, so no unpinned build backend runs.
+PIP_INSTALL_LOCK := $(BIN)/python -m pip install --quiet --require-hashes --only-binary :all:
+# The project itself, editable: its dependencies are already there (--no-deps), the locked
+# setuptools builds it (--no-build-isolation) and nothing is downloaded (--no-index).
+PIP_INSTALL_PROJECT := $(BIN)/python -m pip install --quiet --no-deps --no-build-isolation \
+	--no-index -e .
+# uv only compiles the lock (`make lock`); pip installs it everywhere else.
+UV_VERSION := 0.13.9
+LOCKS := requirements/dev.txt requirements/demo.txt requirements/runtime.txt
 
-.PHONY: demo test lint bench replay-real container-smoke clean
+.PHONY: demo test lint lock bench replay-real container-smoke clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[demo]'
+# A stamp per lock file: a changed lock (or pyproject.toml) installs again on the next run.
+$(VENV)/.demo-installed: requirements/demo.txt pyproject.toml | $(BIN)/python
+	$(PIP_INSTALL_LOCK) --requirement requirements/demo.txt
+	$(PIP_INSTALL_PROJECT)
 	touch $@
 
-$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(VENV)/.dev-installed: requirements/dev.txt pyproject.toml | $(BIN)/python
+	$(PIP_INSTALL_LOCK) --requirement requirements/dev.txt
+	$(PIP_INSTALL_PROJECT)
 	touch $@
 
 ## Run the service on its embedded default: local broker, recorded Polymarket data.
@@ -28,6 +40,22 @@ test: $(VENV)/.dev-installed
 	$(BIN)/mypy polymarket_kafka
 	$(BIN)/hadolint Containerfile
 	$(BIN)/python -m pytest --cov --cov-report=term-missing
+
+## Re-resolve the lock after editing the dependencies in pyproject.toml or requirements/tools.in:
+## pins that still fit are kept; `make lock UPGRADE=1` moves everything to the newest releases.
+## dev.txt is resolved first; demo.txt and runtime.txt are its subsets (constrained by it).
+# $(call LOCK_COMPILE,OUTPUT,OPTIONS,WHO INSTALLS IT): the last goes into the file's header.
+LOCK_COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	$(if $(UPGRADE),--upgrade) --custom-compile-command 'make lock  (installed by $(3))' \
+	pyproject.toml requirements/tools.in $(2) --output-file $(1)
+lock: $(VENV)/.uv-$(UV_VERSION)
+	$(call LOCK_COMPILE,requirements/dev.txt,--extra dev,make test)
+	$(call LOCK_COMPILE,requirements/demo.txt,--extra demo -c requirements/dev.txt,make demo)
+	$(call LOCK_COMPILE,requirements/runtime.txt,-c requirements/dev.txt,the Containerfile)
+
+$(VENV)/.uv-$(UV_VERSION): | $(BIN)/python
+	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
+	touch $@
 
 ## Build the image with podman from a local Debian base and run it against real servers on
 ## loopback (what .ci/run calls after `make test`). Needs root; prints SKIPPED where podman

@@ -128,31 +128,38 @@ def test_the_build_stage_lends_the_ca_bundle_as_an_optional_secret(
     containerfile: tuple[list[str], list[Stage]],
 ) -> None:
     build = containerfile[1][0]
-    runs = build.all("RUN")
-    assert len(runs) == 2
-    for command in runs:  # both reach PyPI
-        assert "--mount=type=secret,id=cacert,required=false" in command
-        assert "[ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert;" in command
+    dependencies, package = build.all("RUN")
+    # Only the dependency step reaches PyPI; the package step builds and installs offline.
+    assert "--mount=type=secret,id=cacert,required=false" in dependencies
+    assert "[ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert;" in dependencies
+    assert "cacert" not in package
+    assert package.count("--no-index") == 2
     # Never copied anywhere: the secret exists only while a RUN runs.
     assert all("cacert" not in args for args in build.all("COPY") + build.all("ENV"))
 
 
-def test_the_build_stage_installs_dependencies_before_copying_the_code(
+def test_the_build_stage_installs_the_locked_dependencies_before_copying_the_code(
     containerfile: tuple[list[str], list[Stage]],
 ) -> None:
     build = containerfile[1][0]
     steps = [(kw, args) for kw, args in build.instructions if kw in ("COPY", "RUN")]
     kinds = [kw if kw == "RUN" else args.split()[0] for kw, args in steps]
-    # The dependency layer sees only pyproject.toml, so a code change reuses it.
-    assert kinds == ["pyproject.toml", "RUN", "README.md", "polymarket_kafka", "RUN"]
+    # The dependency layer sees only the runtime lock, so a code change reuses it.
+    assert kinds == ["requirements/runtime.txt", "RUN", "pyproject.toml", "polymarket_kafka", "RUN"]
     dependencies, package = steps[1][1], steps[4][1]
-    assert '["project"]["dependencies"]' in dependencies
-    assert "pip install --requirement requirements.txt" in dependencies
-    # The package: its own wheel, offline, no dependency resolution; a consistency check;
-    # then pip itself leaves the venv.
-    assert "pip wheel --no-deps --wheel-dir /wheels ." in package
-    assert "pip install --no-index --no-deps /wheels/polymarket_kafka-*.whl" in package
-    assert package.index("pip check") < package.index("pip uninstall --yes pip")
+    # Every version and hash from the lock, wheels only: nothing resolved or built on the way.
+    assert (
+        "pip install --require-hashes --only-binary :all: --requirement requirements/runtime.txt"
+        in dependencies
+    )
+    # The package: its own wheel built by the locked setuptools (no build isolation, which
+    # would fetch an unpinned one), installed offline without dependency resolution; a
+    # consistency check; then pip and the build backend leave the venv.
+    assert "pip wheel --no-index --no-deps --no-build-isolation" in package
+    assert (
+        "pip install --no-index --no-deps --no-cache-dir /wheels/polymarket_kafka-*.whl" in package
+    )
+    assert package.index("pip check") < package.index("pip uninstall --yes pip setuptools")
 
 
 def test_the_runtime_stage_runs_the_service_as_a_non_root_user(runtime: Stage) -> None:
@@ -232,6 +239,7 @@ def test_containerignore_and_dockerignore_are_identical() -> None:
         "tests/unit/test_config.py",
         "cassettes/demo.yaml",
         "bench/poller_bench.py",
+        "requirements/dev.txt",
         "polymarket_kafka/__pycache__/cli.cpython-311.pyc",
         ".coverage",
     ],
@@ -251,7 +259,13 @@ def test_everything_the_containerfile_copies_is_in_the_build_context(
         if not args.startswith("--from=")
         for source in args.split()[:-1]
     ]
-    assert sources == ["pyproject.toml", "README.md", "polymarket_kafka", "rules/"]
+    assert sources == [
+        "requirements/runtime.txt",
+        "pyproject.toml",
+        "README.md",
+        "polymarket_kafka",
+        "rules/",
+    ]
     for source in sources:
         root = REPO / source
         files = [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else [root]
