@@ -7,7 +7,9 @@ seconds), so the tests call `main()` in a worker thread while the server runs on
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -155,6 +157,6 @@ def test_run_with_the_ops_port_taken_fails_in_one_line(
     (record,) = [r for r in caplog.records if r.levelno == logging.CRITICAL]
     assert record.getMessage() == (
         f"cannot serve health/metrics on 127.0.0.1:{port}: "
-        "Address already in use (HTTP_HOST/HTTP_PORT)"
+        f"{os.strerror(errno.EADDRINUSE)} (HTTP_HOST/HTTP_PORT)"
     )
     assert record.exc_info is None  # no traceback through the task groups

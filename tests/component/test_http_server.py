@@ -205,7 +205,7 @@ async def test_a_taken_port_fails_with_the_address(
         with pytest.raises(OpsServerError) as caught:
             await serve_ops("127.0.0.1", port, health=health, registry=registry)
     assert str(caught.value) == (
-        f"cannot serve health/metrics on 127.0.0.1:{port}: Address already in use"
+        f"cannot serve health/metrics on 127.0.0.1:{port}: {os.strerror(errno.EADDRINUSE)}"
     )
     assert caught.value.errno == errno.EADDRINUSE
 
@@ -296,9 +296,7 @@ async def test_a_failed_startup_leaves_no_descriptor(
     before = open_fds()
     with (
         anyio.fail_after(20),
-        pytest.RaisesGroup(
-            pytest.RaisesExc(LifespanFailureError, match="startup"), flatten_subgroups=True
-        ),
+        pytest.RaisesGroup(pytest.RaisesExc(LifespanFailureError), flatten_subgroups=True),
     ):
         await serve_ops("127.0.0.1", 0, health=health, registry=registry)
     assert open_fds() - before == set()

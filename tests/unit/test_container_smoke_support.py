@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import os
 import socket
 import sys
 from pathlib import Path
@@ -137,7 +138,8 @@ def test_the_reserved_port_is_taken_for_others_but_the_service_can_listen_on_it(
     _, live = scripts
     with live.reserved_port() as port:
         # Another plain bind (a server picking the port explicitly) is refused ...
-        with socket.socket() as other, pytest.raises(OSError, match="in use") as taken:
+        in_use = os.strerror(errno.EADDRINUSE)
+        with socket.socket() as other, pytest.raises(OSError, match=in_use) as taken:
             other.bind(("127.0.0.1", port))
         assert taken.value.errno == errno.EADDRINUSE
         # ... while the service's own listening socket (http_server._listen) binds it.

@@ -6,6 +6,8 @@ Each case writes a real file under tmp_path and loads it; the expected lines are
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -301,28 +303,28 @@ markets:
     ]
 
 
+# PyYAML's words for a syntax error change with its releases: checked are where it stopped,
+# where the construct it was reading began (` at LINE:COL)`) and our prefix, not its text.
+
+
 def test_yaml_syntax_error_has_its_line(tmp_path: Path) -> None:
-    assert issues(tmp_path, "version: 1\ndefaults:\n  move: {abs: 0.1\n") == [
-        "F:4:1: YAML syntax: expected ',' or '}', but got '<stream end>' "
-        "(while parsing a flow mapping at 3:9)"
-    ]
-    assert issues(tmp_path, "version: 1\n  bad: 2\n") == [
-        "F:2:6: YAML syntax: mapping values are not allowed here"
-    ]
+    (unclosed,) = issues(tmp_path, "version: 1\ndefaults:\n  move: {abs: 0.1\n")
+    assert unclosed.startswith("F:4:1: YAML syntax: ")
+    assert unclosed.endswith(" at 3:9)")  # the flow mapping left open
+    (indented,) = issues(tmp_path, "version: 1\n  bad: 2\n")
+    assert indented.startswith("F:2:6: YAML syntax: ")
 
 
 def test_other_yaml_problems(tmp_path: Path) -> None:
-    assert issues(tmp_path, "version: 1\n---\nversion: 1\n") == [
-        "F:2:1: YAML syntax: but found another document "
-        "(expected a single document in the stream at 1:1)"
-    ]
-    assert issues(tmp_path, "version: 1\ndefaults: !!python/object:os.system {}\n") == [
-        "F:2:11: YAML syntax: could not determine a constructor for the tag "
-        "'tag:yaml.org,2002:python/object:os.system'"
-    ]
-    assert issues(tmp_path, "version: 1\x07\n") == [
-        "F:1:11: YAML syntax: special characters are not allowed (#x0007)"
-    ]
+    (second,) = issues(tmp_path, "version: 1\n---\nversion: 1\n")
+    assert second.startswith("F:2:1: YAML syntax: ")
+    assert second.endswith(" at 1:1)")  # the stream that should hold one document
+    (tag,) = issues(tmp_path, "version: 1\ndefaults: !!python/object:os.system {}\n")
+    assert tag.startswith("F:2:11: YAML syntax: ")  # the safe loader builds no object
+    assert "python/object:os.system" in tag
+    (control,) = issues(tmp_path, "version: 1\x07\n")
+    assert control.startswith("F:1:11: YAML syntax: ")
+    assert control.endswith(" (#x0007)")
     assert issues(tmp_path, "version: 1\n? [a, b]\n: 1\n") == ["F:2:3: a key must be a plain value"]
     assert issues(tmp_path, "version: 1\ndefaults: &a\n  move: *a\n") == [
         "F:2:11: defaults.move: an alias refers to its own ancestor"
@@ -341,8 +343,8 @@ def test_empty_file(tmp_path: Path) -> None:
 
 def test_missing_and_unreadable_files(tmp_path: Path) -> None:
     for path, reason in [
-        (tmp_path / "absent.yaml", "No such file or directory"),
-        (tmp_path, "Is a directory"),
+        (tmp_path / "absent.yaml", os.strerror(errno.ENOENT)),
+        (tmp_path, os.strerror(errno.EISDIR)),
     ]:
         with pytest.raises(RulesError) as caught:
             load_rules(path)
@@ -352,8 +354,10 @@ def test_missing_and_unreadable_files(tmp_path: Path) -> None:
         assert str(caught.value) == f"{path}: cannot read: {reason}"
     latin1 = tmp_path / "latin1.yaml"
     latin1.write_bytes(b"version: 1\nname: caf\xe9\n")
-    with pytest.raises(RulesError, match=r"latin1.yaml: cannot read: 'utf-8' codec can't decode"):
+    with pytest.raises(RulesError) as caught:
         load_rules(latin1)
+    assert str(caught.value).startswith(f"{latin1}: cannot read: ")
+    assert isinstance(caught.value.__cause__, UnicodeDecodeError)
 
 
 def test_all_issues_are_collected_in_file_order(tmp_path: Path) -> None:

