@@ -11,7 +11,6 @@ PIP_INSTALL_PROJECT := $(BIN)/python -m pip install --quiet --no-deps --no-build
 	--no-index -e .
 # uv only compiles the lock (`make lock`); pip installs it everywhere else.
 UV_VERSION := 0.13.9
-LOCKS := requirements/dev.txt requirements/demo.txt requirements/runtime.txt
 
 .PHONY: demo test lint lock bench replay-real container-smoke clean
 
