@@ -15,7 +15,7 @@ import math
 import uuid
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "SOURCE",
     "ConvictionDirection",
     "MarketSnapshot",
     "PolymarketEvent",
@@ -46,6 +47,10 @@ def utc(value: datetime) -> datetime:
 UtcDatetime = Annotated[datetime, AfterValidator(utc)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+
+
+#: The `source` of every event this service produces (fixed by the downstream contract).
+SOURCE: Final = "polymarket-kafka"
 
 
 class SignalType(str, Enum):
@@ -93,7 +98,9 @@ class PolymarketEvent(BaseModel):
     question: str = Field(description="The market question.")
     yes_price: Probability = Field(description="YES price (implied probability) at `timestamp`.")
     no_price: Probability = Field(description="NO price at `timestamp`.")
-    source: str = Field(default="polymarket-kafka", description="Producer of the event.")
+    source: Literal["polymarket-kafka"] = Field(
+        default=SOURCE, description="Producer of the event: always `polymarket-kafka`."
+    )
     published_at: UtcDatetime | None = Field(
         default=None, description="When the service handed the event to Kafka (UTC)."
     )
@@ -171,8 +178,10 @@ class PolymarketSubscription(BaseModel):
 
     market_id: str = Field(min_length=1, description="Polymarket condition id.")
     ref_count: int = Field(default=0, description="Number of subscribers; active when > 0.")
-    created_at: UtcDatetime
-    updated_at: UtcDatetime
+    # Optional, as in the platform's `CandleSubscription`: a document written by another tool
+    # (or by hand) without them is still a valid subscription.
+    created_at: UtcDatetime | None = Field(default=None, description="Creation timestamp.")
+    updated_at: UtcDatetime | None = Field(default=None, description="Last update timestamp.")
     question: str | None = Field(default=None, description="Cached question text, if known.")
     threshold: float | None = Field(
         default=None,

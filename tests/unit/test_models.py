@@ -116,10 +116,31 @@ def test_subscription_contract() -> None:
     assert sub.ref_count == 0 and not sub.is_active()
     assert sub.model_copy(update={"ref_count": 2}).is_active()
     assert sub.subscription_key() == f"polymarket:{MARKET}"
-    with pytest.raises(ValidationError, match="extra"):
+    with pytest.raises(ValidationError) as excinfo:
         PolymarketSubscription(market_id=MARKET, created_at=T0, updated_at=T0, other=1)
-    with pytest.raises(ValidationError, match="created_at"):
-        PolymarketSubscription.model_validate({"market_id": MARKET, "updated_at": T0})
+    assert [(e["type"], e["loc"]) for e in excinfo.value.errors()] == [
+        ("extra_forbidden", ("other",))
+    ]
+
+
+def test_subscription_timestamps_are_optional_as_in_the_specification() -> None:
+    # The specification's fields, as in the platform's CandleSubscription: created_at and
+    # updated_at are Optional[datetime] = None, so neither is needed to build one...
+    sub = PolymarketSubscription(market_id=MARKET, ref_count=1)
+    assert (sub.created_at, sub.updated_at, sub.is_active()) == (None, None, True)
+    # ... nor in a document written by another tool.
+    doc = PolymarketSubscription.from_document({"_id": "x", "market_id": MARKET, "ref_count": 2})
+    assert (doc.ref_count, doc.created_at, doc.updated_at) == (2, None, None)
+    fields = PolymarketSubscription.model_fields
+    assert not fields["created_at"].is_required() and fields["created_at"].default is None
+    assert not fields["updated_at"].is_required() and fields["updated_at"].default is None
+
+
+def test_event_source_is_always_polymarket_kafka() -> None:
+    assert PolymarketEvent(**event_fields()).source == "polymarket-kafka"
+    with pytest.raises(ValidationError) as excinfo:
+        PolymarketEvent(**event_fields(source="someone-else"))
+    assert [e["loc"] for e in excinfo.value.errors()] == [("source",)]
 
 
 def test_subscription_from_document_ignores_mongo_id() -> None:
