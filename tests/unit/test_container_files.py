@@ -333,7 +333,7 @@ def test_compose_overrides_make_app_env_a_container_configuration(
     image_env = {k: v for k, v in env_pairs(runtime).items() if k != "PATH"}
     config = load_config({**image_env, **example_env, **overrides}, env_file=None)
     assert config.kafka.bootstrap_servers == "kafka:9092"
-    assert config.mongo.uri == "mongodb://mongo:27017"
+    assert config.mongodb.uri == "mongodb://mongo:27017"
     assert config.log_format == "json"
     assert (config.http_host, config.http_port) == ("0.0.0.0", 9464)
     assert config.rules_path == Path(f"{RULES_MOUNT}/default.yaml")
