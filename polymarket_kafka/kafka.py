@@ -107,6 +107,14 @@ class DeliveryStats:
     delivery_latency: Histogram = field(default_factory=Histogram)
     #: Brokers `UP` in the latest statistics of the current producer (0 before any).
     brokers_up: int = 0
+    #: Events still pending when the publisher closed (logged at ERROR, maybe not in Kafka).
+    unacknowledged_at_close: int = 0
+
+    @property
+    def unacknowledged(self) -> int:
+        """Events handed to the publisher that Kafka never acknowledged: given up, or still
+        pending at close. Final once the publisher has closed."""
+        return self.failed + self.unacknowledged_at_close
 
 
 @dataclass(frozen=True)
@@ -498,6 +506,7 @@ class KafkaPublisher:
                     "attempt": entry.attempts,
                 },
             )
+        self.stats.unacknowledged_at_close = len(self._pending)
         if self._pending:
             logger.error("%d event(s) NOT acknowledged at shutdown", len(self._pending))
         self._maintenance.cancel()

@@ -84,6 +84,8 @@ class PollResult:
     snapshots: list[MarketSnapshot]
     skipped: dict[str, str]
     unavailable: str | None = None
+    #: The kind of each skip (one of `SKIP_KINDS`), by market id: for logs and metrics.
+    skip_kinds: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -101,6 +103,7 @@ class _Cycle:
     subscriptions: dict[str, PolymarketSubscription]
     snapshots: list[MarketSnapshot] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    skip_kinds: dict[str, str] = field(default_factory=dict)
     #: Why a batch request failed (midpoints over metadata), and how many markets it left out.
     request_error: str | None = None
     lost_to_request_error: int = 0
@@ -161,15 +164,8 @@ class MarketPoller:
 
         self.stats.cycles += 1
         self.stats.snapshots += len(cycle.snapshots)
-        if cycle.skipped:
-            example = next(iter(cycle.skipped.items()))
-            logger.warning(
-                "poll: %d of %d market(s) skipped this cycle (e.g. %s: %s)",
-                len(cycle.skipped),
-                len(cycle.subscriptions),
-                *example,
-            )
-        return PollResult(cycle.snapshots, cycle.skipped, cycle.unavailable())
+        # No log line per skipped market here: the caller logs each one once per cycle.
+        return PollResult(cycle.snapshots, cycle.skipped, cycle.unavailable(), cycle.skip_kinds)
 
     # --- steps -----------------------------------------------------------------------------
 
@@ -297,12 +293,6 @@ class MarketPoller:
     ) -> None:
         """Leave `market_id` out of the cycle; `lost`: because a batch request failed."""
         cycle.skipped[market_id] = reason
+        cycle.skip_kinds[market_id] = kind
         cycle.lost_to_request_error += lost
         self.stats.skipped[kind] += 1
-        logger.debug(
-            "poll: skip %s (%s): %s",
-            market_id,
-            kind,
-            reason,
-            extra={"market_id": market_id, "skip_reason": kind},
-        )
