@@ -29,6 +29,12 @@ Ids must be decimal strings (uint256 written in decimal, or a JSON integer); an 
 is an id not assigned yet (a new market, for a few minutes). The id list must pair with
 `outcomes` and `outcomePrices` by index. `yes_token_id`/`no_token_id` hold the selected ids,
 whichever field they came from: everything downstream (the `/midpoints` request) uses them.
+
+How a closed market resolved (`MarketMetadata.resolution`), from its `outcomePrices`
+(§2.1, §8.3): prices that do not sum to ~1 (legacy markets closed at `["0", "0"]`) resolved
+with no winner, `"void"`; otherwise the YES entry at exactly 1 is `"yes"`, at exactly 0 `"no"`
+(a resolved market's prices collapse to 1 and 0); anything else (a 50-50 resolution, a
+market closed but still settling) is `"unknown"`.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
+from polymarket_kafka.models import Resolution
 from polymarket_kafka.polymarket.errors import MalformedPayloadError, excerpt
 
 __all__ = [
@@ -58,6 +65,8 @@ __all__ = [
 
 #: The field holding the trading ids, by Gamma `version` (a missing version means "v1").
 _ID_FIELDS = {"v1": "clobTokenIds", "v2": "positionIds"}
+#: Outcome prices further than this from summing to 1 mean "no winner" (void).
+_VOID_SUM_TOLERANCE = Decimal("0.02")
 
 
 class MalformedItemError(ValueError):
@@ -75,6 +84,7 @@ class MarketMetadata:
     `outcome_prices` follows the order of `outcomes`; `yes_outcome_price` is the entry of the
     YES side (see the module docstring for non Yes/No markets). Gamma gives no freshness
     guarantee for `outcomePrices`: use it only for closed markets, whose price is final.
+    `resolution` is how a closed market resolved (`None` while open or unknowable).
     """
 
     market_id: str
@@ -97,6 +107,7 @@ class MarketMetadata:
     best_ask: float | None = None
     protocol_version: str | None = None
     token_problem: str | None = None
+    resolution: Resolution | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +284,20 @@ def _outcome_prices(item: Mapping[str, object]) -> tuple[float, ...] | None:
         raise MalformedItemError(f"outcomePrices: {exc}") from None
 
 
+def _resolution(closed: bool, prices: Sequence[float] | None, yes: int) -> Resolution | None:
+    """How a closed market resolved, from its outcome prices (see the module docstring)."""
+    if not closed or not prices or yes >= len(prices):
+        return None
+    total = sum((Decimal(str(price)) for price in prices), Decimal(0))
+    if abs(total - 1) > _VOID_SUM_TOLERANCE:
+        return "void"
+    if prices[yes] == 1.0:
+        return "yes"
+    if prices[yes] == 0.0:
+        return "no"
+    return "unknown"
+
+
 def _sides(outcomes: Sequence[str], count: int) -> tuple[int, int | None]:
     """Indexes of the YES and NO sides among `count` outcomes (see module docstring)."""
     lowered = [outcome.strip().lower() for outcome in outcomes]
@@ -380,6 +405,7 @@ def parse_market(item: object) -> MarketMetadata:
         best_ask=_optional_non_negative(item, "bestAsk"),
         protocol_version=version,
         token_problem=token_problem,
+        resolution=_resolution(closed, prices, yes),
     )
 
 

@@ -150,6 +150,26 @@ async def test_a_closed_market_uses_its_final_outcome_price_without_a_midpoint_c
 
 
 @pytest.mark.anyio
+async def test_a_closed_market_snapshot_says_how_it_resolved() -> None:
+    void = market(A, closed=True, yes_outcome_price=0.0, resolution="void")
+    won = market(B, closed=True, yes_outcome_price=1.0, resolution="yes")
+    source = FakeSource(void, won)
+
+    result = await poller(source).poll_once([sub(A), sub(B)], T0)
+
+    assert [(s.market_id, s.resolution) for s in result.snapshots] == [(A, "void"), (B, "yes")]
+
+
+@pytest.mark.anyio
+async def test_an_open_market_snapshot_has_no_resolution() -> None:
+    source = FakeSource(market(A, resolution="void"), prices={"yes-a": 0.5})
+
+    (snapshot,) = (await poller(source).poll_once([sub(A)], T0)).snapshots
+
+    assert (snapshot.closed, snapshot.resolution) == (False, None)
+
+
+@pytest.mark.anyio
 async def test_only_closed_markets_means_no_midpoint_call_at_all() -> None:
     source = FakeSource(market(B, closed=True, yes_outcome_price=0.0))
 
@@ -209,6 +229,22 @@ async def test_unusable_markets_are_skipped_with_a_reason_and_counted(
     assert stats.skipped == {"no_token": 1, "closed_price": 1, "metadata": 1}
     assert (stats.cycles, stats.snapshots) == (1, 1)
     assert "3 of 4 market(s) skipped" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_a_market_without_a_trading_id_is_skipped_with_the_parser_s_reason() -> None:
+    why = "v2 market without position ids in positionIds (its clobTokenIds are not its ids)"
+    source = FakeSource(market(A, yes_token_id=None, token_problem=why))
+    stats = PollerStats()
+
+    poll = MarketPoller(source, metadata_refresh_seconds=300, stats=stats)
+    result = await poll.poll_once([sub(A)], T0)
+    await poll.poll_once([sub(A)], T0 + timedelta(seconds=1))
+
+    assert result.skipped == {A: why}
+    assert stats.skipped == {"no_token": 2}
+    assert source.midpoint_calls == []
+    assert source.market_calls == [[A], [A]]  # re-read at once: position ids may appear
 
 
 @pytest.mark.anyio

@@ -346,6 +346,40 @@ def test_a_batch_keys_failures_by_the_condition_alias_too() -> None:
     assert list(parsed.failures) == ["0xbad"]
 
 
+# --- how a closed market resolved (polymarket-api.md §2.1, §8.3) ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "prices", "resolution"),
+    [
+        ('["Yes", "No"]', '["1", "0"]', "yes"),
+        ('["Yes", "No"]', '["0", "1"]', "no"),
+        ('["No", "Yes"]', '["0", "1"]', "yes"),
+        ('["Up", "Down"]', '["1", "0"]', "yes"),
+        # Legacy markets closed with no winner: not "NO won".
+        ('["Yes", "No"]', '["0", "0"]', "void"),
+        ('["Yes", "No"]', '["0.5", "0"]', "void"),
+        ('["Yes", "No"]', '["1", "1"]', "void"),
+        # Sums to ~1 but no side at 1: a 50-50 resolution, or closed and still settling.
+        ('["Yes", "No"]', '["0.5", "0.5"]', "unknown"),
+        ('["Yes", "No"]', '["0.9995", "0.0005"]', "unknown"),
+        ('["Yes", "No"]', '["0.995", "0.0149"]', "unknown"),
+    ],
+)
+def test_a_closed_market_says_how_it_resolved(outcomes: str, prices: str, resolution: str) -> None:
+    market = parse_market(fed(closed=True, outcomes=outcomes, outcomePrices=prices))
+
+    assert market.resolution == resolution
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"closed": False, "outcomePrices": '["0", "0"]'}, {"closed": True, "outcomePrices": None}],
+)
+def test_an_open_market_or_one_without_prices_has_no_resolution(changes: dict[str, Any]) -> None:
+    assert parse_market(fed(**changes)).resolution is None
+
+
 @pytest.mark.parametrize(
     ("changes", "reason"),
     [
