@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     field_serializer,
     field_validator,
+    model_validator,
 )
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "MarketSnapshot",
     "PolymarketEvent",
     "PolymarketSubscription",
+    "Resolution",
     "SignalType",
     "utc",
 ]
@@ -47,6 +49,9 @@ def utc(value: datetime) -> datetime:
 UtcDatetime = Annotated[datetime, AfterValidator(utc)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+#: How a closed market resolved: YES won, NO won, no winner (void), or not clear from the
+#: outcome prices Gamma reports (a 50-50 resolution, or closed but still settling).
+Resolution = Literal["yes", "no", "void", "unknown"]
 
 
 #: The `source` of every event this service produces (fixed by the downstream contract).
@@ -149,6 +154,13 @@ class PolymarketEvent(BaseModel):
         description="Identity (hash) of the resolved parameters that fired for this market; "
         "`polymarket-kafka rules explain` shows them.",
     )
+    resolution: Resolution | None = Field(
+        default=None,
+        description="How the market resolved, on its final event only (null on every other "
+        "event): `yes`, `no`, `void` (closed with no winner: yes_price is then the last price "
+        "observed before it closed, not a payout), or `unknown` (no clear winner in the final "
+        "outcome prices, e.g. a 50-50 resolution or a market still settling).",
+    )
 
     @field_validator("price_change", "abs_price_change")
     @classmethod
@@ -156,6 +168,12 @@ class PolymarketEvent(BaseModel):
         if not math.isfinite(value):
             raise ValueError("must be finite")
         return value
+
+    @model_validator(mode="after")
+    def _resolution_only_when_final(self) -> PolymarketEvent:
+        if self.resolution is not None and not self.final:
+            raise ValueError("resolution is only set on a final event")
+        return self
 
     @field_serializer("timestamp", "published_at", "baseline_timestamp")
     def _iso(self, value: datetime | None) -> str | None:
@@ -211,7 +229,12 @@ class PolymarketSubscription(BaseModel):
 
 
 class MarketSnapshot(BaseModel):
-    """One observation of one market (internal; produced by the poller)."""
+    """One observation of one market (internal; produced by the poller).
+
+    A closed market's snapshot carries its final YES outcome price and how it resolved
+    (`resolution`, when known). For a `void` market that price (from Gamma's `["0", "0"]`) is
+    no price at all: the detector reports the last price it observed instead.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -220,6 +243,7 @@ class MarketSnapshot(BaseModel):
     yes_price: Probability
     taken_at: UtcDatetime
     closed: bool = False
+    resolution: Resolution | None = None
     volume: NonNegative | None = None
     liquidity: NonNegative | None = None
     category: str | None = None
@@ -228,6 +252,12 @@ class MarketSnapshot(BaseModel):
     threshold: float | None = None
     window_seconds: float | None = None
     cooldown_seconds: float | None = None
+
+    @model_validator(mode="after")
+    def _resolution_only_when_closed(self) -> MarketSnapshot:
+        if self.resolution is not None and not self.closed:
+            raise ValueError("resolution is only set on a closed market")
+        return self
 
     @property
     def no_price(self) -> float:

@@ -7,10 +7,14 @@ makes at most two kinds of batched call:
    are new, due for refresh (`metadata_refresh_seconds`), or suspicious (their midpoint failed,
    which is how a market that just closed usually shows up first). A failed refresh keeps the
    cached metadata: a Gamma hiccup must not blind the service to prices.
-2. One `fetch_midpoints` for the YES tokens of every open market. Closed markets are not asked
-   for (their book is gone); their final YES price comes from Gamma's `outcomePrices`.
+2. One `fetch_midpoints` for the YES tokens of every open market: the trading id Gamma's
+   `version` selects (a CTF token id, or a Protocol V2 position id; see `parsing`). Closed
+   markets are not asked for (their book is gone); their final YES price comes from Gamma's
+   `outcomePrices`, with how they resolved (`MarketSnapshot.resolution`: a void market's
+   `["0", "0"]` is not "NO won").
 
-Every per-market problem (no metadata, no YES token, bad or missing price) skips that market for
+Every per-market problem (no metadata, no YES trading id -- not assigned yet, a v2 market
+without position ids, an unsupported `version` --, bad or missing price) skips that market for
 this cycle with a reason, logged and counted; the cycle itself never fails for it. The one
 exception that escapes `poll_once` is `PolymarketBlockedError` (an HTML 403 from Cloudflare):
 no market can be served, retrying does not help, and the service should say so loudly.
@@ -221,7 +225,9 @@ class MarketPoller:
                     self._emit(cycle, market_id, metadata, metadata.yes_outcome_price)
             elif metadata.yes_token_id is None:
                 cached.suspect = True
-                reason = "no YES token id (a new market can lack one for a few minutes)"
+                reason = metadata.token_problem or (
+                    "no YES token id (a new market can lack one for a few minutes)"
+                )
                 self._skip(cycle, market_id, "no_token", reason)
             else:
                 open_markets[market_id] = metadata
@@ -274,6 +280,7 @@ class MarketPoller:
                 yes_price=price,
                 taken_at=cycle.now,
                 closed=metadata.closed,
+                resolution=metadata.resolution if metadata.closed else None,
                 volume=metadata.volume,
                 liquidity=metadata.liquidity,
                 category=metadata.category,

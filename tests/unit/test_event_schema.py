@@ -142,6 +142,7 @@ def test_event_with_every_optional_field_set_validates(validator: Draft202012Val
             rules_version="b52c7faa22da",
             rule_id="3f2a9c0d1e4b",
             final=True,
+            resolution="yes",
             rule="market_closed",
             yes_price=1.0,
             no_price=0.0,
@@ -186,6 +187,7 @@ def test_events_built_by_the_detector_validate(validator: Draft202012Validator) 
         ({"direction": "sideways"}, "'sideways' is not one of ['toward_yes', 'toward_no']"),
         ({"market_id": ""}, "should be non-empty"),
         ({"final": "yes"}, "'yes' is not of type 'boolean'"),
+        ({"resolution": "maybe"}, "'maybe' is not valid under any of the given schemas"),
     ],
 )
 def test_invalid_values_are_rejected(

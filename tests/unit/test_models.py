@@ -58,6 +58,20 @@ def test_event_defaults() -> None:
     assert event.signal_type is SignalType.POLYMARKET
     assert event.final is False
     assert event.volume is None and event.liquidity is None
+    assert event.resolution is None
+
+
+@pytest.mark.parametrize("resolution", ["yes", "no", "void", "unknown"])
+def test_a_final_event_may_say_how_the_market_resolved(resolution: str) -> None:
+    event = PolymarketEvent(**event_fields(final=True, resolution=resolution))
+    assert event.resolution == resolution
+
+
+def test_only_a_final_event_carries_a_resolution() -> None:
+    with pytest.raises(ValidationError, match="only set on a final event"):
+        PolymarketEvent(**event_fields(resolution="yes"))
+    with pytest.raises(ValidationError, match="resolution"):
+        PolymarketEvent(**event_fields(final=True, resolution="maybe"))
 
 
 def test_event_forbids_extra_fields() -> None:
@@ -161,3 +175,11 @@ def test_snapshot_no_price_is_complement() -> None:
     assert snap.no_price == pytest.approx(0.3)
     with pytest.raises(ValidationError):
         MarketSnapshot(market_id=MARKET, question="q", yes_price=1.5, taken_at=T0)
+
+
+def test_only_a_closed_snapshot_carries_a_resolution() -> None:
+    fields = {"market_id": MARKET, "question": "q", "yes_price": 0.0, "taken_at": T0}
+    assert MarketSnapshot(**fields, closed=True, resolution="void").resolution == "void"
+    assert MarketSnapshot(**fields, closed=True).resolution is None
+    with pytest.raises(ValidationError, match="only set on a closed market"):
+        MarketSnapshot(**fields, resolution="no")
