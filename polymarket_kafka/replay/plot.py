@@ -89,17 +89,20 @@ def build_figure(
         ) from None
 
     specs = panels(results, scorecard, keys)
-    layout = figure_layout(len(results))
+    notes = any(spec.marks for spec in specs)
+    layout = figure_layout(len(results), notes=notes)
+    per_panel = len(layout.ratios)
     figure = Figure(figsize=(layout.width, layout.height), dpi=100, layout="constrained")
     grid = figure.add_gridspec(
-        layout.rows, 3 * layout.columns, width_ratios=[11.0, 0.28, 3.7] * layout.columns
+        layout.rows, per_panel * layout.columns, width_ratios=list(layout.ratios) * layout.columns
     )
     for index, (result, spec) in enumerate(zip(results, specs, strict=True)):
         row, column = divmod(index, layout.columns)
-        chart = figure.add_subplot(grid[row, 3 * column])
-        _draw_chart(figure, chart, result, spec)
-        _draw_scale(figure.add_subplot(grid[row, 3 * column + 1]), spec)
-        _draw_notes(figure.add_subplot(grid[row, 3 * column + 2]), spec)
+        first = per_panel * column
+        _draw_chart(figure, figure.add_subplot(grid[row, first]), result, spec)
+        _draw_scale(figure.add_subplot(grid[row, first + 1]), spec)
+        if notes:
+            _draw_notes(figure.add_subplot(grid[row, first + 2]), spec)
     _legend(figure, results, specs)
     return figure
 
@@ -272,10 +275,12 @@ def _draw_notes(ax: Axes, spec: Panel) -> None:
 
 
 def _legend(figure: Figure, results: Sequence[ReplayResult], specs: Sequence[Panel]) -> None:
+    """One legend for the figure, a column per group: prices and events, label lines,
+    shaded spans and the scale strip (only what the figure shows)."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    handles: list[Any] = [Line2D([], [], color=_PRICE_COLOUR, linewidth=0.9, label="YES price")]
+    prices: list[Any] = [Line2D([], [], color=_PRICE_COLOUR, linewidth=0.9, label="YES price")]
     # Known bands in their order, then any other band name alphabetically.
     rank = {name: index for index, name in enumerate(SEVERITY_COLOURS)}
     shown = sorted(
@@ -283,7 +288,7 @@ def _legend(figure: Figure, results: Sequence[ReplayResult], specs: Sequence[Pan
         key=lambda name: (rank.get(name, len(rank)), name),
     )
     if shown:
-        handles.append(
+        prices.append(
             Line2D(
                 [],
                 [],
@@ -293,7 +298,7 @@ def _legend(figure: Figure, results: Sequence[ReplayResult], specs: Sequence[Pan
                 label="event ▲ toward yes, ▼ toward no; dotted from its baseline",
             )
         )
-    handles += [
+    prices += [
         Line2D(
             [],
             [],
@@ -305,34 +310,34 @@ def _legend(figure: Figure, results: Sequence[ReplayResult], specs: Sequence[Pan
         for name in shown
     ]
     used = {mark.style for spec in specs for mark in spec.marks}
-    for key, style in STYLES.items():
-        if key not in used:
-            continue
-        if style.span:
-            handles.append(
-                Patch(facecolor=style.colour, alpha=_CALM_ALPHA[key] * 2.5, label=style.legend)
-            )
-        else:
-            handles.append(
-                Line2D([], [], color=style.colour, linestyle=style.linestyle, label=style.legend)
-            )
-    if used - {"calm", "calm with events"}:
-        handles.append(
+    lines: list[Any] = [
+        Line2D([], [], color=style.colour, linestyle=style.linestyle, label=style.legend)
+        for key, style in STYLES.items()
+        if key in used and not style.span
+    ]
+    spans: list[Any] = [
+        Patch(facecolor=style.colour, alpha=_CALM_ALPHA[key] * 2.5, label=style.legend)
+        for key, style in STYLES.items()
+        if key in used and style.span
+    ]
+    if lines:
+        spans.append(
             Patch(facecolor="#888888", alpha=_WINDOW_ALPHA * 3, label="faint band: scoring window")
         )
-    handles.append(
+    spans.append(
         Patch(
             facecolor=_SCALE_GREY,
             edgecolor="#333333",
             label="right strip: full 0-1 scale, bar = prices, box = the y-range shown",
         )
     )
+    groups = [group for group in (prices, lines, spans) if group]
+    rows = max(len(group) for group in groups)
+    # The legend fills column by column: pad each group to a full column with blanks.
+    blank = Line2D([], [], linestyle="", label="")
+    handles = [handle for group in groups for handle in group + [blank] * (rows - len(group))]
     figure.legend(
-        handles=handles,
-        loc="outside upper center",
-        ncols=3 if len(handles) > 4 else len(handles),
-        fontsize=8,
-        frameon=False,
+        handles=handles, loc="outside upper center", ncols=len(groups), fontsize=8, frameon=False
     )
 
 

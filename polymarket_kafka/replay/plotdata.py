@@ -93,6 +93,10 @@ TEXT_GAP = 0.03
 TITLE_WIDTH = 100
 TITLE_LINES = 2
 NOTE_WIDTH = 64
+#: Inches: a chart, the 0-1 strip beside it, the notes column, a panel's height and the
+#: room the figure legend takes.
+CHART_WIDTH, SCALE_WIDTH, NOTES_WIDTH = 11.0, 0.3, 3.7
+PANEL_HEIGHT, LEGEND_HEIGHT = 3.2, 1.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +134,12 @@ class Panel:
 
 @dataclass(frozen=True, slots=True)
 class FigureLayout:
+    """Panels on a grid of `rows` x `columns`; `ratios`: the widths (inches) of a panel's
+    axes, chart first; `width`, `height`: the figure's size in inches."""
+
     rows: int
     columns: int
+    ratios: tuple[float, ...]
     width: float
     height: float
 
@@ -330,15 +338,18 @@ def panels(
     return built
 
 
-def figure_layout(count: int, panel_width: float = 15.0, panel_height: float = 3.2) -> FigureLayout:
-    """Panels in one column up to 6, else two columns; the height grows with the rows plus
-    room for the legend, so a panel keeps a readable size whatever the count."""
+def figure_layout(count: int, notes: bool = True) -> FigureLayout:
+    """Panels in one column up to 6, else two columns; each panel is a chart, the 0-1
+    strip and (when some panel has labels) the notes, at a fixed size in inches, so the
+    figure grows with the count instead of squeezing the panels."""
     count = max(1, count)
     columns = 1 if count <= 6 else 2
     rows = math.ceil(count / columns)
+    ratios = (CHART_WIDTH, SCALE_WIDTH, NOTES_WIDTH) if notes else (CHART_WIDTH, SCALE_WIDTH)
     return FigureLayout(
         rows=rows,
         columns=columns,
-        width=panel_width * columns,
-        height=panel_height * rows + 1.2,
+        ratios=ratios,
+        width=sum(ratios) * columns,
+        height=PANEL_HEIGHT * rows + LEGEND_HEIGHT,
     )

@@ -372,6 +372,7 @@ def test_replay_plot_draws_the_scored_labels_of_each_series(
     assert "ring Q1" in gids[0]  # ... is also a false alarm of the negative label
     assert main(args) == 0  # without --labels: the prices and events only
     assert not [a for ax in drawn[-1].axes for a in ax.get_children() if a.get_gid()]
+    assert [ax.get_gid() for ax in drawn[-1].axes] == ["chart", "scale"] * 2  # no notes
 
 
 def test_replay_plot_without_matplotlib_is_a_usage_error(

@@ -12,7 +12,12 @@ from polymarket_kafka.replay.engine import ReplayResult, replay
 from polymarket_kafka.replay.history import PricePoint, PriceSeries, ReplayMarket
 from polymarket_kafka.replay.labels import LabelScore, SeriesFacts, parse_labels, score
 from polymarket_kafka.replay.plotdata import (
+    CHART_WIDTH,
+    LEGEND_HEIGHT,
     MIN_YSPAN,
+    NOTES_WIDTH,
+    PANEL_HEIGHT,
+    SCALE_WIDTH,
     STYLES,
     TEXT_GAP,
     TITLE_LINES,
@@ -306,5 +311,12 @@ def test_the_y_range_contains_every_event_and_its_baseline() -> None:
 def test_the_layout_stays_readable_for_many_panels(count: int, rows: int, columns: int) -> None:
     layout = figure_layout(count)
     assert (layout.rows, layout.columns) == (rows, columns)
-    assert layout.width == 15.0 * columns
-    assert layout.height == pytest.approx(3.2 * rows + 1.2)
+    assert layout.ratios == (CHART_WIDTH, SCALE_WIDTH, NOTES_WIDTH)
+    assert layout.width == pytest.approx((CHART_WIDTH + SCALE_WIDTH + NOTES_WIDTH) * columns)
+    assert layout.height == pytest.approx(PANEL_HEIGHT * rows + LEGEND_HEIGHT)
+
+
+def test_without_labels_the_layout_has_no_notes_column() -> None:
+    layout = figure_layout(2, notes=False)
+    assert layout.ratios == (CHART_WIDTH, SCALE_WIDTH)
+    assert layout.width == pytest.approx(CHART_WIDTH + SCALE_WIDTH)
