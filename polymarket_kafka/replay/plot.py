@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from polymarket_kafka.models import ConvictionDirection
 from polymarket_kafka.replay.engine import ReplayResult
 from polymarket_kafka.replay.labels import Scorecard
-from polymarket_kafka.replay.plotdata import STYLES, Panel, figure_layout, panels
+from polymarket_kafka.replay.plotdata import STYLES, Panel, figure_layout, note_lines, panels
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -39,7 +39,6 @@ _ID_RISE = 10.0
 _ID_ROOM = 20.0
 #: Points between two lines of notes.
 _NOTE_LINE = 9.5
-_MAX_NOTES = 18
 _WINDOW_ALPHA = 0.07
 #: A false alarm's ring is wider than a hit's: an event can be both, and both must show.
 _RING_SIZE = {"hit": 130.0, "false alarm": 260.0, "calm with events": 260.0}
@@ -251,15 +250,7 @@ def _draw_scale(ax: Axes, spec: Panel) -> None:
 def _draw_notes(ax: Axes, spec: Panel) -> None:
     ax.set_gid("notes")
     ax.axis("off")
-    marks = list(spec.marks)
-    shown = marks if len(marks) <= _MAX_NOTES else marks[: _MAX_NOTES - 1]
-    lines: list[tuple[str, str]] = [(mark.note, STYLES[mark.style].colour) for mark in shown]
-    if len(shown) < len(marks):
-        lines.append((f"+{len(marks) - len(shown)} more labels (see the scorecard)", "#555555"))
-    if not lines:
-        return
-    lines.insert(0, ("labels (UTC)", "#222222"))
-    for number, (text, colour) in enumerate(lines):
+    for number, (text, colour) in enumerate(note_lines(spec.marks)):
         ax.annotate(
             text,
             xy=(0.0, 1.0),

@@ -47,6 +47,7 @@ __all__ = [
     "figure_layout",
     "fit_ylim",
     "label_marks",
+    "note_lines",
     "panel_title",
     "panels",
     "spread",
@@ -93,6 +94,9 @@ TEXT_GAP = 0.03
 TITLE_WIDTH = 100
 TITLE_LINES = 2
 NOTE_WIDTH = 64
+#: Most label lines in a panel's notes column (it is as tall as the chart).
+MAX_NOTES = 18
+NOTE_HEADING_COLOUR, NOTE_MORE_COLOUR = "#222222", "#555555"
 #: Inches: a chart, the 0-1 strip beside it, the notes column, a panel's height and the
 #: room the figure legend takes.
 CHART_WIDTH, SCALE_WIDTH, NOTES_WIDTH = 11.0, 0.3, 3.7
@@ -224,6 +228,20 @@ def _anchor(row: LabelScore, start: datetime, end: datetime) -> datetime:
         return label.at
     first, last = max(label.at, start), min(label.until, end)
     return first + (last - first) / 2
+
+
+def note_lines(marks: Sequence[LabelMark], limit: int = MAX_NOTES) -> list[tuple[str, str]]:
+    """The notes column of a panel as (text, colour) lines: a heading, then one line per
+    mark; past `limit` lines of marks the last says how many more the scorecard lists.
+    Empty when the panel has no marks."""
+    if not marks:
+        return []
+    shown = marks if len(marks) <= limit else marks[: limit - 1]
+    lines = [("labels (UTC)", NOTE_HEADING_COLOUR)]
+    lines += [(mark.note, STYLES[mark.style].colour) for mark in shown]
+    if len(shown) < len(marks):
+        lines.append((f"+{len(marks) - len(shown)} more (see the scorecard)", NOTE_MORE_COLOUR))
+    return lines
 
 
 def spread(positions: Sequence[float], gap: float = TEXT_GAP) -> list[float]:

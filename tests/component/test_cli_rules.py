@@ -349,6 +349,7 @@ def test_replay_plot_draws_the_scored_labels_of_each_series(
     data = tmp_path / "data"
     up = _history(data / "hourly" / "up.history.json", 0.40, 0.40, 0.55, 0.55, 0.55)
     flat = _history(data / "flat.history.json", 0.60, 0.60, 0.60)
+    unlabelled = _history(data / "other.history.json", 0.30, 0.30)
     _write(data / "hourly" / "up.market.json", {"question": "Will it go up?"})
     labels = _write(
         data / "labels.csv",
@@ -357,7 +358,8 @@ def test_replay_plot_draws_the_scored_labels_of_each_series(
         "Q1,negative,2024-11-06T00:00Z,hourly/up;flat\n",
     )
     png = tmp_path / "plot.png"
-    args = ["replay", str(up), str(flat), "--rules", str(rules), "--plot", str(png)]
+    args = ["replay", str(up), str(flat), str(unlabelled), "--rules", str(rules)]
+    args += ["--plot", str(png)]
     assert main([*args, "--labels", str(labels)]) == 0
     assert png.read_bytes().startswith(b"\x89PNG")
     assert f"plot: {png}" in capsys.readouterr().err
@@ -370,9 +372,13 @@ def test_replay_plot_draws_the_scored_labels_of_each_series(
     assert [g for g in gids[1] if g.startswith("label ")] == ["label Q1"]
     assert "ring E1" in gids[0]  # the event that scored the hit
     assert "ring Q1" in gids[0]  # ... is also a false alarm of the negative label
+    assert not [g for g in gids[2] if g.startswith("label ")]
+    notes = [ax for ax in drawn[-1].axes if ax.get_gid() == "notes"]
+    assert len(notes) == 3
+    assert [len(ax.texts) for ax in notes] == [3, 2, 0]  # heading + one line per label
     assert main(args) == 0  # without --labels: the prices and events only
     assert not [a for ax in drawn[-1].axes for a in ax.get_children() if a.get_gid()]
-    assert [ax.get_gid() for ax in drawn[-1].axes] == ["chart", "scale"] * 2  # no notes
+    assert [ax.get_gid() for ax in drawn[-1].axes] == ["chart", "scale"] * 3  # no notes
 
 
 def test_replay_plot_without_matplotlib_is_a_usage_error(

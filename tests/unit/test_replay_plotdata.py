@@ -24,6 +24,7 @@ from polymarket_kafka.replay.plotdata import (
     figure_layout,
     fit_ylim,
     label_marks,
+    note_lines,
     panel_title,
     panels,
     spread,
@@ -170,6 +171,29 @@ def test_crowded_ids_are_spread_and_ordered_by_time() -> None:
     span = END - START
     positions = [(m.text_at - START) / span for m in marks[1:]]
     assert all(b - a >= TEXT_GAP - 1e-9 for a, b in itertools.pairwise(positions))
+
+
+def test_the_notes_column_lists_each_mark_under_a_heading() -> None:
+    marks = label_marks(
+        _rows("L,event,2024-11-02T23:00Z,s,Poll", "N,negative,2024-11-03T05:00Z,s,"), START, END
+    )
+    lines = note_lines(marks)
+    assert [text for text, _ in lines] == [
+        "labels (UTC)",
+        "L Nov 02 23:00 miss · Poll",
+        "N Nov 03 05:00 quiet",
+    ]
+    assert [colour for _, colour in lines[1:]] == [STYLES["miss"].colour, STYLES["quiet"].colour]
+    assert note_lines(()) == []
+
+
+def test_a_crowded_notes_column_says_how_many_more() -> None:
+    rows = _rows(*(f"X{k},context,2024-11-02T{k:02}:00Z,s," for k in range(6)))
+    marks = label_marks(rows, START, END)
+    assert len(note_lines(marks, limit=6)) == 7  # heading + 6: all fit
+    lines = note_lines(marks, limit=4)
+    assert [text.split()[0] for text, _ in lines[1:-1]] == ["X0", "X1", "X2"]
+    assert lines[-1][0] == "+3 more (see the scorecard)"
 
 
 # --- spreading ids -------------------------------------------------------------------------
