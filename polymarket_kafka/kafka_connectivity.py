@@ -72,7 +72,7 @@ def _seconds(value: float) -> str:
 
 
 def _pending(n: int) -> str:
-    return f"{n} event{'' if n == 1 else 's'} pending"
+    return "no event pending" if n == 0 else f"{n} event{'' if n == 1 else 's'} pending"
 
 
 def _errors(n: int) -> str:
@@ -99,8 +99,9 @@ class WentDown:
         )
         if self.last_error:
             text += f"; last error: {self.last_error}"
+        kept = ", kept and re-sent once it is back" if self.pending else ""
         return (
-            f"{text}; {_pending(self.pending)}, kept and re-sent once it is back "
+            f"{text}; {_pending(self.pending)}{kept} "
             "(connection errors are logged at DEBUG until then)"
         )
 

@@ -129,7 +129,7 @@ def test_unreachable_since_start_up() -> None:
     down = t.tick(CONFIRM + 0.1, 0)
     assert isinstance(down, WentDown) and down.never_connected
     assert down.message().startswith("Kafka unreachable since start-up for 10.0s:")
-    assert "1 event" not in down.message() and "0 events pending" in down.message()
+    assert "; no event pending (connection errors are logged at DEBUG" in down.message()
 
 
 def test_the_broker_list_is_quoted_without_credentials() -> None:
@@ -222,6 +222,12 @@ def test_plurals_are_spelt_right() -> None:
     reminder = t.tick(CONFIRM + REMINDER, 2)
     assert isinstance(reminder, StillDown)
     assert "; 2 events pending; 0 failed connection attempts" in reminder.message()
+    t.statistics(1, 1, 100.0)
+    t.connection_error("_ALL_BROKERS_DOWN", "all down", 200.0)
+    down = t.tick(200.0 + CONFIRM, 0)
+    assert isinstance(down, WentDown) and "; no event pending (" in down.message()
+    reminder = t.tick(200.0 + CONFIRM + REMINDER, 0)
+    assert isinstance(reminder, StillDown) and "; no event pending;" in reminder.message()
 
 
 # --- coming back ----------------------------------------------------------------------------
