@@ -261,6 +261,12 @@ def _delivery_metrics(stats: DeliveryStats) -> Iterator[_Family]:
         "Brokers the producer is connected to, from librdkafka's latest statistics.",
         stats.brokers_up,
     )
+    yield _counter(
+        "kafka_outages_total",
+        "Kafka outages: no broker reachable for longer than the confirmation delay "
+        "(each logged once at WARNING).",
+        {(): stats.outages},
+    )
 
 
 def _rules_metrics(rules: RulesHolder, service: ServiceStats) -> Iterator[_Family]:

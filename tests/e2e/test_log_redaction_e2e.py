@@ -43,7 +43,7 @@ def test_json_logs_of_the_cli_never_contain_a_password(tmp_path: Path) -> None:
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp_path),
         "LOG_FORMAT": "json",
-        "LOG_LEVEL": "INFO",
+        "LOG_LEVEL": "DEBUG",  # librdkafka's connection failures are DEBUG lines
         "HTTP_PORT": "0",
         "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
         "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
