@@ -21,6 +21,17 @@ Where the content comes from (see /work/shared/polymarket-api.md, "the doc" belo
 - The Fed item is the doc's recorded Gamma market (fetched 2025-12-10), trimmed; its `events`
   entry is the doc's recorded parent event. Volumes/liquidity/spreads of the other markets
   are illustrative, not recorded.
+- protocol_v2.yaml (doc §8.1): no recorded Protocol V2 body exists publicly yet, so its two
+  v2 markets are built from the documented shape (`version: "v2"`, `positionIds` a plain
+  JSON array of decimal strings, `clobTokenIds` still present as a JSON-encoded string) with
+  illustrative questions and ids (decimal/hex digests of a seed, see `_illustrative_id`),
+  next to the recorded Fed market tagged `version: "v1"`. The midpoints request carries the
+  v2 market's YES *position* id: a client that read `clobTokenIds` would not match it.
+- void_market.yaml (doc §8.3): the closed item is a recorded Gamma response of a legacy
+  market resolved with no winner, "Will Joe Biden get Coronavirus before the election?",
+  `outcomePrices` `["0", "0"]` (nautilus_trader `crates/adapters/polymarket/test_data/
+  gamma_market_closed_zero_zero_legacy.json`, trimmed). Its open phase (one cycle, with a
+  midpoint) is illustrative: in 2020 that market traded on an AMM, before the CLOB existed.
 - demo.yaml: the Trump and Harris midpoints are ten consecutive hourly points of the real
   election-night series (2024-11-05 21:00 UTC → 11-06 06:00 UTC, unix 1730840402...1730872802)
   from /work/shared/data/real/pres2024-{trump,harris}-national-hourly.history.json
@@ -42,6 +53,7 @@ markets of §6 are resolved now, so a fresh recording looks "closed".
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -70,6 +82,24 @@ DESANTIS_YES = "1071504396234129224216383225552370311628069208215328134064260259
 DESANTIS_NO = "80085489243215790077454313513728486445319747473476157602131800551595373270758"
 BTC100K = "0x9c66114d2dfe2139325cc7a408a5cd5d2e73b55d919e2141b3a0ed83fc15895d"
 BTC100K_YES = "64903093311385616430821497488306433314807585397286521531639186532059591846310"
+# Recorded legacy void market (see the module docstring, void_market.yaml).
+BIDEN_COVID = "0xe3b423dfad8c22ff75c9899c4e8176f628cf4ad4caa00481764d320e7415f7a9"
+BIDEN_COVID_YES = "53135072462907880191400140706440867753044989936304433583131786753949599718775"
+BIDEN_COVID_NO = "60869871469376321574904667328762911501870754872924453995477779862968218702336"
+
+
+def _illustrative_id(seed: str, *, condition: bool = False) -> str:
+    """A stable id of the real form: 0x + 64 hex (condition) or a decimal uint256 (outcome)."""
+    digest = hashlib.sha256(f"polymarket-kafka cassette {seed}".encode()).digest()
+    return "0x" + digest.hex() if condition else str(int.from_bytes(digest, "big"))
+
+
+# Protocol V2 markets (illustrative ids, documented shape; see protocol_v2.yaml).
+V2_ETH = _illustrative_id("v2-eth", condition=True)
+V2_ETH_POSITIONS = [_illustrative_id("v2-eth-yes-position"), _illustrative_id("v2-eth-no-position")]
+V2_ETH_TOKENS = [_illustrative_id("v2-eth-yes-token"), _illustrative_id("v2-eth-no-token")]
+V2_NEW = _illustrative_id("v2-new", condition=True)
+V2_NEW_TOKENS = [_illustrative_id("v2-new-yes-token"), _illustrative_id("v2-new-no-token")]
 
 # demo.yaml price path: (Trump YES, Harris YES) from the real hourly series, Fed synthetic.
 DEMO_TRUMP = [0.6085, 0.6155, 0.58, 0.706, 0.711, 0.828, 0.9245, 0.9695, 0.9865, 0.9935]
@@ -217,9 +247,12 @@ def harris_item(yes_price: float = 0.4125) -> dict[str, Any]:
     }
 
 
-def fed_item() -> dict[str, Any]:
-    """The doc's recorded Gamma market (trimmed), with its recorded parent event."""
-    return {
+def fed_item(*, version: str | None = None) -> dict[str, Any]:
+    """The doc's recorded Gamma market (trimmed), with its recorded parent event.
+
+    `version` adds Gamma's newer `version` field (recorded before it existed, the item has
+    none)."""
+    item: dict[str, Any] = {
         "id": "516706",
         "question": "Fed rate hike in 2025?",
         "conditionId": FED,
@@ -264,6 +297,9 @@ def fed_item() -> dict[str, Any]:
             }
         ],
     }
+    if version is not None:
+        item["version"] = version
+    return item
 
 
 def desantis_closed_item() -> dict[str, Any]:
@@ -281,6 +317,110 @@ def desantis_closed_item() -> dict[str, Any]:
         "umaResolutionStatus": "resolved",
         "closedTime": "2024-01-22 02:36:13+00",
     }
+
+
+def v2_eth_item(yes_price: float = 0.315) -> dict[str, Any]:
+    """An open Protocol V2 market: trading ids in `positionIds`, `clobTokenIds` still there."""
+    return {
+        "id": "1712044",
+        "question": "Will ETH close above $5,000 on June 30, 2027?",
+        "conditionId": V2_ETH,
+        "slug": "will-eth-close-above-5000-on-june-30-2027",
+        "version": "v2",
+        "endDate": "2027-06-30T16:00:00Z",
+        "outcomes": _strings(["Yes", "No"]),
+        "outcomePrices": _strings([_price(yes_price), _complement(yes_price)]),
+        "clobTokenIds": _strings(V2_ETH_TOKENS),
+        "positionIds": list(V2_ETH_POSITIONS),  # a plain array, not a string
+        "active": True,
+        "closed": False,
+        "archived": False,
+        "negRisk": False,
+        "enableOrderBook": True,
+        "acceptingOrders": True,
+        "volume": "48210.5",
+        "volumeNum": 48210.5,
+        "liquidity": "9120.25",
+        "liquidityNum": 9120.25,
+        "spread": 0.01,
+        "bestBid": round(yes_price - 0.005, 6),
+        "bestAsk": round(yes_price + 0.005, 6),
+        "events": [
+            {
+                "id": "301877",
+                "slug": "eth-above-5000-june-2027",
+                "title": "ETH above $5,000 on June 30, 2027?",
+                "tags": [{"id": "21", "label": "Crypto", "slug": "crypto"}],
+            }
+        ],
+    }
+
+
+def v2_new_item() -> dict[str, Any]:
+    """A v2 market whose position ids are not assigned yet: only its clobTokenIds are there."""
+    return {
+        "id": "1712391",
+        "question": "Will SOL close above $400 on June 30, 2027?",
+        "conditionId": V2_NEW,
+        "slug": "will-sol-close-above-400-on-june-30-2027",
+        "version": "v2",
+        "endDate": "2027-06-30T16:00:00Z",
+        "outcomes": _strings(["Yes", "No"]),
+        "outcomePrices": _strings(["0.5", "0.5"]),
+        "clobTokenIds": _strings(V2_NEW_TOKENS),
+        "positionIds": [],
+        "active": True,
+        "closed": False,
+        "archived": False,
+        "negRisk": False,
+    }
+
+
+def biden_covid_item(*, closed: bool) -> dict[str, Any]:
+    """The recorded legacy market closed with no winner (`["0", "0"]`), trimmed.
+
+    Open (`closed=False`) it is a reconstruction: the same item before the close, with a
+    price and no `closedTime` (illustrative values)."""
+    item: dict[str, Any] = {
+        "id": "12",
+        "question": "Will Joe Biden get Coronavirus before the election?",
+        "conditionId": BIDEN_COVID,
+        "slug": "will-joe-biden-get-coronavirus-before-the-election",
+        "endDate": "2020-11-04T00:00:00Z",
+        "category": "US-current-affairs",
+        "outcomes": _strings(["Yes", "No"]),
+        "active": True,
+        "marketType": "normal",
+        "archived": False,
+        "restricted": False,
+        "endDateIso": "2020-11-04",
+        "clobTokenIds": _strings([BIDEN_COVID_YES, BIDEN_COVID_NO]),
+    }
+    if closed:
+        item.update(
+            outcomePrices=_strings(["0", "0"]),
+            closed=True,
+            closedTime="2020-11-02 16:31:01+00",
+            volume="32257.445115",
+            volumeNum=32257.45,
+            liquidity="0",
+            liquidityNum=0,
+            spread=1,
+            bestBid=0,
+            bestAsk=1,
+            umaResolutionStatuses="[]",
+        )
+    else:
+        item.update(
+            outcomePrices=_strings(["0.115", "0.885"]),
+            closed=False,
+            volume="30110.5",
+            volumeNum=30110.5,
+            liquidity="4210.75",
+            liquidityNum=4210.75,
+            spread=0.01,
+        )
+    return item
 
 
 # --- scenarios -------------------------------------------------------------------------------
@@ -412,6 +552,41 @@ def no_orderbook() -> list[dict[str, Any]]:
     ]
 
 
+def protocol_v2() -> list[dict[str, Any]]:
+    # One cycle: a v1 market, a priced v2 market and a v2 market without position ids yet.
+    items = {FED: fed_item(version="v1"), V2_ETH: v2_eth_item(), V2_NEW: v2_new_item()}
+    ids = sorted(items)  # the poller's order
+    # Only open markets with a YES trading id are priced, in condition-id order: the Fed's CTF
+    # token and the v2 market's YES *position* id; never a v2 market's clobTokenIds.
+    yes_ids = {FED: FED_YES, V2_ETH: V2_ETH_POSITIONS[0]}
+    tokens = [yes_ids[i] for i in ids if i in yes_ids]
+    return [
+        _interaction(gamma_request(ids), _response(200, [items[i] for i in ids])),
+        _interaction(
+            midpoints_request(tokens),
+            _response(200, {FED_YES: "0.0025", V2_ETH_POSITIONS[0]: "0.315"}),
+        ),
+    ]
+
+
+def void_market() -> list[dict[str, Any]]:
+    # Cycles 1-2: open and priced. Cycle 3 (metadata refresh): gone from the open markets,
+    # found closed with outcomePrices ["0", "0"]: resolved with no winner.
+    midpoints = midpoints_request([BIDEN_COVID_YES])
+    return [
+        _interaction(
+            gamma_request([BIDEN_COVID]), _response(200, [biden_covid_item(closed=False)])
+        ),
+        _interaction(midpoints, _response(200, {BIDEN_COVID_YES: "0.115"})),
+        _interaction(midpoints, _response(200, {BIDEN_COVID_YES: "0.13"})),
+        _interaction(gamma_request([BIDEN_COVID]), _response(200, [])),
+        _interaction(
+            gamma_request([BIDEN_COVID], closed=True),
+            _response(200, [biden_covid_item(closed=True)]),
+        ),
+    ]
+
+
 def demo() -> list[dict[str, Any]]:
     # The poller asks in sorted condition-id order: Fed (0x4319), Harris (0xc648), Trump (0xdd22).
     ids = sorted([TRUMP, HARRIS, FED])
@@ -436,6 +611,8 @@ SCENARIOS = {
     "malformed": malformed,
     "closed_market": closed_market,
     "no_orderbook": no_orderbook,
+    "protocol_v2": protocol_v2,
+    "void_market": void_market,
     "demo": demo,
 }
 

@@ -12,6 +12,7 @@ Until both are there, `/health/live` is 200 and `/health/ready` says what is mis
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import partial
 
@@ -21,7 +22,7 @@ from polymarket_kafka.clock import now_utc
 from polymarket_kafka.config import AppConfig
 from polymarket_kafka.health import ComponentStatus, ServiceHealth
 from polymarket_kafka.http_server import serve_ops
-from polymarket_kafka.kafka import KafkaPublisher, open_kafka_publisher
+from polymarket_kafka.kafka import DeliveryStats, KafkaPublisher, open_kafka_publisher
 from polymarket_kafka.kafka_health import kafka_readiness
 from polymarket_kafka.metrics import MetricSources, build_registry
 from polymarket_kafka.poller import MarketPoller
@@ -30,14 +31,16 @@ from polymarket_kafka.reloader import RulesHolder, default_rules_path
 from polymarket_kafka.service import ServiceSettings, ServiceStats, run_service
 from polymarket_kafka.subscriptions import open_subscription_store
 
-__all__ = ["kafka_check", "load_initial_rules", "run_app", "settings_from_config"]
+__all__ = ["kafka_check", "load_initial_rules", "log_stopped", "run_app", "settings_from_config"]
+
+logger = logging.getLogger(__name__)
 
 
 def settings_from_config(config: AppConfig) -> ServiceSettings:
     """Pipeline settings from the environment configuration."""
     return ServiceSettings(
         poll_interval_seconds=config.poll_interval_seconds,
-        subscription_refresh_seconds=config.mongo.poll_interval_seconds,
+        subscription_refresh_seconds=config.mongodb.poll_interval_seconds,
         drain_grace_seconds=config.shutdown_grace_seconds,
     )
 
@@ -82,7 +85,7 @@ async def run_app(
     stats = ServiceStats()
     health = ServiceHealth(secrets=config.secret_values())
     async with (
-        open_subscription_store(config.mongo, clock=now_utc, probe=False) as store,
+        open_subscription_store(config.mongodb, clock=now_utc, probe=False) as store,
         open_polymarket_client(config.polymarket) as client,
         open_kafka_publisher(
             config.kafka,
@@ -114,7 +117,7 @@ async def run_app(
                 if on_listening is not None:
                     on_listening(port)
 
-        return await run_service(
+        await run_service(
             store=store,
             poller=poller,
             publisher=publisher,
@@ -125,3 +128,24 @@ async def run_app(
             health=health,
             background=[http_server],
         )
+    # The publisher has flushed and closed: only now is it known what Kafka acknowledged.
+    log_stopped(stats, publisher.stats)
+    return stats
+
+
+def log_stopped(stats: ServiceStats, delivery: DeliveryStats) -> None:
+    """Record the final delivery outcome in `stats` and log the service's last line.
+
+    "Acknowledged" means Kafka confirmed the write (`acks=all`); anything else detected is
+    counted as not delivered, and the line is then an ERROR (the CLI exits 1).
+    """
+    stats.record_delivery(delivery.delivered, delivery.unacknowledged)
+    missing = stats.events_undelivered + stats.events_unacknowledged
+    summary = (
+        f"service stopped after {stats.poll_cycles} poll cycles: {stats.events_detected} "
+        f"events detected, {stats.events_acknowledged} acknowledged by Kafka"
+    )
+    if missing:
+        logger.error("%s, %d NOT delivered", summary, missing)
+    else:
+        logger.info("%s", summary)

@@ -21,13 +21,24 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
 from polymarket_kafka import __version__
 from polymarket_kafka.cli_rules import OFFLINE_COMMANDS, add_offline_commands, run_offline
-from polymarket_kafka.config import AppConfig, ConfigError, load_config, requested_log_format
+from polymarket_kafka.config import (
+    AppConfig,
+    ConfigError,
+    check_env_file,
+    load_config,
+    requested_log_format,
+    unknown_variable_warnings,
+)
 from polymarket_kafka.logs import JsonFormatter, configure_logging
+
+if TYPE_CHECKING:
+    from polymarket_kafka.subscriptions import SubscriptionChange
 
 __all__ = ["main"]
 
@@ -35,6 +46,9 @@ logger = logging.getLogger("polymarket_kafka")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EXIT_UNAVAILABLE = 69
+
+#: Read when present; `--env-file` names another file, which must then exist.
+DEFAULT_ENV_FILE = Path(".env")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,8 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--env-file",
         type=Path,
-        default=Path(".env"),
-        help="dotenv file read before the environment (default: ./.env; environment wins)",
+        default=None,
+        help="dotenv file read before the environment; it must exist (default: ./.env when "
+        "present; the environment wins)",
     )
     parser.add_argument(
         "--backend",
@@ -108,6 +123,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in OFFLINE_COMMANDS:
         # Offline tools (rules, replay) read files only: no environment configuration.
         return run_offline(args)
+    try:
+        if args.env_file is not None:
+            check_env_file(args.env_file)  # named explicitly: a typo must not go unnoticed
+        else:
+            args.env_file = DEFAULT_ENV_FILE
+    except ConfigError as exc:
+        if args.command == "healthcheck":
+            print(f"polymarket-kafka: configuration error: {exc}", file=sys.stderr)
+            return EXIT_FAILURE  # never 2 from a healthcheck: container engines reserve it
+        print(_configuration_error_line(exc, requested_log_format(env_file=None)), file=sys.stderr)
+        return EXIT_USAGE
     if args.command == "healthcheck":
         return _healthcheck(args)
     try:
@@ -117,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_configuration_error_line(exc, log_format), file=sys.stderr)
         return EXIT_USAGE
     configure_logging(config.log_level, config.log_format, config.secret_values())
+    for warning in unknown_variable_warnings(env_file=args.env_file):
+        logger.warning("configuration: %s", warning)
     try:
         return anyio.run(_dispatch, args, config, backend=args.backend)
     except KeyboardInterrupt:  # pragma: no cover - signals are handled inside the service
@@ -195,10 +223,11 @@ async def _serve(config: AppConfig) -> int:
         config.environment,
         config.kafka.bootstrap_servers,
         config.kafka.full_topic,
-        config.mongo.redacted_uri,
+        config.mongodb.redacted_uri,
     )
     stats = await run_app(config, rules)
-    return EXIT_OK if stats.events_undelivered == 0 else EXIT_FAILURE
+    # Exit 0 only when Kafka acknowledged every event the service detected.
+    return EXIT_OK if stats.everything_delivered else EXIT_FAILURE
 
 
 def _healthcheck(args: argparse.Namespace) -> int:
@@ -250,11 +279,12 @@ async def _demo(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     print(
         f"demo: {stats.poll_cycles} poll cycles, {stats.snapshots} snapshots, "
-        f"{stats.events_detected} events detected, {stats.events_delivered} published, "
-        f"{read_back} read back from the broker",
+        f"{stats.events_detected} events detected, {stats.events_acknowledged} acknowledged "
+        f"by Kafka, {read_back} read back from the broker",
         file=sys.stderr,
     )
-    return EXIT_OK if read_back == stats.events_delivered else EXIT_FAILURE
+    ok = stats.everything_delivered and read_back == stats.events_acknowledged
+    return EXIT_OK if ok else EXIT_FAILURE
 
 
 async def _subscriptions(args: argparse.Namespace, config: AppConfig) -> int:
@@ -262,38 +292,51 @@ async def _subscriptions(args: argparse.Namespace, config: AppConfig) -> int:
     from polymarket_kafka.subscriptions import SubscriptionStoreError, open_subscription_store
 
     try:
-        async with open_subscription_store(config.mongo, clock=now_utc) as store:
+        async with open_subscription_store(config.mongodb, clock=now_utc) as store:
             if args.command == "subscribe":
-                doc = await store.subscribe(args.market_id, question=args.question)
-                print(f"{doc.market_id} ref_count={doc.ref_count}")
+                _print_change(await store.subscribe(args.market_id, question=args.question))
             elif args.command == "unsubscribe":
-                result = await store.unsubscribe(args.market_id)
-                if result is None:
-                    print(f"{args.market_id}: not subscribed (nothing to do)")
-                else:
-                    print(f"{result.market_id} ref_count={result.ref_count}")
+                _print_change(await store.unsubscribe(args.market_id))
             else:
                 listing = await (store.list_all() if args.all else store.active())
                 for subscription in listing.subscriptions:
                     if args.json:
                         print(subscription.model_dump_json())
                     else:
+                        updated = subscription.updated_at
                         print(
                             f"{subscription.market_id} ref_count={subscription.ref_count} "
-                            f"updated_at={subscription.updated_at.isoformat()}"
+                            f"updated_at={updated.isoformat() if updated else '-'}"
                         )
                 for invalid in listing.invalid:
                     print(
-                        f"invalid document {invalid.document_id}: {invalid.error}",
-                        file=sys.stderr,
+                        f"invalid document {invalid.describe()}: {invalid.error}", file=sys.stderr
                     )
     except ValueError as exc:
         print(f"polymarket-kafka: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except SubscriptionStoreError as exc:
-        print(f"polymarket-kafka: {exc}", file=sys.stderr)
+        # The store raises only when this call did not change the count: retrying is safe.
+        print(f"polymarket-kafka: {exc} (ref_count unchanged)", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _print_change(change: SubscriptionChange) -> None:
+    """One line on stdout for what a subscribe/unsubscribe did; a read-back problem goes to
+    stderr without failing the command, because the write itself was applied."""
+    if not change.applied:
+        print(f"{change.market_id}: not subscribed (nothing to do)")
+        return
+    if change.subscription is not None:
+        print(f"{change.market_id} ref_count={change.subscription.ref_count}")
+        return
+    print(f"{change.market_id} ref_count changed ({change.delta:+d})")
+    print(
+        f"polymarket-kafka: warning: {change.market_id}: the write was applied, but reading "
+        f"the document back failed: {change.read_error}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,7 +23,7 @@ from polymarket_kafka.ruleset.loader import DEFAULT_RULES_PATH
 
 if TYPE_CHECKING:
     from polymarket_kafka.replay.engine import ReplayResult
-    from polymarket_kafka.replay.labels import Label
+    from polymarket_kafka.replay.labels import Label, Scorecard
     from polymarket_kafka.replay.ruletest import RuleTestFile
     from polymarket_kafka.ruleset import RuleSet
 
@@ -248,7 +248,7 @@ def _rules_for_test(test_file: RuleTestFile, override: Path | None) -> tuple[Rul
 def _replay(args: argparse.Namespace) -> int:
     from polymarket_kafka.replay.engine import replay
     from polymarket_kafka.replay.history import HistoryError, load_history, market_for
-    from polymarket_kafka.replay.labels import LabelsError, read_labels
+    from polymarket_kafka.replay.labels import LabelsError, format_scorecard, read_labels
     from polymarket_kafka.replay.summary import format_summary
     from polymarket_kafka.ruleset import RulesError
 
@@ -271,15 +271,17 @@ def _replay(args: argparse.Namespace) -> int:
         _error(f"cannot write events: {exc}")
         return EXIT_FAILURE
     print(format_summary(results, note), file=sys.stderr)
-    if labels is not None:
-        print(_scorecard(results, labels, args.labels), file=sys.stderr)
+    scored = _score_labels(results, labels, args.labels) if labels is not None else None
+    if scored is not None:
+        print(format_scorecard(scored[0], str(args.labels)), file=sys.stderr)
     for line in written:
         print(line, file=sys.stderr)
     if args.plot is not None:
         from polymarket_kafka.replay.plot import PlotUnavailableError, plot_replays
 
         try:
-            plot_replays(results, args.plot)
+            card, keys = scored if scored is not None else (None, None)
+            plot_replays(results, args.plot, card, keys)
         except PlotUnavailableError as exc:
             _error(str(exc))
             return EXIT_USAGE
@@ -333,8 +335,11 @@ def _write_events(results: Sequence[ReplayResult], out: Path | None) -> list[str
     return written
 
 
-def _scorecard(results: Sequence[ReplayResult], labels: Sequence[Label], labels_path: Path) -> str:
-    from polymarket_kafka.replay.labels import SeriesFacts, format_scorecard, score, series_key
+def _score_labels(
+    results: Sequence[ReplayResult], labels: Sequence[Label], labels_path: Path
+) -> tuple[Scorecard, list[str]]:
+    """The scorecard, and the name labels use for each result (for the plot)."""
+    from polymarket_kafka.replay.labels import SeriesFacts, score, series_key
 
     facts = []
     for result in results:
@@ -349,4 +354,4 @@ def _scorecard(results: Sequence[ReplayResult], labels: Sequence[Label], labels_
                 event_times=result.event_times(),
             )
         )
-    return format_scorecard(score(labels, facts), str(labels_path))
+    return score(labels, facts), [f.key for f in facts]

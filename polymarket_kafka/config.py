@@ -9,6 +9,8 @@ appear in a `repr`, a log line or an error.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,22 +23,25 @@ from dotenv import dotenv_values
 from polymarket_kafka.logs import LOG_FORMATS
 
 __all__ = [
+    "VARIABLE_PREFIXES",
     "AppConfig",
     "ConfigError",
     "KafkaConfig",
     "MongoConfig",
     "PolymarketConfig",
+    "check_env_file",
+    "known_variables",
     "load_config",
     "redact_uri",
     "requested_log_format",
     "require_sasl_credentials",
+    "unknown_variable_warnings",
 ]
 
 T = TypeVar("T")
 
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
-_ENVIRONMENTS = ("development", "staging", "production", "test")
 
 
 class ConfigError(ValueError):
@@ -61,12 +66,16 @@ def redact_uri(uri: str) -> str:
 
 @dataclass(frozen=True)
 class PolymarketConfig:
-    """Polymarket CLOB and Gamma API access."""
+    """Polymarket CLOB and Gamma API access.
+
+    The timeout and the request spacing keep the specification's defaults (30 s, 200 ms);
+    README "Defaults and the specification" says which values we recommend and why.
+    """
 
     base_url: str = "https://clob.polymarket.com"
     gamma_url: str = "https://gamma-api.polymarket.com"
-    request_timeout_seconds: float = 10.0
-    rate_limit_delay_ms: float = 100.0
+    request_timeout_seconds: float = 30.0
+    rate_limit_delay_ms: float = 200.0
     max_retries: int = 4
     metadata_refresh_seconds: float = 300.0
 
@@ -80,9 +89,10 @@ class KafkaConfig:
     topic_prefix: str = ""
     security_protocol: str = "PLAINTEXT"
     sasl_mechanisms: str = "PLAIN"
-    sasl_username: str | None = None
-    sasl_password: str | None = field(default=None, repr=False)
-    client_id: str = "polymarket-kafka"
+    #: Empty means unset, as in the specification (required for the SASL_* protocols).
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+    client_id: str = "polymarket-kafka-producer"
 
     @property
     def full_topic(self) -> str:
@@ -90,7 +100,7 @@ class KafkaConfig:
         return f"{self.topic_prefix}{self.topic}"
 
     def __repr__(self) -> str:
-        password = "None" if self.sasl_password is None else "'***'"
+        password = "''" if not self.sasl_password else "'***'"
         return (
             f"KafkaConfig(bootstrap_servers={self.bootstrap_servers!r}, topic={self.topic!r}, "
             f"topic_prefix={self.topic_prefix!r}, security_protocol={self.security_protocol!r}, "
@@ -104,10 +114,10 @@ class MongoConfig:
     """MongoDB subscription store. Credentials in the URI are kept out of `repr`."""
 
     uri: str = field(default="mongodb://localhost:27017", repr=False)
-    database: str = "polymarket"
+    database: str = "horizon"
     collection: str = "polymarket_subscriptions"
     collection_prefix: str = ""
-    poll_interval_seconds: float = 30.0
+    poll_interval_seconds: float = 60.0
 
     @property
     def full_collection(self) -> str:
@@ -129,13 +139,18 @@ class MongoConfig:
 
 @dataclass(frozen=True)
 class AppConfig:
-    """Everything the service reads at start-up."""
+    """Everything the service reads at start-up.
 
-    polymarket: PolymarketConfig = field(default_factory=PolymarketConfig)
+    `kafka`, `polymarket`, `mongodb`, `environment` and `poll_interval_seconds` are the
+    specification's fields, in its order; the rest are this service's additions.
+    """
+
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
-    mongo: MongoConfig = field(default_factory=MongoConfig)
+    polymarket: PolymarketConfig = field(default_factory=PolymarketConfig)
+    mongodb: MongoConfig = field(default_factory=MongoConfig)
+    #: Free text naming the deployment (`dev` in the specification); logged at start-up.
+    environment: str = "dev"
     poll_interval_seconds: float = 30.0
-    environment: str = "development"
     shutdown_grace_seconds: float = 10.0
     rules_path: Path | None = None
     log_level: str = "INFO"
@@ -155,7 +170,7 @@ class AppConfig:
         """
         values = [self.kafka.sasl_password]
         try:
-            password = urlsplit(self.mongo.uri).password
+            password = urlsplit(self.mongodb.uri).password
         except ValueError:
             password = None
         if password:
@@ -169,7 +184,7 @@ def require_sasl_credentials(config: KafkaConfig) -> None:
         ("KAFKA_SASL_USERNAME", config.sasl_username),
         ("KAFKA_SASL_PASSWORD", config.sasl_password),
     ):
-        if config.security_protocol.startswith("SASL_") and value is None:
+        if config.security_protocol.startswith("SASL_") and not value:
             raise ConfigError(variable, f"required when protocol is {config.security_protocol}")
 
 
@@ -178,8 +193,11 @@ class _Reader:
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
+        #: Every variable asked for, so the set of known names has one definition.
+        self.names: set[str] = set()
 
     def _raw(self, name: str) -> str | None:
+        self.names.add(name)
         value = self._env.get(name)
         if value is None:
             return None
@@ -266,8 +284,53 @@ def requested_log_format(
 def load_config(
     environ: Mapping[str, str] | None = None, *, env_file: Path | None = Path(".env")
 ) -> AppConfig:
-    """Build an `AppConfig` from `environ` (default: `os.environ`) over an optional `.env`."""
-    r = _Reader(_merged_env(environ, env_file))
+    """Build an `AppConfig` from `environ` (default: `os.environ`) over an optional `.env`.
+
+    A missing `env_file` is skipped (the CLI refuses one named explicitly, see
+    `check_env_file`).
+    """
+    return _build(_Reader(_merged_env(environ, env_file)))
+
+
+def check_env_file(path: Path) -> None:
+    """Raise `ConfigError` unless `path` is a readable file (for an explicit `--env-file`)."""
+    if not path.is_file():
+        problem = "is a directory" if path.is_dir() else "no such file"
+        raise ConfigError("--env-file", f"{problem}: {path}")
+
+
+#: Prefixes of this service's variables: an unknown name with one of them is likely a typo.
+VARIABLE_PREFIXES = ("POLYMARKET_", "KAFKA_", "MONGODB_", "POLL_")
+
+
+@functools.cache
+def known_variables() -> frozenset[str]:
+    """Every variable `load_config` reads (recorded from a run on an empty environment)."""
+    reader = _Reader({})
+    _build(reader)
+    return frozenset(reader.names)
+
+
+def unknown_variable_warnings(
+    environ: Mapping[str, str] | None = None, *, env_file: Path | None = Path(".env")
+) -> list[str]:
+    """One line per variable that carries one of our prefixes but that nothing reads.
+
+    `KAFKA_TOPIC_PREFX=dev.` would otherwise be ignored in silence; the line names the
+    closest known variable when there is one. Sorted by name. Values are never echoed.
+    """
+    known = known_variables()
+    warnings = []
+    for name in sorted(_merged_env(environ, env_file)):
+        if not name.startswith(VARIABLE_PREFIXES) or name in known:
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"unknown variable {name} is ignored{hint}")
+    return warnings
+
+
+def _build(r: _Reader) -> AppConfig:
 
     polymarket = PolymarketConfig(
         base_url=r.url("POLYMARKET_BASE_URL", PolymarketConfig.base_url),
@@ -299,8 +362,8 @@ def load_config(
         sasl_mechanisms=r.choice(
             "KAFKA_SASL_MECHANISMS", KafkaConfig.sasl_mechanisms, _SASL_MECHANISMS
         ),
-        sasl_username=r.optional_str("KAFKA_SASL_USERNAME"),
-        sasl_password=r.optional_str("KAFKA_SASL_PASSWORD"),
+        sasl_username=r.text("KAFKA_SASL_USERNAME", ""),
+        sasl_password=r.text("KAFKA_SASL_PASSWORD", ""),
         client_id=r.text("KAFKA_CLIENT_ID", KafkaConfig.client_id),
     )
     require_sasl_credentials(kafka)
@@ -321,13 +384,13 @@ def load_config(
 
     rules = r.optional_str("RULES_PATH")
     return AppConfig(
-        polymarket=polymarket,
         kafka=kafka,
-        mongo=mongo,
+        polymarket=polymarket,
+        mongodb=mongo,
         poll_interval_seconds=r.number(
             "POLL_INTERVAL_SECONDS", AppConfig.poll_interval_seconds, strict=True
         ),
-        environment=r.choice("ENVIRONMENT", AppConfig.environment, _ENVIRONMENTS),
+        environment=r.text("ENVIRONMENT", AppConfig.environment),
         shutdown_grace_seconds=r.number(
             "SHUTDOWN_GRACE_SECONDS", AppConfig.shutdown_grace_seconds, strict=True
         ),

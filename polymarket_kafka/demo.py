@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 import yaml
 
+from polymarket_kafka.app import log_stopped
 from polymarket_kafka.config import KafkaConfig, PolymarketConfig
 from polymarket_kafka.kafka import open_kafka_publisher
 from polymarket_kafka.local_broker import (
@@ -181,11 +182,12 @@ async def run_demo(
                 clock=clock,
                 rules=RulesHolder.from_path(rules_path),
             )
+        log_stopped(stats, publisher.stats)
         messages = await anyio.to_thread.run_sync(
             lambda: read_events(
                 broker.bootstrap_servers,
                 kafka.full_topic,
-                expected=stats.events_delivered,
+                expected=stats.events_acknowledged,
                 timeout=20.0,
             )
         )

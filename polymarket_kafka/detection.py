@@ -38,7 +38,9 @@ Design:
 * **Closing.** A tracked market that reports `closed` emits one final event (rule
   `market_closed`, `final=True`), measured from its oldest retained observation, and is then
   dropped; later snapshots of it are ignored. A market already closed when first seen emits
-  nothing: we never saw it trade.
+  nothing: we never saw it trade. The final price is the closing snapshot's outcome price,
+  except for a market that resolved with no winner (`resolution == "void"`): its outcome
+  prices are `["0", "0"]`, so its final event reports the last price observed instead.
 * **Reloads.** `apply_rules(new_rules)` keeps the state of every market whose state-shaping
   parameters (`DetectionParams.state_key`) are unchanged and resets the others, returning
   them so the caller can log it. A change of tier or category between snapshots applies the
@@ -356,6 +358,10 @@ class Detector:
         self._markets.pop(snapshot.market_id, None)
         if state is None:
             return []
+        if snapshot.resolution == "void":
+            # No winner: Gamma's ["0", "0"] is no price, and reporting it would say NO won.
+            # The last price observed is what the market said before it closed.
+            snapshot = snapshot.model_copy(update={"yes_price": state.last_snapshot.yes_price})
         baseline_at, baseline_price = state.history[0]
         return [
             ConvictionChange(

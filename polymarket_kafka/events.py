@@ -54,4 +54,5 @@ def build_event(change: ConvictionChange) -> PolymarketEvent:
         severity=change.severity,
         rules_version=resolved.rules_version if resolved is not None else None,
         rule_id=resolved.rule_id if resolved is not None else None,
+        resolution=snapshot.resolution if change.final else None,
     )

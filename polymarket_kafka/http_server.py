@@ -3,6 +3,7 @@
 ```
  GET /health/live   200|503  JSON  ServiceHealth.live(now)
  GET /health/ready  200|503  JSON  ServiceHealth.ready(now)
+ GET /health        200|503  JSON  the same as /health/ready (the specification's name)
  GET /metrics       200      Prometheus text (OpenMetrics when the scraper asks for it)
  anything else      404 JSON; a method other than GET/HEAD on a known path: 405 JSON
 ```
@@ -51,7 +52,7 @@ __all__ = ["OpsApp", "OpsServerError", "serve_ops", "url_host"]
 
 logger = logging.getLogger(__name__)
 
-ENDPOINTS = ("/health/live", "/health/ready", "/metrics")
+ENDPOINTS = ("/health", "/health/live", "/health/ready", "/metrics")
 _METHODS = ("GET", "HEAD")
 #: How long open connections may finish their request once shutdown begins.
 _GRACEFUL_SECONDS = 1.0

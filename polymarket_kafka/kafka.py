@@ -23,6 +23,14 @@ Why it is shaped like this:
   delivery reports (parsed in the callback, handed over through the deque), so the latest
   statistics are event loop state too. How they are judged, and what else readiness looks at
   (`delivery_backlog`: the age of the oldest pending event): `kafka_health`.
+* A broker outage is logged as transitions, not as a stream of errors: connection errors from
+  `error_cb`, the statistics and the delivery reports feed a pure `ConnectivityTracker`
+  (`kafka_connectivity`): one WARNING when Kafka is unreachable (confirmed after two
+  statistics intervals, at least 2 s), a WARNING reminder every `outage_reminder_seconds`
+  (60 s) while it stays so, one INFO when it is back; each connection error is at DEBUG.
+  librdkafka's own lines go through `kafka_log.LibrdkafkaLog` (its connection failures at
+  DEBUG, repeats limited), which is closed once the poll thread has ended: nothing from the
+  publisher or librdkafka is logged after `open_kafka_publisher` exits.
 * Every duration (delivery latency, pending age, statistics age) is measured on one injected
   `monotonic` clock, read from the poll thread too: tests move it instead of waiting.
 """
@@ -53,12 +61,19 @@ from polymarket_kafka.kafka_config import (
     producer_config,
     redacted_producer_config,
 )
+from polymarket_kafka.kafka_connectivity import (
+    CameBack,
+    ConnectivityTracker,
+    RepeatLimiter,
+    Transition,
+)
 from polymarket_kafka.kafka_health import (
     BrokerStatus,
     DeliveryBacklog,
     StatisticsBridge,
     StatisticsReport,
 )
+from polymarket_kafka.kafka_log import LibrdkafkaLog
 from polymarket_kafka.kafka_thread import ClientErrorReport, DeliveryReport, PollThread
 from polymarket_kafka.models import PolymarketEvent
 
@@ -78,6 +93,10 @@ logger = logging.getLogger(__name__)
 _librdkafka_logger = logging.getLogger(f"{__name__}.librdkafka")
 
 _ROOM_WAIT_SECONDS = 0.05
+# An outage is confirmed after this many statistics intervals without a broker back (and at
+# least `_MIN_CONFIRM_SECONDS`): a reconnection blip is not an outage (`kafka_connectivity`).
+_CONFIRM_INTERVALS = 2
+_MIN_CONFIRM_SECONDS = 2.0
 # Errors after which the producer itself is unusable (see the module docstring).
 _NEW_PRODUCER_CODES = frozenset(
     {
@@ -107,6 +126,16 @@ class DeliveryStats:
     delivery_latency: Histogram = field(default_factory=Histogram)
     #: Brokers `UP` in the latest statistics of the current producer (0 before any).
     brokers_up: int = 0
+    #: Confirmed Kafka outages (each logged once at WARNING).
+    outages: int = 0
+    #: Events still pending when the publisher closed (logged at ERROR, maybe not in Kafka).
+    unacknowledged_at_close: int = 0
+
+    @property
+    def unacknowledged(self) -> int:
+        """Events handed to the publisher that Kafka never acknowledged: given up, or still
+        pending at close. Final once the publisher has closed."""
+        return self.failed + self.unacknowledged_at_close
 
 
 @dataclass(frozen=True)
@@ -155,8 +184,20 @@ class KafkaPublisher:
         max_backoff_seconds: float,
         statistics_interval_ms: int = 5000,
         monotonic: Callable[[], float] = time.monotonic,
+        outage_reminder_seconds: float = 60.0,
     ) -> None:
         self._statistics = StatisticsBridge(statistics_interval_ms, monotonic=monotonic)
+        self._connectivity = ConnectivityTracker(
+            config.bootstrap_servers,
+            confirm_seconds=max(
+                _CONFIRM_INTERVALS * statistics_interval_ms / 1000, _MIN_CONFIRM_SECONDS
+            ),
+            reminder_seconds=outage_reminder_seconds,
+        )
+        self._client_error_repeats = RepeatLimiter(outage_reminder_seconds)
+        self._librdkafka_log = LibrdkafkaLog(
+            _librdkafka_logger, window=outage_reminder_seconds, monotonic=monotonic
+        )
         self._monotonic = monotonic
         self.stats = DeliveryStats()
         self.failed: list[FailedDelivery] = []
@@ -348,20 +389,50 @@ class KafkaPublisher:
         self._reports.append(report)
 
     def _drain_reports(self) -> None:
+        now = self._monotonic()
         while self._reports:
             report = self._reports.popleft()
             if isinstance(report, StatisticsReport):
-                self._statistics.accept(report, self._generation)  # not a retired producer's
-                self.stats.brokers_up = self._statistics.brokers_up
+                if self._statistics.accept(report, self._generation):  # not a retired producer's
+                    self.stats.brokers_up = up = report.statistics.brokers_up
+                    total = report.statistics.brokers_total
+                    self._log_transition(self._connectivity.statistics(up, total, now))
             elif isinstance(report, ClientErrorReport):
-                if _needs_new_producer(report.error):
-                    self._request_new_producer(report.generation, f"client error: {report.error}")
-                else:
-                    logger.warning("Kafka client error: %s", report.error)
+                self._handle_client_error(report, now)
             else:
-                self._handle_delivery(report)
+                self._handle_delivery(report, now)
+        self._log_transition(self._connectivity.tick(now, len(self._pending)))
 
-    def _handle_delivery(self, report: DeliveryReport) -> None:
+    def _handle_client_error(self, report: ClientErrorReport, now: float) -> None:
+        error = report.error
+        if _needs_new_producer(error):
+            self._request_new_producer(report.generation, f"client error: {error}")
+        elif report.generation != self._generation:
+            logger.debug("Kafka client error of a retired producer: %s", error)
+        elif self._connectivity.connection_error(error.name(), error.str(), now):
+            logger.debug("Kafka connection error: %s", error)
+        else:
+            left_out = self._client_error_repeats.allow(error.code(), now)
+            if left_out is None:
+                logger.debug("Kafka client error (repeated): %s", error)
+            elif left_out:
+                logger.warning("Kafka client error: %s (%d more left out)", error, left_out)
+            else:
+                logger.warning("Kafka client error: %s", error)
+
+    def _log_transition(self, transition: Transition | None) -> None:
+        if transition is None:
+            return
+        if isinstance(transition, CameBack):
+            logger.info("%s", transition.message())
+        else:
+            logger.warning("%s", transition.message())
+        self.stats.outages = self._connectivity.outages
+
+    def _handle_delivery(self, report: DeliveryReport, now: float) -> None:
+        if report.error is None:
+            # Whichever copy, and whether or not still pending: Kafka acknowledged it.
+            self._log_transition(self._connectivity.delivered(now))
         entry = self._pending.get(report.seq)
         if entry is None:
             return  # settled already, e.g. an older copy was delivered first
@@ -412,7 +483,7 @@ class KafkaPublisher:
             "error_cb": functools.partial(self._on_client_error, generation),
             "statistics.interval.ms": self._statistics.interval_ms,
             "stats_cb": functools.partial(self._on_statistics, generation),
-            "logger": _librdkafka_logger,
+            "logger": self._librdkafka_log,
         }
         return self._factory(conf)
 
@@ -498,6 +569,7 @@ class KafkaPublisher:
                     "attempt": entry.attempts,
                 },
             )
+        self.stats.unacknowledged_at_close = len(self._pending)
         if self._pending:
             logger.error("%d event(s) NOT acknowledged at shutdown", len(self._pending))
         self._maintenance.cancel()
@@ -517,6 +589,7 @@ async def open_kafka_publisher(
     max_backoff_seconds: float = 30.0,
     statistics_interval_ms: int = 5000,
     monotonic: Callable[[], float] = time.monotonic,
+    outage_reminder_seconds: float = 60.0,
 ) -> AsyncIterator[KafkaPublisher]:
     """Open a `KafkaPublisher` on `config.full_topic`, with its poll thread and retry task.
 
@@ -527,6 +600,11 @@ async def open_kafka_publisher(
     librdkafka reports statistics every `statistics_interval_ms` (>= 1): they drive
     `KafkaPublisher.broker_status` and `DeliveryStats.brokers_up`. `monotonic` (called from
     the poll thread too) times delivery latency, pending age and statistics age.
+
+    A broker outage is logged once at WARNING when confirmed (no broker back within two
+    statistics intervals, at least 2 s), then every `outage_reminder_seconds` while it lasts,
+    and once at INFO when Kafka is back (`kafka_connectivity`). Once this exits, neither the
+    publisher nor librdkafka logs anything more.
     """
     if max_attempts is not None and max_attempts < 1:
         raise ValueError("max_attempts must be >= 1 or None")
@@ -539,6 +617,7 @@ async def open_kafka_publisher(
         max_backoff_seconds=max_backoff_seconds,
         statistics_interval_ms=statistics_interval_ms,
         monotonic=monotonic,
+        outage_reminder_seconds=outage_reminder_seconds,
     )
     logger.info(
         "opening Kafka producer for topic %s: %s", publisher.topic, redacted_producer_config(config)
@@ -560,5 +639,9 @@ async def open_kafka_publisher(
         if len(group.exceptions) != 1:
             raise
         caller_error = group.exceptions[0]
+    finally:
+        # The poll thread has ended (the task group waited for it): from now on a librdkafka
+        # line can only come from a producer destroyed late, after the caller moved on.
+        publisher._librdkafka_log.close()
     if caller_error is not None:
         raise caller_error

@@ -13,16 +13,29 @@ from confluent_kafka import KafkaError, Message
 
 from polymarket_kafka.config import KafkaConfig, require_sasl_credentials
 
-__all__ = ["DELIVERY_TIMEOUT_MS", "ProducerLike", "producer_config", "redacted_producer_config"]
+__all__ = [
+    "DELIVERY_TIMEOUT_MS",
+    "PARTITIONER",
+    "ProducerLike",
+    "producer_config",
+    "redacted_producer_config",
+]
 
-#: librdkafka's `delivery.timeout.ms`: how long it tries to deliver a message before reporting
-#: it timed out (the publisher then replaces the producer and re-sends). An event pending for
-#: longer has failed at least once: readiness reports the delivery as stalled.
-DELIVERY_TIMEOUT_MS = 30_000
+#: librdkafka's `delivery.timeout.ms` (the specification's 60 s): how long it tries to deliver
+#: a message before reporting it timed out (the publisher then replaces the producer and
+#: re-sends). An event pending for longer has failed at least once: readiness reports the
+#: delivery as stalled.
+DELIVERY_TIMEOUT_MS = 60_000
+
+#: Key -> partition as the Java client and kafka-python compute it (murmur2), so every client
+#: of the topic agrees where a market's events live; librdkafka's own default
+#: (`consistent_random`, CRC32) sends the same key to a different partition.
+PARTITIONER = "murmur2_random"
 
 
 def producer_config(config: KafkaConfig) -> dict[str, object]:
-    """The librdkafka configuration: acks=all, idempotence, zstd, bounded queue and timeout.
+    """The librdkafka configuration of the specification (section 8): acks=all, idempotence,
+    zstd, its batching, queue, timeout and size settings; plus the murmur2 partitioner.
 
     SASL protocols add the mechanism and credentials (required: `ConfigError` otherwise); SSL
     adds only `security.protocol`. The result holds the SASL password: never log it, log
@@ -34,11 +47,12 @@ def producer_config(config: KafkaConfig) -> dict[str, object]:
         "acks": "all",
         "enable.idempotence": True,
         "compression.type": "zstd",
-        "batch.num.messages": 1000,
-        "linger.ms": 5,
+        "batch.num.messages": 10_000,
+        "linger.ms": 10,
         "queue.buffering.max.kbytes": 32768,
         "delivery.timeout.ms": DELIVERY_TIMEOUT_MS,
-        "message.max.bytes": 1_000_000,
+        "message.max.bytes": 5_242_880,
+        "partitioner": PARTITIONER,
         "security.protocol": config.security_protocol,
     }
     require_sasl_credentials(config)

@@ -154,10 +154,15 @@ class StatisticsBridge:
         """Parse one document (poll thread). Raises `ValueError` if it is malformed."""
         return StatisticsReport(generation, parse_statistics(text), self._monotonic())
 
-    def accept(self, report: StatisticsReport, generation: int) -> None:
-        """Keep `report` if it comes from the current producer `generation` (event loop)."""
-        if report.generation == generation:
-            self._latest = report
+    def accept(self, report: StatisticsReport, generation: int) -> bool:
+        """Keep `report` if it comes from the current producer `generation` (event loop).
+
+        Returns whether it was kept (a retired producer's report is not).
+        """
+        if report.generation != generation:
+            return False
+        self._latest = report
+        return True
 
     def reset(self) -> None:
         """Forget the statistics: the producer was replaced."""

@@ -99,6 +99,11 @@ def _service_metrics(stats: ServiceStats, poller: PollerStats | None) -> Iterato
     yield _histogram(
         "poll_cycle_duration_seconds", "Duration of a poll cycle.", {(): stats.poll_duration}
     )
+    yield _counter(
+        "poll_ticks_skipped_total",
+        "Poll ticks skipped because a cycle took longer than the poll interval.",
+        {(): stats.poll_ticks_skipped},
+    )
     last_poll = GaugeMetricFamily(
         PREFIX + "last_successful_poll_timestamp_seconds",
         "Unix time stamped on the last successful poll cycle (absent before the first).",
@@ -108,6 +113,11 @@ def _service_metrics(stats: ServiceStats, poller: PollerStats | None) -> Iterato
     yield last_poll
     yield _gauge(
         "markets_tracked", "Distinct markets with an active subscription.", stats.markets_tracked
+    )
+    yield _gauge(
+        "invalid_subscription_documents",
+        "Subscription documents the latest refresh skipped because they do not validate.",
+        stats.invalid_subscription_documents,
     )
     # The poller knows why a market was skipped; without it, only how many were.
     skipped: Mapping[tuple[str, ...], float] = (
@@ -250,6 +260,12 @@ def _delivery_metrics(stats: DeliveryStats) -> Iterator[_Family]:
         "kafka_brokers_up",
         "Brokers the producer is connected to, from librdkafka's latest statistics.",
         stats.brokers_up,
+    )
+    yield _counter(
+        "kafka_outages_total",
+        "Kafka outages: no broker reachable for longer than the confirmation delay "
+        "(each logged once at WARNING).",
+        {(): stats.outages},
     )
 
 

@@ -15,7 +15,7 @@ import math
 import uuid
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -24,13 +24,16 @@ from pydantic import (
     Field,
     field_serializer,
     field_validator,
+    model_validator,
 )
 
 __all__ = [
+    "SOURCE",
     "ConvictionDirection",
     "MarketSnapshot",
     "PolymarketEvent",
     "PolymarketSubscription",
+    "Resolution",
     "SignalType",
     "utc",
 ]
@@ -46,6 +49,13 @@ def utc(value: datetime) -> datetime:
 UtcDatetime = Annotated[datetime, AfterValidator(utc)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+#: How a closed market resolved: YES won, NO won, no winner (void), or not clear from the
+#: outcome prices Gamma reports (a 50-50 resolution, or closed but still settling).
+Resolution = Literal["yes", "no", "void", "unknown"]
+
+
+#: The `source` of every event this service produces (fixed by the downstream contract).
+SOURCE: Final = "polymarket-kafka"
 
 
 class SignalType(str, Enum):
@@ -93,7 +103,9 @@ class PolymarketEvent(BaseModel):
     question: str = Field(description="The market question.")
     yes_price: Probability = Field(description="YES price (implied probability) at `timestamp`.")
     no_price: Probability = Field(description="NO price at `timestamp`.")
-    source: str = Field(default="polymarket-kafka", description="Producer of the event.")
+    source: Literal["polymarket-kafka"] = Field(
+        default=SOURCE, description="Producer of the event: always `polymarket-kafka`."
+    )
     published_at: UtcDatetime | None = Field(
         default=None, description="When the service handed the event to Kafka (UTC)."
     )
@@ -142,6 +154,13 @@ class PolymarketEvent(BaseModel):
         description="Identity (hash) of the resolved parameters that fired for this market; "
         "`polymarket-kafka rules explain` shows them.",
     )
+    resolution: Resolution | None = Field(
+        default=None,
+        description="How the market resolved, on its final event only (null on every other "
+        "event): `yes`, `no`, `void` (closed with no winner: yes_price is then the last price "
+        "observed before it closed, not a payout), or `unknown` (no clear winner in the final "
+        "outcome prices, e.g. a 50-50 resolution or a market still settling).",
+    )
 
     @field_validator("price_change", "abs_price_change")
     @classmethod
@@ -149,6 +168,12 @@ class PolymarketEvent(BaseModel):
         if not math.isfinite(value):
             raise ValueError("must be finite")
         return value
+
+    @model_validator(mode="after")
+    def _resolution_only_when_final(self) -> PolymarketEvent:
+        if self.resolution is not None and not self.final:
+            raise ValueError("resolution is only set on a final event")
+        return self
 
     @field_serializer("timestamp", "published_at", "baseline_timestamp")
     def _iso(self, value: datetime | None) -> str | None:
@@ -171,8 +196,10 @@ class PolymarketSubscription(BaseModel):
 
     market_id: str = Field(min_length=1, description="Polymarket condition id.")
     ref_count: int = Field(default=0, description="Number of subscribers; active when > 0.")
-    created_at: UtcDatetime
-    updated_at: UtcDatetime
+    # Optional, as in the platform's `CandleSubscription`: a document written by another tool
+    # (or by hand) without them is still a valid subscription.
+    created_at: UtcDatetime | None = Field(default=None, description="Creation timestamp.")
+    updated_at: UtcDatetime | None = Field(default=None, description="Last update timestamp.")
     question: str | None = Field(default=None, description="Cached question text, if known.")
     threshold: float | None = Field(
         default=None,
@@ -202,7 +229,12 @@ class PolymarketSubscription(BaseModel):
 
 
 class MarketSnapshot(BaseModel):
-    """One observation of one market (internal; produced by the poller)."""
+    """One observation of one market (internal; produced by the poller).
+
+    A closed market's snapshot carries its final YES outcome price and how it resolved
+    (`resolution`, when known). For a `void` market that price (from Gamma's `["0", "0"]`) is
+    no price at all: the detector reports the last price it observed instead.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -211,6 +243,7 @@ class MarketSnapshot(BaseModel):
     yes_price: Probability
     taken_at: UtcDatetime
     closed: bool = False
+    resolution: Resolution | None = None
     volume: NonNegative | None = None
     liquidity: NonNegative | None = None
     category: str | None = None
@@ -219,6 +252,12 @@ class MarketSnapshot(BaseModel):
     threshold: float | None = None
     window_seconds: float | None = None
     cooldown_seconds: float | None = None
+
+    @model_validator(mode="after")
+    def _resolution_only_when_closed(self) -> MarketSnapshot:
+        if self.resolution is not None and not self.closed:
+            raise ValueError("resolution is only set on a closed market")
+        return self
 
     @property
     def no_price(self) -> float:

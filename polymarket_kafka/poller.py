@@ -7,10 +7,14 @@ makes at most two kinds of batched call:
    are new, due for refresh (`metadata_refresh_seconds`), or suspicious (their midpoint failed,
    which is how a market that just closed usually shows up first). A failed refresh keeps the
    cached metadata: a Gamma hiccup must not blind the service to prices.
-2. One `fetch_midpoints` for the YES tokens of every open market. Closed markets are not asked
-   for (their book is gone); their final YES price comes from Gamma's `outcomePrices`.
+2. One `fetch_midpoints` for the YES tokens of every open market: the trading id Gamma's
+   `version` selects (a CTF token id, or a Protocol V2 position id; see `parsing`). Closed
+   markets are not asked for (their book is gone); their final YES price comes from Gamma's
+   `outcomePrices`, with how they resolved (`MarketSnapshot.resolution`: a void market's
+   `["0", "0"]` is not "NO won").
 
-Every per-market problem (no metadata, no YES token, bad or missing price) skips that market for
+Every per-market problem (no metadata, no YES trading id -- not assigned yet, a v2 market
+without position ids, an unsupported `version` --, bad or missing price) skips that market for
 this cycle with a reason, logged and counted; the cycle itself never fails for it. The one
 exception that escapes `poll_once` is `PolymarketBlockedError` (an HTML 403 from Cloudflare):
 no market can be served, retrying does not help, and the service should say so loudly.
@@ -84,6 +88,8 @@ class PollResult:
     snapshots: list[MarketSnapshot]
     skipped: dict[str, str]
     unavailable: str | None = None
+    #: The kind of each skip (one of `SKIP_KINDS`), by market id: for logs and metrics.
+    skip_kinds: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -101,6 +107,7 @@ class _Cycle:
     subscriptions: dict[str, PolymarketSubscription]
     snapshots: list[MarketSnapshot] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    skip_kinds: dict[str, str] = field(default_factory=dict)
     #: Why a batch request failed (midpoints over metadata), and how many markets it left out.
     request_error: str | None = None
     lost_to_request_error: int = 0
@@ -161,15 +168,8 @@ class MarketPoller:
 
         self.stats.cycles += 1
         self.stats.snapshots += len(cycle.snapshots)
-        if cycle.skipped:
-            example = next(iter(cycle.skipped.items()))
-            logger.warning(
-                "poll: %d of %d market(s) skipped this cycle (e.g. %s: %s)",
-                len(cycle.skipped),
-                len(cycle.subscriptions),
-                *example,
-            )
-        return PollResult(cycle.snapshots, cycle.skipped, cycle.unavailable())
+        # No log line per skipped market here: the caller logs each one once per cycle.
+        return PollResult(cycle.snapshots, cycle.skipped, cycle.unavailable(), cycle.skip_kinds)
 
     # --- steps -----------------------------------------------------------------------------
 
@@ -225,7 +225,9 @@ class MarketPoller:
                     self._emit(cycle, market_id, metadata, metadata.yes_outcome_price)
             elif metadata.yes_token_id is None:
                 cached.suspect = True
-                reason = "no YES token id (a new market can lack one for a few minutes)"
+                reason = metadata.token_problem or (
+                    "no YES token id (a new market can lack one for a few minutes)"
+                )
                 self._skip(cycle, market_id, "no_token", reason)
             else:
                 open_markets[market_id] = metadata
@@ -278,6 +280,7 @@ class MarketPoller:
                 yes_price=price,
                 taken_at=cycle.now,
                 closed=metadata.closed,
+                resolution=metadata.resolution if metadata.closed else None,
                 volume=metadata.volume,
                 liquidity=metadata.liquidity,
                 category=metadata.category,
@@ -297,12 +300,6 @@ class MarketPoller:
     ) -> None:
         """Leave `market_id` out of the cycle; `lost`: because a batch request failed."""
         cycle.skipped[market_id] = reason
+        cycle.skip_kinds[market_id] = kind
         cycle.lost_to_request_error += lost
         self.stats.skipped[kind] += 1
-        logger.debug(
-            "poll: skip %s (%s): %s",
-            market_id,
-            kind,
-            reason,
-            extra={"market_id": market_id, "skip_reason": kind},
-        )

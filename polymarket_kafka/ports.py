@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from polymarket_kafka.service import ServiceStats
 
 __all__ = [
+    "InvalidDocumentLike",
+    "PollOutcome",
     "Poller",
     "Publisher",
     "SourceOutcomes",
@@ -45,6 +47,9 @@ class PollOutcome(Protocol):
     @property
     def unavailable(self) -> str | None: ...
 
+    @property
+    def skip_kinds(self) -> dict[str, str]: ...
+
 
 class Poller(Protocol):
     """Turns the active subscriptions into snapshots (see `poller.MarketPoller`)."""
@@ -54,9 +59,27 @@ class Poller(Protocol):
     ) -> PollOutcome: ...
 
 
+class InvalidDocumentLike(Protocol):
+    """A subscription document that failed validation (see `subscriptions.InvalidDocument`)."""
+
+    @property
+    def document_id(self) -> str: ...
+
+    @property
+    def market_id(self) -> str | None: ...
+
+    @property
+    def error(self) -> str: ...
+
+    def describe(self) -> str: ...
+
+
 class _ActiveSubscriptions(Protocol):
     @property
     def subscriptions(self) -> tuple[PolymarketSubscription, ...]: ...
+
+    @property
+    def invalid(self) -> tuple[InvalidDocumentLike, ...]: ...
 
 
 class SubscriptionSource(Protocol):
@@ -106,10 +129,12 @@ class SourceOutcomes:
     ) -> None:
         self._stats, self._health, self._time = stats, health, time
 
-    def refreshed(self, active_markets: int) -> None:
-        """A refresh read the active subscriptions: `active_markets` distinct markets."""
+    def refreshed(self, active_markets: int, invalid_documents: int = 0) -> None:
+        """A refresh read the active subscriptions: `active_markets` distinct markets, and
+        `invalid_documents` documents it had to skip."""
         self._stats.subscription_refreshes += 1
         self._stats.markets_tracked = active_markets
+        self._stats.invalid_subscription_documents = invalid_documents
         self._health.record_subscriptions(active_markets)
 
     def refresh_failed(self, error: Exception) -> int:
@@ -130,6 +155,10 @@ class SourceOutcomes:
         self._stats.last_poll_at = now
         self._health.record_poll(self._time())
         return True
+
+    def ticks_skipped(self, count: int) -> None:
+        """`count` poll ticks were skipped after a cycle overran the interval."""
+        self._stats.poll_ticks_skipped += count
 
     def poll_failed(self, error: Exception, seconds: float) -> None:
         """A cycle raised `error` after `seconds`."""

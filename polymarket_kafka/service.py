@@ -25,6 +25,7 @@ left to do.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -45,7 +46,9 @@ from polymarket_kafka.health import ServiceHealth
 from polymarket_kafka.histogram import Histogram
 from polymarket_kafka.models import MarketSnapshot, PolymarketEvent, PolymarketSubscription
 from polymarket_kafka.ports import (
+    InvalidDocumentLike,
     Poller,
+    PollOutcome,
     Publisher,
     SourceOutcomes,
     SubscriptionSource,
@@ -63,6 +66,7 @@ __all__ = [
     "ServiceStats",
     "Stopper",
     "SubscriptionSource",
+    "next_poll_tick",
     "run_service",
 ]
 
@@ -97,14 +101,25 @@ class ServiceStats:
     poll_cycles: int = 0
     poll_unavailable: int = 0
     poll_failures: int = 0
+    #: Poll ticks not run because a cycle overran the interval (`next_poll_tick`).
+    poll_ticks_skipped: int = 0
     snapshots: int = 0
     markets_skipped: int = 0
     events_detected: int = 0
-    events_delivered: int = 0
+    #: Handed to the publisher (accepted by the producer's queue): not yet "delivered".
+    events_published: int = 0
+    #: Left in the pipeline, never handed to the publisher (the drain ran out of time).
     events_undelivered: int = 0
+    #: Acknowledged by Kafka, and handed over but NOT acknowledged (given up, or still pending
+    #: when the producer closed). Known only once the publisher has closed: its owner records
+    #: them with `record_delivery` (`run_service` returns before the final flush).
+    events_acknowledged: int = 0
+    events_unacknowledged: int = 0
     detection_errors: int = 0
     subscription_refreshes: int = 0
     subscription_failures: int = 0
+    #: Subscription documents skipped by the latest refresh because they do not validate.
+    invalid_subscription_documents: int = 0
     reload_requests: int = 0
     rule_resets: int = 0
     last_poll_at: datetime | None = None
@@ -119,6 +134,16 @@ class ServiceStats:
     #: Live statistics of the pipeline's channels by name (`snapshots`, `events`), registered
     #: by `run_service`: the metrics layer calls them at scrape time.
     channels: dict[str, Callable[[], MemoryObjectStreamStatistics]] = field(default_factory=dict)
+
+    def record_delivery(self, acknowledged: int, unacknowledged: int) -> None:
+        """Record what Kafka acknowledged once the publisher has closed (see the fields)."""
+        self.events_acknowledged = acknowledged
+        self.events_unacknowledged = unacknowledged
+
+    @property
+    def everything_delivered(self) -> bool:
+        """True when every detected event was acknowledged by Kafka (exit status 0)."""
+        return self.events_undelivered == 0 and self.events_unacknowledged == 0
 
 
 class LatestSubscriptions:
@@ -232,10 +257,10 @@ async def run_service(
             logger.info("stop requested: sources stopped, draining the pipeline")
             tg.cancel_scope.deadline = anyio.current_time() + settings.drain_grace_seconds
     logger.info(
-        "service stopped after %d poll cycles, %d events detected, %d delivered",
+        "pipeline drained after %d poll cycles: %d events detected, %d handed to Kafka",
         stats.poll_cycles,
         stats.events_detected,
-        stats.events_delivered,
+        stats.events_published,
     )
     return stats
 
@@ -265,6 +290,7 @@ async def _refresh_subscriptions(
     settings: ServiceSettings,
     outcomes: SourceOutcomes,
 ) -> None:
+    warned: frozenset[tuple[str, str]] = frozenset()
     while True:
         try:
             active = await store.active()
@@ -282,9 +308,28 @@ async def _refresh_subscriptions(
             continue
         if active.subscriptions != subscriptions.value or not subscriptions.loaded.is_set():
             logger.info("active subscriptions: %d markets", len(active.subscriptions))
+        warned = _warn_invalid_documents(active.invalid, warned)
         subscriptions.set(active.subscriptions)
-        outcomes.refreshed(len(subscriptions.market_ids()))
+        outcomes.refreshed(len(subscriptions.market_ids()), len(active.invalid))
         await anyio.sleep(settings.subscription_refresh_seconds)
+
+
+def _warn_invalid_documents(
+    invalid: Sequence[InvalidDocumentLike], warned: frozenset[tuple[str, str]]
+) -> frozenset[tuple[str, str]]:
+    """Warn once about each invalid document (and again if its error changes); return what
+    is now known. Only the documents of the latest refresh are remembered: the set is bounded
+    by the collection, and a document that was fixed and breaks again is reported again."""
+    current = frozenset((document.document_id, document.error) for document in invalid)
+    for document in invalid:
+        if (document.document_id, document.error) not in warned:
+            logger.warning(
+                "invalid subscription document %s skipped: %s",
+                document.describe(),
+                document.error,
+                extra={} if document.market_id is None else {"market_id": document.market_id},
+            )
+    return current
 
 
 async def _poll_markets(
@@ -314,7 +359,7 @@ async def _poll_markets(
                 )
             else:
                 if outcomes.polled(result, now, anyio.current_time() - started):
-                    _log_skipped(cycles, result.skipped)
+                    _log_skipped(cycles, result)
                 else:
                     logger.warning(
                         "cycle %d: Polymarket unavailable, %d market(s) not priced: %s",
@@ -325,18 +370,55 @@ async def _poll_markets(
                     )
                 for snapshot in result.snapshots:
                     await snapshots.send((snapshot, anyio.current_time()))
-            next_tick += settings.poll_interval_seconds
-            await anyio.sleep(max(0.0, next_tick - anyio.current_time()))
+            now_monotonic = anyio.current_time()
+            interval = settings.poll_interval_seconds
+            next_tick, missed = next_poll_tick(next_tick, interval, now_monotonic)
+            if missed:
+                outcomes.ticks_skipped(missed)
+                logger.warning(
+                    "cycle %d took %.1fs, longer than the poll interval (%gs): %d tick(s) "
+                    "skipped, next cycle in %.1fs",
+                    cycles,
+                    now_monotonic - started,
+                    interval,
+                    missed,
+                    max(0.0, next_tick - now_monotonic),
+                    extra={"cycle": cycles},
+                )
+            await anyio.sleep(max(0.0, next_tick - now_monotonic))
 
 
-def _log_skipped(cycle: int, skipped: dict[str, str]) -> None:
-    for market_id, reason in skipped.items():
+def next_poll_tick(previous: float, interval: float, now: float) -> tuple[float, int]:
+    """The tick of the next poll cycle after the one due at `previous`, and how many ticks
+    were skipped because they were already past at `now` (monotonic seconds).
+
+    Ticks stay on the grid `previous + k * interval`. After a cycle that overran, the next
+    one runs on the first tick not yet past -- at once when `now` is on it -- instead of
+    running every missed tick back to back (a burst of requests that only repeats the same
+    prices, and pressure on Polymarket's rate limits).
+    """
+    tick = previous + interval
+    if now <= tick:
+        return tick, 0
+    # The small tolerance keeps a tick that `now` reached exactly (give or take float
+    # rounding) from being counted as missed.
+    missed = math.ceil((now - tick) / interval - 1e-9)
+    return tick + missed * interval, missed
+
+
+def _log_skipped(cycle: int, result: PollOutcome) -> None:
+    """The one line of each skipped market in a cycle (the poller itself logs none)."""
+    for market_id, reason in result.skipped.items():
         logger.warning(
             "cycle %d: skipped market %s: %s",
             cycle,
             market_id,
             reason,
-            extra={"cycle": cycle, "market_id": market_id},
+            extra={
+                "cycle": cycle,
+                "market_id": market_id,
+                "skip_reason": result.skip_kinds.get(market_id, "other"),
+            },
         )
 
 
@@ -430,7 +512,7 @@ async def _deliver(
         try:
             async for event in events:
                 await publisher.publish(event)
-                stats.events_delivered += 1
+                stats.events_published += 1
                 if on_published is not None:
                     await on_published(event)
         except anyio.get_cancelled_exc_class():

@@ -7,12 +7,20 @@ deleted: a market nobody watches keeps its history and overrides at `ref_count =
 
 Why it is built this way:
 
-* Atomicity lives in MongoDB: both writes are single-document atomic updates, so service
-  replicas and CLI runs may write at once with no lock and no transaction. `subscribe` is one
-  `find_one_and_update(upsert=True, return_document=AFTER)`, not `update_one` + `find_one`: it
-  returns the post-image of *this* increment in one round trip, where a second read costs a
-  round trip and may already see another writer's change. `unsubscribe` filters on
-  `ref_count > 0`, making "decrement unless zero" one step: the count never goes negative.
+* Atomicity lives in MongoDB: both writes are the specification's single-document atomic
+  `update_one` operations, so service replicas and CLI runs may write at once with no lock
+  and no transaction. `subscribe` is `update_one({market_id}, {$inc: {ref_count: 1},
+  $setOnInsert: {market_id, created_at}, $set: {updated_at[, question]}}, upsert=True)`;
+  `unsubscribe` is `update_one({market_id, ref_count: {$gt: 0}}, {$inc: {ref_count: -1},
+  $set: {updated_at}})` -- the `ref_count > 0` filter makes "decrement unless zero" one step,
+  so the count never goes negative.
+* A write is judged by MongoDB's acknowledgement alone (`SubscriptionChange.applied`). The
+  document is read back *after* it, for display only: that read may already include another
+  writer's change, and if it fails, or the document does not validate, the write still
+  happened -- the change says so (`read_error`) instead of raising. So an error from
+  `subscribe`/`unsubscribe` always means the count was not changed by this call (with the
+  caveat every database client has: a connection lost after the server applied a write
+  cannot be told apart from one lost before; pymongo's retryable writes retry it once).
 * Two upserts of a new market may both try to insert; the unique index on `market_id` makes one
   fail with DuplicateKeyError (11000), and one retry suffices (it is a plain update by then).
   Writes create the index first until it is known to exist (MongoDB may have been down at
@@ -39,13 +47,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any, Protocol, TypeVar
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
 from pydantic import ValidationError
-from pymongo import ASCENDING, MongoClient, ReturnDocument
+from pymongo import ASCENDING, MongoClient
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -58,8 +66,10 @@ __all__ = [
     "InMemorySubscriptionStore",
     "InvalidDocument",
     "MongoSubscriptionStore",
+    "SubscriptionChange",
     "SubscriptionStore",
     "SubscriptionStoreError",
+    "client_defaults",
     "open_subscription_store",
     "validate_market_id",
 ]
@@ -108,6 +118,12 @@ class InvalidDocument:
     market_id: str | None
     error: str
 
+    def describe(self) -> str:
+        """How to find the document: its market_id when it has one, and its `_id`."""
+        if self.market_id is None:
+            return f"_id={self.document_id}"
+        return f"market_id={self.market_id} (_id={self.document_id})"
+
 
 @dataclass(frozen=True)
 class ActiveSubscriptions:
@@ -122,22 +138,52 @@ class ActiveSubscriptions:
         return frozenset(s.market_id for s in self.subscriptions)
 
 
+@dataclass(frozen=True)
+class SubscriptionChange:
+    """What one `subscribe`/`unsubscribe` call did, and the document read back after it.
+
+    `delta` is what this call did to `ref_count`: +1 (subscribe), -1 (unsubscribe) or 0 (an
+    `unsubscribe` of an unknown market or of one already at zero). `created` is True when
+    `subscribe` inserted the document. `subscription` is the document read back after the
+    write -- it may already include other writers' changes -- or None when it could not be
+    read or did not validate; `read_error` then says why. A failed read-back never undoes or
+    hides the write.
+    """
+
+    market_id: str
+    delta: int
+    created: bool = False
+    subscription: PolymarketSubscription | None = None
+    read_error: str | None = None
+
+    @property
+    def applied(self) -> bool:
+        """True when this call changed `ref_count`."""
+        return self.delta != 0
+
+    @property
+    def ref_count(self) -> int | None:
+        """The read-back `ref_count`, None when the document could not be read back."""
+        return None if self.subscription is None else self.subscription.ref_count
+
+
 class SubscriptionStore(Protocol):
     """What the service and the CLI need from a subscription store.
 
-    `subscribe` adds one reference (creating the document) and returns the result; `question`,
-    when given, replaces the cached question. `unsubscribe` drops one reference and returns
-    None when the market is unknown or already at zero. Both raise `ValueError` for a market id
-    that `validate_market_id` rejects. `active()` returns the subscriptions with
-    `ref_count > 0`, `list_all()` every one; both report invalid documents instead of failing.
-    After `aclose()`, calls raise `anyio.ClosedResourceError`.
+    `subscribe` adds one reference (creating the document); `question`, when given, replaces
+    the cached question. `unsubscribe` drops one reference unless the market is unknown or
+    already at zero (then `applied` is False). Both return a `SubscriptionChange`, raise
+    `ValueError` for a market id that `validate_market_id` rejects, and raise only when the
+    count was not changed. `active()` returns the subscriptions with `ref_count > 0`,
+    `list_all()` every one; both report invalid documents instead of failing. After
+    `aclose()`, calls raise `anyio.ClosedResourceError`.
     """
 
     async def subscribe(
         self, market_id: str, *, question: str | None = None
-    ) -> PolymarketSubscription: ...
+    ) -> SubscriptionChange: ...
 
-    async def unsubscribe(self, market_id: str) -> PolymarketSubscription | None: ...
+    async def unsubscribe(self, market_id: str) -> SubscriptionChange: ...
 
     async def active(self) -> ActiveSubscriptions: ...
 
@@ -235,46 +281,44 @@ class MongoSubscriptionStore:
         """
         await self._run("create the unique market_id index", self._create_indexes, writes=False)
 
-    async def subscribe(
-        self, market_id: str, *, question: str | None = None
-    ) -> PolymarketSubscription:
+    async def subscribe(self, market_id: str, *, question: str | None = None) -> SubscriptionChange:
         market_id = validate_market_id(market_id)
         now = _now(self._clock)
         fields: Document = {"updated_at": now}
         if question is not None:
             fields["question"] = question
-        attempt = partial(
-            self._collection.find_one_and_update,
+        increment = partial(
+            self._collection.update_one,
             {"market_id": market_id},
-            {"$inc": {"ref_count": 1}, "$setOnInsert": {"created_at": now}, "$set": fields},
+            {
+                "$inc": {"ref_count": 1},
+                "$setOnInsert": {"market_id": market_id, "created_at": now},
+                "$set": fields,
+            },
             upsert=True,
-            return_document=ReturnDocument.AFTER,
         )
 
-        def upsert() -> Document | None:
+        def upsert() -> bool:
             try:
-                document = attempt()
+                result = increment()
             except DuplicateKeyError:
-                document = attempt()  # lost an insert race: the document exists now
-            if document is None:
-                # mongod always returns the post-image of an upsert, but SecantusDB (0.7.0b3,
-                # our test server) returns none when it loses an insert race, though the
-                # increment is applied. Read back: the count then includes ours.
-                document = self._collection.find_one({"market_id": market_id})
-            return document
+                # Two upserts of a new market both tried to insert and the unique index
+                # refused ours, which therefore changed nothing: retry, it is an update now.
+                result = increment()
+            return result.upserted_id is not None
 
-        return self._result(market_id, await self._run(f"subscribe {market_id}", upsert))
+        created = await self._run(f"subscribe {market_id}", upsert)
+        return await self._read_back(market_id, delta=1, created=created)
 
-    async def unsubscribe(self, market_id: str) -> PolymarketSubscription | None:
+    async def unsubscribe(self, market_id: str) -> SubscriptionChange:
         market_id = validate_market_id(market_id)
         decrement = partial(
-            self._collection.find_one_and_update,
+            self._collection.update_one,
             {"market_id": market_id, "ref_count": {"$gt": 0}},
             {"$inc": {"ref_count": -1}, "$set": {"updated_at": _now(self._clock)}},
-            return_document=ReturnDocument.AFTER,
         )
-        document = await self._run(f"unsubscribe {market_id}", decrement)
-        return None if document is None else self._result(market_id, document)
+        result = await self._run(f"unsubscribe {market_id}", decrement)
+        return await self._read_back(market_id, delta=-1 if result.modified_count else 0)
 
     async def active(self) -> ActiveSubscriptions:
         return await self._find("list active subscriptions", {"ref_count": {"$gt": 0}})
@@ -310,13 +354,48 @@ class MongoSubscriptionStore:
             message = self._scrub(f"{action} failed: {type(exc).__name__}: {exc}")
             raise SubscriptionStoreError(message, code=getattr(exc, "code", None)) from None
 
-    def _result(self, market_id: str, document: Document | None) -> PolymarketSubscription:
-        if document is None:  # deleted by someone else between our write and our read-back
-            raise SubscriptionStoreError(f"the document of {market_id} vanished while updated")
+    async def _read_back(
+        self, market_id: str, *, delta: int, created: bool = False
+    ) -> SubscriptionChange:
+        """The change, with the document as it reads now (never raises: the write is done)."""
+        change = partial(SubscriptionChange, market_id, delta, created)
+        try:
+            document = await self._run(
+                f"read {market_id} back",
+                partial(self._collection.find_one, {"market_id": market_id}),
+                writes=False,
+            )
+        except SubscriptionStoreError as exc:
+            return change(read_error=str(exc))
+        if document is None:
+            if not delta:
+                return change()  # an unknown market: nothing to show, nothing wrong
+            return change(read_error="the document was deleted right after the write")
         checked = _check(document)
         if isinstance(checked, str):
-            raise SubscriptionStoreError(f"the document of {market_id} is invalid: {checked}")
-        return checked
+            return change(read_error=f"the document is invalid: {checked}")
+        return change(subscription=checked)
+
+
+def client_defaults(uri: str, server_selection_timeout_ms: int) -> dict[str, object]:
+    """The client options the service sets by default, minus those the URI sets itself.
+
+    pymongo lets a keyword argument override the same option in the URI; an operator who
+    writes `?serverSelectionTimeoutMS=30000` into `MONGODB_URI` expects it to hold, so a
+    default is only passed when the URI does not name that option (names are
+    case-insensitive in MongoDB URIs). `tz_aware` is not a URI option: it is always set.
+    """
+    try:
+        query = urlsplit(uri).query
+    except ValueError:
+        query = ""
+    named = {key.lower() for key, _ in parse_qsl(query, keep_blank_values=True)}
+    defaults: dict[str, object] = {
+        "serverSelectionTimeoutMS": server_selection_timeout_ms,
+        "connectTimeoutMS": server_selection_timeout_ms,
+        "appname": "polymarket-kafka",
+    }
+    return {key: value for key, value in defaults.items() if key.lower() not in named}
 
 
 @asynccontextmanager
@@ -341,14 +420,10 @@ async def open_subscription_store(
     """
     scrub = _scrubber(config.uri)
 
+    defaults = client_defaults(config.uri, server_selection_timeout_ms)
+
     def connect() -> MongoClient[Document]:
-        return client_factory(
-            config.uri,
-            serverSelectionTimeoutMS=server_selection_timeout_ms,
-            connectTimeoutMS=server_selection_timeout_ms,
-            tz_aware=True,
-            appname="polymarket-kafka",
-        )
+        return client_factory(config.uri, tz_aware=True, **defaults)
 
     try:
         # In a thread too: a mongodb+srv:// URI is resolved through blocking DNS lookups.
@@ -394,24 +469,26 @@ class InMemorySubscriptionStore:
         for market_id in seed:
             self._add(validate_market_id(market_id), None)
 
-    async def subscribe(
-        self, market_id: str, *, question: str | None = None
-    ) -> PolymarketSubscription:
+    async def subscribe(self, market_id: str, *, question: str | None = None) -> SubscriptionChange:
         market_id = validate_market_id(market_id)
         await self._checkpoint()
-        return self._add(market_id, question)
+        created, subscription = self._add(market_id, question)
+        return SubscriptionChange(market_id, 1, created, subscription)
 
-    async def unsubscribe(self, market_id: str) -> PolymarketSubscription | None:
+    async def unsubscribe(self, market_id: str) -> SubscriptionChange:
         market_id = validate_market_id(market_id)
         await self._checkpoint()
         now = _now(self._clock)
         with self._lock:
             current = self._subscriptions.get(market_id)
             if current is None or current.ref_count <= 0:
-                return None
+                kept = None if current is None else current.model_copy()
+                return SubscriptionChange(market_id, 0, subscription=kept)
             changes = {"ref_count": current.ref_count - 1, "updated_at": now}
             self._subscriptions[market_id] = current.model_copy(update=changes)
-            return self._subscriptions[market_id].model_copy()
+            return SubscriptionChange(
+                market_id, -1, subscription=self._subscriptions[market_id].model_copy()
+            )
 
     async def active(self) -> ActiveSubscriptions:
         return await self._select(active_only=True)
@@ -435,14 +512,16 @@ class InMemorySubscriptionStore:
         found = [s for s in found if s.is_active() or not active_only]
         return ActiveSubscriptions(tuple(sorted(found, key=lambda s: s.market_id)))
 
-    def _add(self, market_id: str, question: str | None) -> PolymarketSubscription:
+    def _add(self, market_id: str, question: str | None) -> tuple[bool, PolymarketSubscription]:
+        """One more reference; returns (created, a copy of the document)."""
         now = _now(self._clock)
         with self._lock:
-            current = self._subscriptions.get(market_id) or PolymarketSubscription(
+            existing = self._subscriptions.get(market_id)
+            current = existing or PolymarketSubscription(
                 market_id=market_id, created_at=now, updated_at=now
             )
             changes: Document = {"ref_count": current.ref_count + 1, "updated_at": now}
             if question is not None:
                 changes["question"] = question
             self._subscriptions[market_id] = current.model_copy(update=changes)
-            return self._subscriptions[market_id].model_copy()
+            return existing is None, self._subscriptions[market_id].model_copy()

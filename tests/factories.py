@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 from polymarket_kafka.models import ConvictionDirection, PolymarketEvent
@@ -75,3 +76,11 @@ def scripted_prices_clock(
         return now
 
     return clock
+
+
+def empty_env_file(directory: Path, name: str = "empty.env") -> Path:
+    """An existing, empty dotenv file: `--env-file` refuses a missing one, and the tests must
+    not read a `.env` in the working directory either."""
+    path = directory / name
+    path.touch()
+    return path

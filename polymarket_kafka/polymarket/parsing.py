@@ -11,6 +11,30 @@ Which token is "YES": the outcome labelled "Yes" (case-insensitive). Markets who
 are not Yes/No (`Up`/`Down`, `Long`/`Short`, team names) have no YES side; for those the FIRST
 outcome is treated as YES and the second as NO, so a rising price means "the first-listed
 outcome is becoming more likely". `MarketMetadata.yes_outcome` keeps the label that was chosen.
+
+Which id trades an outcome (shared/polymarket-api.md §8.1; Polymarket's Protocol V2 migration
+guide): Gamma's `version` decides, never the presence of a field.
+
+- `"v1"` (classic CTF markets), or no `version` at all (every response recorded before the
+  field existed, and legacy markets): the ids are `clobTokenIds`.
+- `"v2"` (Protocol V2): the ids are `positionIds` -- a plain JSON array, also accepted as a
+  JSON-encoded string -- *even when `clobTokenIds` is present too*. A v2 market without
+  usable position ids has no trading id: falling back to `clobTokenIds` would price it under
+  the wrong id. `clobTokenIds` is not even read for it.
+- Any other `version`: no trading id is selected (the guide says to reject unsupported
+  versions rather than guess). The market keeps its metadata (a closed one still reports its
+  final price) and `MarketMetadata.token_problem` says why it cannot be priced.
+
+Ids must be decimal strings (uint256 written in decimal, or a JSON integer); an empty string
+is an id not assigned yet (a new market, for a few minutes). The id list must pair with
+`outcomes` and `outcomePrices` by index. `yes_token_id`/`no_token_id` hold the selected ids,
+whichever field they came from: everything downstream (the `/midpoints` request) uses them.
+
+How a closed market resolved (`MarketMetadata.resolution`), from its `outcomePrices`
+(§2.1, §8.3): prices that do not sum to ~1 (legacy markets closed at `["0", "0"]`) resolved
+with no winner, `"void"`; otherwise the YES entry at exactly 1 is `"yes"`, at exactly 0 `"no"`
+(a resolved market's prices collapse to 1 and 0); anything else (a 50-50 resolution, a
+market closed but still settling) is `"unknown"`.
 """
 
 from __future__ import annotations
@@ -21,6 +45,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
+from polymarket_kafka.models import Resolution
 from polymarket_kafka.polymarket.errors import MalformedPayloadError, excerpt
 
 __all__ = [
@@ -28,6 +53,7 @@ __all__ = [
     "MarketMetadata",
     "ParsedMarkets",
     "ParsedPrices",
+    "condition_id_of",
     "load_json",
     "parse_decimal",
     "parse_market",
@@ -35,6 +61,12 @@ __all__ = [
     "parse_midpoints",
     "parse_probability",
 ]
+
+
+#: The field holding the trading ids, by Gamma `version` (a missing version means "v1").
+_ID_FIELDS = {"v1": "clobTokenIds", "v2": "positionIds"}
+#: Outcome prices further than this from summing to 1 mean "no winner" (void).
+_VOID_SUM_TOLERANCE = Decimal("0.02")
 
 
 class MalformedItemError(ValueError):
@@ -46,9 +78,13 @@ class MarketMetadata:
     """What the service needs to know about one market, from one Gamma `/markets` item.
 
     `market_id` is the condition id. Every other field may be unknown (`None`, `()`).
+    `yes_token_id`/`no_token_id` are the *trading* ids: CTF token ids for a v1 market,
+    position ids for a v2 one (`protocol_version`, the normalised Gamma `version`, or `None`
+    when Gamma sent none). When no YES id could be selected, `token_problem` may say why.
     `outcome_prices` follows the order of `outcomes`; `yes_outcome_price` is the entry of the
     YES side (see the module docstring for non Yes/No markets). Gamma gives no freshness
     guarantee for `outcomePrices`: use it only for closed markets, whose price is final.
+    `resolution` is how a closed market resolved (`None` while open or unknowable).
     """
 
     market_id: str
@@ -69,6 +105,9 @@ class MarketMetadata:
     spread: float | None = None
     best_bid: float | None = None
     best_ask: float | None = None
+    protocol_version: str | None = None
+    token_problem: str | None = None
+    resolution: Resolution | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,20 +215,54 @@ def _json_list(item: Mapping[str, object], key: str) -> list[object] | None:
     return raw
 
 
-def _token_ids(item: Mapping[str, object]) -> list[str | None] | None:
-    raw = _json_list(item, "clobTokenIds")
-    if raw is None:
+def _id_list(item: Mapping[str, object], key: str) -> list[str | None] | None:
+    """The trading ids under `key`, decimal strings or `None` for one not assigned yet.
+
+    An empty list is no list: ids not assigned yet, like a missing field (it cannot pair with
+    the outcomes, and failing the whole market for it would hide its metadata).
+    """
+    raw = _json_list(item, key)
+    if not raw:
         return None
-    tokens: list[str | None] = []
-    for token in raw:
-        if isinstance(token, int) and not isinstance(token, bool):
-            tokens.append(str(token))
-        elif isinstance(token, str):
-            # Newly created markets can carry empty token ids for a few minutes ("hydration").
-            tokens.append(token.strip() or None)
+    ids: list[str | None] = []
+    for value in raw:
+        if isinstance(value, int) and not isinstance(value, bool):
+            text = str(value)
+        elif isinstance(value, str):
+            text = value.strip()
         else:
-            raise MalformedItemError(f"clobTokenIds holds a non-string: {token!r}")
-    return tokens
+            raise MalformedItemError(f"{key} holds a non-string: {value!r}")
+        if text and not (text.isascii() and text.isdigit()):
+            raise MalformedItemError(f"{key} holds a non-decimal id: {excerpt(text, 40)!r}")
+        # Newly created markets can carry empty ids for a few minutes ("hydration").
+        ids.append(text or None)
+    return ids
+
+
+def _trading_ids(
+    item: Mapping[str, object],
+) -> tuple[str | None, str | None, list[str | None] | None, str | None]:
+    """(protocol version, id field, ids, problem) of one item; see the module docstring.
+
+    `problem` is set when the market's version leaves it without a usable id list.
+    """
+    raw = item.get("version")
+    if isinstance(raw, str):
+        version = raw.strip().lower() or None
+    else:
+        version = None if raw is None else excerpt(repr(raw), 40)
+    key = _ID_FIELDS.get(version or "v1")
+    if key is None:
+        unsupported = f"unsupported Gamma market version {version!r}: no trading id selected"
+        return version, None, None, unsupported
+    ids = _id_list(item, key)
+    problem = None
+    if version == "v2" and not (ids and any(ids)):
+        problem = (
+            "v2 market without position ids in positionIds "
+            "(its clobTokenIds are not its trading ids)"
+        )
+    return version, key, ids, problem
 
 
 def _outcomes(item: Mapping[str, object]) -> list[str] | None:
@@ -209,6 +282,20 @@ def _outcome_prices(item: Mapping[str, object]) -> tuple[float, ...] | None:
         return tuple(parse_probability(price) for price in raw)
     except MalformedItemError as exc:
         raise MalformedItemError(f"outcomePrices: {exc}") from None
+
+
+def _resolution(closed: bool, prices: Sequence[float] | None, yes: int) -> Resolution | None:
+    """How a closed market resolved, from its outcome prices (see the module docstring)."""
+    if not closed or not prices or yes >= len(prices):
+        return None
+    total = sum((Decimal(str(price)) for price in prices), Decimal(0))
+    if abs(total - 1) > _VOID_SUM_TOLERANCE:
+        return "void"
+    if prices[yes] == 1.0:
+        return "yes"
+    if prices[yes] == 0.0:
+        return "no"
+    return "unknown"
 
 
 def _sides(outcomes: Sequence[str], count: int) -> tuple[int, int | None]:
@@ -261,27 +348,33 @@ def _tags_and_category(item: Mapping[str, object]) -> tuple[tuple[str, ...], str
 # --- one market, one array -----------------------------------------------------------------
 
 
+def condition_id_of(item: Mapping[str, object]) -> str | None:
+    """The item's condition id: `conditionId`, else its alias `condition` (as the official
+    client accepts it); `None` when neither holds a non-empty string."""
+    return _optional_str(item.get("conditionId")) or _optional_str(item.get("condition"))
+
+
 def parse_market(item: object) -> MarketMetadata:
     """Parse one Gamma `/markets` item; `MalformedItemError` says why it is unusable.
 
-    Only `conditionId` is required. The outcome lists (`outcomes`, `clobTokenIds`,
-    `outcomePrices`) must be well-formed and of equal length when present, because a wrong
-    pairing would attach a price to the wrong side; numeric decorations that do not parse are
-    treated as unknown.
+    Only the condition id (`conditionId`, or its alias `condition`) is required. The outcome
+    lists (`outcomes`, the trading ids the `version` selects, `outcomePrices`) must be
+    well-formed and of equal length when present, because a wrong pairing would attach a price
+    to the wrong side; numeric decorations that do not parse are treated as unknown.
     """
     if not isinstance(item, dict):
         raise MalformedItemError(f"market item is not an object: {excerpt(repr(item), 60)}")
-    market_id = _optional_str(item.get("conditionId"))
+    market_id = condition_id_of(item)
     if market_id is None:
-        raise MalformedItemError("market item has no conditionId")
+        raise MalformedItemError("market item has no conditionId (nor condition)")
 
-    tokens = _token_ids(item)
+    version, id_field, tokens, token_problem = _trading_ids(item)
     outcomes = _outcomes(item)
     prices = _outcome_prices(item)
     count = next((len(x) for x in (outcomes, tokens, prices) if x is not None), 0)
     for name, values in (
         ("outcomes", outcomes),
-        ("clobTokenIds", tokens),
+        (id_field or "ids", tokens),
         ("outcomePrices", prices),
     ):
         if values is not None and len(values) != count:
@@ -290,6 +383,7 @@ def parse_market(item: object) -> MarketMetadata:
             )
     yes, no = _sides(outcomes or [], count)
     tags, category = _tags_and_category(item)
+    closed = _optional_bool(item.get("closed")) or False
     return MarketMetadata(
         market_id=market_id,
         question=_optional_str(item.get("question")),
@@ -298,7 +392,7 @@ def parse_market(item: object) -> MarketMetadata:
         yes_outcome=outcomes[yes] if outcomes else None,
         outcomes=tuple(outcomes or ()),
         active=_optional_bool(item.get("active")),
-        closed=_optional_bool(item.get("closed")) or False,
+        closed=closed,
         volume=_optional_non_negative(item, "volumeNum", "volume"),
         liquidity=_optional_non_negative(item, "liquidityNum", "liquidity"),
         category=category,
@@ -309,6 +403,9 @@ def parse_market(item: object) -> MarketMetadata:
         spread=_optional_non_negative(item, "spread"),
         best_bid=_optional_non_negative(item, "bestBid"),
         best_ask=_optional_non_negative(item, "bestAsk"),
+        protocol_version=version,
+        token_problem=token_problem,
+        resolution=_resolution(closed, prices, yes),
     )
 
 
@@ -316,8 +413,8 @@ def parse_markets(payload: object) -> ParsedMarkets:
     """Parse a Gamma `/markets` response (a bare JSON array of market objects).
 
     Raises `MalformedPayloadError` only when the payload is not an array; a bad item becomes
-    a failure (keyed by its condition id, or `#<index>` without one). When an id appears
-    twice the first good item wins.
+    a failure (keyed by its condition id -- `conditionId` or `condition` -- or `#<index>`
+    without one). When an id appears twice the first good item wins.
     """
     if not isinstance(payload, list):
         raise MalformedPayloadError(
@@ -326,8 +423,8 @@ def parse_markets(payload: object) -> ParsedMarkets:
     result = ParsedMarkets()
     for index, item in enumerate(payload):
         key = f"#{index}"
-        if isinstance(item, dict) and isinstance(item.get("conditionId"), str):
-            key = item["conditionId"].strip() or key
+        if isinstance(item, dict):
+            key = condition_id_of(item) or key
         try:
             market = parse_market(item)
         except MalformedItemError as exc:

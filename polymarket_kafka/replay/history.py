@@ -12,10 +12,10 @@ file for it is kept. The number dropped is reported, never hidden.
 
 Market metadata comes from a Gamma `/markets` item: `--market FILE`, or the sidecar
 `NAME.market.json` next to `NAME.history.json`. It is parsed with the service's own
-`parse_market` when the item is well formed, else leniently (question, conditionId,
-category, tags, liquidity, volume), because a hand-written sidecar need not carry outcome
-lists. Whatever is missing falls back to a default that `ReplayMarket.defaults` lists, so the
-replay summary can say which figures were guessed.
+`parse_market` when the item is well formed, else leniently (question, conditionId or its
+alias condition, category, tags, liquidity, volume), because a hand-written sidecar need not
+carry outcome lists. Whatever is missing falls back to a default that `ReplayMarket.defaults`
+lists, so the replay summary can say which figures were guessed.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 from polymarket_kafka.polymarket.parsing import (
     MalformedItemError,
     MarketMetadata,
+    condition_id_of,
     parse_decimal,
     parse_market,
     parse_probability,
@@ -284,8 +285,7 @@ def parse_market_item(item: Mapping[str, object], source: str, default_id: str) 
 
 
 def _has_id(item: Mapping[str, object]) -> bool:
-    value = item.get("conditionId")
-    return isinstance(value, str) and bool(value.strip())
+    return condition_id_of(item) is not None
 
 
 def _lenient(item: Mapping[str, object], default_id: str) -> MarketMetadata:
@@ -311,7 +311,7 @@ def _lenient(item: Mapping[str, object], default_id: str) -> MarketMetadata:
             if isinstance(label, str) and label.strip() and label.strip() not in tags:
                 tags.append(label.strip())
     return MarketMetadata(
-        market_id=text("conditionId") or default_id,
+        market_id=condition_id_of(item) or default_id,
         question=text("question"),
         category=text("category") or (tags[0] if tags else None),
         tags=tuple(tags),

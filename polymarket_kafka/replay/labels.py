@@ -16,6 +16,8 @@ use shell wildcards (`states-hourly/*`). Kinds and how they score, per (label, s
   **false alarm** when an event fires in the same window, else **quiet** (correct).
 * `calm` — `utc_time` is `START/END`; any event inside is a **false alarm**.
 * `candidate` — an unconfirmed time: the events near it are listed, nothing is scored.
+* `context` — a dated moment kept for reading the chart (a move too small, too close to
+  another label or of unknown cause to score): listed like a candidate, never scored.
 
 A label whose time falls outside a series' recorded span is reported as outside, and one
 whose series were not replayed as not replayed; neither is scored. Scoring is a pure
@@ -52,8 +54,8 @@ __all__ = [
     "series_key",
 ]
 
-Kind = Literal["event", "negative", "spike_no_news", "calm", "candidate"]
-Outcome = Literal["hit", "miss", "false alarm", "quiet", "candidate", "outside"]
+Kind = Literal["event", "negative", "spike_no_news", "calm", "candidate", "context"]
+Outcome = Literal["hit", "miss", "false alarm", "quiet", "candidate", "context", "outside"]
 
 #: How long before a labelled time an event still counts (news times are approximate).
 LEAD = timedelta(minutes=15)
@@ -246,8 +248,8 @@ def _score_one(label: Label, facts: SeriesFacts) -> LabelScore:
         if events:
             return LabelScore(label, facts.key, "hit", window, events, events[0] - label.at)
         return LabelScore(label, facts.key, "miss", window)
-    if label.kind == "candidate":
-        return LabelScore(label, facts.key, "candidate", window, events)
+    if label.kind in ("candidate", "context"):
+        return LabelScore(label, facts.key, label.kind, window, events)
     return LabelScore(label, facts.key, "false alarm" if events else "quiet", window, events)
 
 
@@ -296,7 +298,7 @@ def format_scorecard(card: Scorecard, source: str) -> str:
         if row.outcome == "outside":
             outside.append(f"{row.label.label_id} ({row.series})")
             continue
-        result = "not scored" if row.outcome == "candidate" else row.outcome
+        result = "not scored" if row.outcome in ("candidate", "context") else row.outcome
         latency = _signed(row.latency) if row.latency is not None else "-"
         table.append(
             (row.label.label_id, row.label.kind, row.series, result, latency, _times(row.events))

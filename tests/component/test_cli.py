@@ -21,6 +21,7 @@ from polymarket_kafka import demo
 from polymarket_kafka.cli import main
 from polymarket_kafka.local_broker import LocalBroker, read_events
 from polymarket_kafka.testing import FakePolymarketServer
+from tests.factories import empty_env_file
 
 MARKET = "0xdd22472e552920b8438158ea7238bfadfa4f736aa4cee91a6b86c39ead110917"
 
@@ -30,7 +31,7 @@ def env(monkeypatch: pytest.MonkeyPatch, mongo_server_uri: str, tmp_path: Path) 
     monkeypatch.setenv("MONGODB_URI", mongo_server_uri)
     monkeypatch.setenv("MONGODB_DATABASE", "cli")
     monkeypatch.setenv("MONGODB_COLLECTION", f"subs_{uuid.uuid4().hex[:12]}")
-    return tmp_path / "absent.env"
+    return empty_env_file(tmp_path)
 
 
 def test_subscribe_unsubscribe_and_list(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -66,7 +67,64 @@ def test_listing_names_invalid_documents_on_stderr(
     captured = capsys.readouterr()
     assert captured.out == ""
     (line,) = captured.err.splitlines()
-    assert line.startswith("invalid document broken-1: ")
+    assert line.startswith("invalid document market_id=trump-2024 (_id=broken-1): market_id: ")
+
+
+def test_a_subscribe_that_cannot_read_its_document_back_still_counts_once(
+    env: Path, mongo_client: MongoClient[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A document another tool wrote with a field we do not know: the increment is applied
+    # by MongoDB, so the command must not report a failure (a retry would count twice).
+    collection = mongo_client["cli"][os.environ["MONGODB_COLLECTION"]]
+    collection.insert_one({"market_id": MARKET, "ref_count": 1, "owner": "desk-7"})
+    assert main(["--env-file", str(env), "subscribe", MARKET]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [f"{MARKET} ref_count changed (+1)"]
+    (warning,) = captured.err.splitlines()
+    assert warning.startswith(f"polymarket-kafka: warning: {MARKET}: the write was applied, ")
+    assert "the document is invalid: owner: " in warning
+    assert collection.find_one({"market_id": MARKET})["ref_count"] == 2
+
+
+def test_a_failed_subscribe_says_the_count_is_unchanged(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MONGODB_URI", "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=200")
+    assert main(["--env-file", str(empty_env_file(tmp_path)), "subscribe", MARKET]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"polymarket-kafka: subscribe {MARKET} failed: ")
+    assert err.rstrip().endswith("(ref_count unchanged)")
+
+
+def test_a_missing_env_file_is_a_configuration_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "prod.env"
+    assert main(["--env-file", str(missing), "subscriptions"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"polymarket-kafka: configuration error: --env-file: no such file: {missing}"
+    )
+    # The healthcheck never exits 2 (container engines reserve it): 1.
+    assert main(["--env-file", str(missing), "healthcheck"]) == 1
+
+
+def test_an_unknown_variable_is_warned_about_with_a_suggestion(
+    env: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("KAFKA_TOPIC_PREFX", "dev.")
+    env.write_text("MONGODB_COLLECTON=typo\n")
+    assert main(["--env-file", str(env), "subscriptions"]) == 0
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name == "polymarket_kafka"
+    ]
+    assert warnings == [
+        "configuration: unknown variable KAFKA_TOPIC_PREFX is ignored; did you mean "
+        "KAFKA_TOPIC_PREFIX?",
+        "configuration: unknown variable MONGODB_COLLECTON is ignored; did you mean "
+        "MONGODB_COLLECTION?",
+    ]
 
 
 def test_invalid_market_id_is_a_usage_error(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -81,7 +139,7 @@ def test_unreachable_mongodb_fails_without_leaking_credentials(
         "MONGODB_URI",
         "mongodb://admin:sup3r-s3cret@127.0.0.1:1/?serverSelectionTimeoutMS=200",
     )
-    assert main(["--env-file", str(tmp_path / "x"), "subscribe", MARKET]) == 1
+    assert main(["--env-file", str(empty_env_file(tmp_path)), "subscribe", MARKET]) == 1
     captured = capsys.readouterr()
     assert "sup3r-s3cret" not in captured.err + captured.out
     assert captured.err.startswith("polymarket-kafka: ")
@@ -91,7 +149,7 @@ def test_configuration_error_exit_code(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
-    assert main(["--env-file", str(tmp_path / "x"), "run"]) == 2
+    assert main(["--env-file", str(empty_env_file(tmp_path)), "run"]) == 2
     assert capsys.readouterr().err.strip() == (
         "polymarket-kafka: configuration error: KAFKA_SASL_USERNAME: required when protocol is "
         "SASL_SSL"
@@ -106,7 +164,8 @@ def test_dotenv_file_configures_the_command(
     env.write_text(f"MONGODB_COLLECTION={collection}\n")
     assert main(["--env-file", str(env), "subscribe", MARKET]) == 0
     monkeypatch.setenv("MONGODB_COLLECTION", collection)
-    assert main(["--env-file", str(env.with_name("other.env")), "subscriptions"]) == 0
+    other = empty_env_file(env.parent, "other.env")
+    assert main(["--env-file", str(other), "subscriptions"]) == 0
     assert f"{MARKET} ref_count=1" in capsys.readouterr().out
 
 
@@ -116,7 +175,9 @@ def test_run_command_publishes_then_stops_on_sigterm(
     monkeypatch: pytest.MonkeyPatch,
     tansu_broker: LocalBroker,
     kafka_topic: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="polymarket_kafka")
     rules = env.with_name("rules.yaml")
     rules.write_text("version: 1\ndefaults:\n  confirm: {polls: 1}\n")
     with FakePolymarketServer(n_markets=1, price=lambda i: 0.30) as server:
@@ -156,6 +217,67 @@ def test_run_command_publishes_then_stops_on_sigterm(
         finally:
             driver.join(timeout=60)
         assert received == [1]
+    # The last line of the service, after Kafka acknowledged everything: "delivered" means
+    # acknowledged.
+    ours = [r for r in caplog.records if r.name.startswith("polymarket_kafka")]
+    assert ours[-1].levelno == logging.INFO
+    assert ours[-1].getMessage().startswith("service stopped after ")
+    assert (
+        ours[-1].getMessage().endswith(" poll cycles: 1 events detected, 1 acknowledged by Kafka")
+    )
+
+
+def test_run_exits_1_when_kafka_never_acknowledged_an_event(
+    anyio_backend: str,
+    env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="polymarket_kafka")
+    rules = env.with_name("rules.yaml")
+    rules.write_text("version: 1\ndefaults:\n  confirm: {polls: 1}\n")
+    with FakePolymarketServer(n_markets=1, price=lambda i: 0.30) as server:
+        market = server.markets[0].condition_id
+        for key, value in {
+            "POLYMARKET_BASE_URL": server.url,
+            "POLYMARKET_GAMMA_URL": server.url,
+            "POLYMARKET_RATE_LIMIT_DELAY_MS": "0",
+            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",  # nothing listens: never acknowledged
+            "POLL_INTERVAL_SECONDS": "0.05",
+            "MONGODB_POLL_INTERVAL_SECONDS": "0.05",
+            "SHUTDOWN_GRACE_SECONDS": "0.5",
+            "HTTP_PORT": "0",
+            "RULES_PATH": str(rules),
+        }.items():
+            monkeypatch.setenv(key, value)
+        assert main(["--env-file", str(env), "subscribe", market]) == 0
+
+        def drive() -> None:
+            deadline = time.monotonic() + 30
+            while server.request_count("POST /midpoints") < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            server.set_price(market, 0.45)
+            while time.monotonic() < deadline and not any(
+                "conviction change" in r.getMessage() for r in list(caplog.records)
+            ):
+                time.sleep(0.02)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        driver = threading.Thread(target=drive)
+        driver.start()
+        try:
+            assert main(["--backend", anyio_backend, "--env-file", str(env), "run"]) == 1
+        finally:
+            driver.join(timeout=60)
+    ours = [r for r in caplog.records if r.name.startswith("polymarket_kafka")]
+    last = ours[-1]
+    assert last.levelno == logging.ERROR
+    assert last.getMessage().endswith(
+        ": 1 events detected, 0 acknowledged by Kafka, 1 NOT delivered"
+    )
+    assert any(
+        r.getMessage().startswith("event NOT acknowledged by Kafka at shutdown") for r in ours
+    )
 
 
 @pytest.mark.broker
@@ -200,8 +322,9 @@ def test_demo_outside_a_checkout_says_what_is_missing_and_exits_69(
     if not cassette:
         # An installed wheel: the cassette next to the package does not exist.
         monkeypatch.setattr(demo, "DEFAULT_CASSETTE", tmp_path / "cassettes" / "demo.yaml")
-    env_file = str(tmp_path / "none.env")
-    assert main(["--backend", anyio_backend, "--env-file", env_file, "demo"]) == 69
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("")
+    assert main(["--backend", anyio_backend, "--env-file", str(env_file), "demo"]) == 69
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == (
@@ -248,7 +371,7 @@ def test_a_configuration_error_is_a_json_line_when_log_format_is_json(
     # Logging is not configured yet when the configuration is wrong: LOG_FORMAT is read alone.
     monkeypatch.setenv("LOG_FORMAT", "json")
     monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
-    assert main(["--env-file", str(tmp_path / "x"), "run"]) == 2
+    assert main(["--env-file", str(empty_env_file(tmp_path)), "run"]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     record = json.loads(line)
     assert record == {

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from polymarket_kafka.cli import main
 from polymarket_kafka.health import ComponentStatus, ServiceHealth
 from polymarket_kafka.http_server import serve_ops
+from tests.factories import empty_env_file
 
 pytestmark = pytest.mark.anyio
 
@@ -85,7 +86,7 @@ async def test_default_url_from_the_configuration(
             # A proxy from the environment must not relay a loopback request.
             monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
             monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")
-            env_file = tmp_path / "none.env"
+            env_file = empty_env_file(tmp_path)
             assert await cli("--env-file", str(env_file), "healthcheck", "--live") == 0
     assert capsys.readouterr().out.startswith("HTTP 200 ")
 
@@ -102,7 +103,9 @@ async def test_default_url_brackets_an_ipv6_host(
         async with serving(ready_health(), "::1") as port:
             monkeypatch.setenv("HTTP_HOST", "::1")
             monkeypatch.setenv("HTTP_PORT", str(port))
-            assert await cli("--env-file", str(tmp_path / "none.env"), "healthcheck", "--live") == 0
+            assert (
+                await cli("--env-file", str(empty_env_file(tmp_path)), "healthcheck", "--live") == 0
+            )
     assert capsys.readouterr().out.startswith("HTTP 200 ")
 
 
@@ -127,7 +130,7 @@ async def test_a_configuration_error_is_exit_1_not_2(
 ) -> None:
     # Container engines reserve status 2: a healthcheck reports failure as 1, whatever failed.
     monkeypatch.setenv("HTTP_PORT", "99999")
-    assert await cli("--env-file", str(tmp_path / "none.env"), "healthcheck") == 1
+    assert await cli("--env-file", str(empty_env_file(tmp_path)), "healthcheck") == 1
     assert capsys.readouterr().err == (
         "polymarket-kafka: configuration error: HTTP_PORT: must be <= 65535, got 99999\n"
     )
@@ -152,7 +155,7 @@ def test_run_with_the_ops_port_taken_fails_in_one_line(
         monkeypatch.setenv("MONGODB_URI", mongo_server_uri)
         monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # need not be reachable
         monkeypatch.setenv("SHUTDOWN_GRACE_SECONDS", "1")
-        env_file = str(tmp_path / "none.env")
+        env_file = str(empty_env_file(tmp_path))
         assert main(["--backend", anyio_backend, "--env-file", env_file, "run"]) == 1
     (record,) = [r for r in caplog.records if r.levelno == logging.CRITICAL]
     assert record.getMessage() == (

@@ -10,11 +10,15 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from polymarket_kafka.cli import main
 from polymarket_kafka.models import PolymarketEvent
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RULES = ROOT / "rules" / "default.yaml"
@@ -326,6 +330,55 @@ def test_replay_plot_writes_a_png(rules: Path, tmp_path: Path, capsys: Capture) 
     assert main(["replay", str(history), "--rules", str(rules), "--plot", str(png)]) == 0
     assert png.read_bytes().startswith(b"\x89PNG")
     assert f"plot: {png}" in capsys.readouterr().err
+
+
+def test_replay_plot_draws_the_scored_labels_of_each_series(
+    rules: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capture
+) -> None:
+    pytest.importorskip("matplotlib")
+    from polymarket_kafka.replay import plot
+
+    drawn: list[Figure] = []
+    real = plot.build_figure
+
+    def keep(*args: Any) -> Figure:  # the real drawing, kept for inspection
+        drawn.append(real(*args))
+        return drawn[-1]
+
+    monkeypatch.setattr(plot, "build_figure", keep)
+    data = tmp_path / "data"
+    up = _history(data / "hourly" / "up.history.json", 0.40, 0.40, 0.55, 0.55, 0.55)
+    flat = _history(data / "flat.history.json", 0.60, 0.60, 0.60)
+    unlabelled = _history(data / "other.history.json", 0.30, 0.30)
+    _write(data / "hourly" / "up.market.json", {"question": "Will it go up?"})
+    labels = _write(
+        data / "labels.csv",
+        "label_id,kind,utc_time,series\n"
+        "E1,event,2024-11-06T01:30Z,hourly/*\n"
+        "Q1,negative,2024-11-06T00:00Z,hourly/up;flat\n",
+    )
+    png = tmp_path / "plot.png"
+    args = ["replay", str(up), str(flat), str(unlabelled), "--rules", str(rules)]
+    args += ["--plot", str(png)]
+    assert main([*args, "--labels", str(labels)]) == 0
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert f"plot: {png}" in capsys.readouterr().err
+    charts = [ax for ax in drawn[-1].axes if ax.get_gid() == "chart"]
+    titles = [ax.get_title(loc="left") for ax in charts]
+    assert titles[0].startswith("Will it go up?\nup — ")
+    assert titles[1].startswith("flat — ")  # no market file: the file name
+    gids = [sorted(str(a.get_gid()) for a in ax.get_children() if a.get_gid()) for ax in charts]
+    assert [g for g in gids[0] if g.startswith("label ")] == ["label E1", "label Q1"]
+    assert [g for g in gids[1] if g.startswith("label ")] == ["label Q1"]
+    assert "ring E1" in gids[0]  # the event that scored the hit
+    assert "ring Q1" in gids[0]  # ... is also a false alarm of the negative label
+    assert not [g for g in gids[2] if g.startswith("label ")]
+    notes = [ax for ax in drawn[-1].axes if ax.get_gid() == "notes"]
+    assert len(notes) == 3
+    assert [len(ax.texts) for ax in notes] == [3, 2, 0]  # heading + one line per label
+    assert main(args) == 0  # without --labels: the prices and events only
+    assert not [a for ax in drawn[-1].axes for a in ax.get_children() if a.get_gid()]
+    assert [ax.get_gid() for ax in drawn[-1].axes] == ["chart", "scale"] * 3  # no notes
 
 
 def test_replay_plot_without_matplotlib_is_a_usage_error(

@@ -91,9 +91,20 @@ async def test_live_and_ready_follow_the_service(
                 assert ready.status_code == 200, ready.text
                 assert ready.json()["status"] == "ok"
                 assert ready.headers["cache-control"] == "no-store"
+                # The specification's health endpoint is the readiness answer, body and all.
+                spec = await client.get("/health")
+                assert (spec.status_code, spec.headers["content-type"]) == (200, "application/json")
+                statuses = {name: c["status"] for name, c in spec.json()["components"].items()}
+                assert statuses == {
+                    "kafka": "ok",
+                    "subscriptions": "ok",
+                    "polling": "ok",
+                    "stages": "ok",
+                }
 
                 health.mark_stopping()
                 assert (await client.get("/health/ready")).status_code == 503
+                assert (await client.get("/health")).status_code == 503
                 assert (await client.get("/health/live")).status_code == 200
 
             with pytest.raises(RuntimeError), health.stage("detect"):
@@ -131,12 +142,12 @@ async def test_unknown_path_wrong_method_and_head(
 ) -> None:
     with anyio.fail_after(20):
         async with serving(health, registry) as (client, _):
-            missing = await client.get("/health")
+            missing = await client.get("/healthz")
             assert missing.status_code == 404
             assert missing.headers["content-type"] == "application/json"
             assert missing.json() == {
                 "error": "not found",
-                "endpoints": ["/health/live", "/health/ready", "/metrics"],
+                "endpoints": ["/health", "/health/live", "/health/ready", "/metrics"],
             }
 
             for method in ("POST", "PUT", "DELETE"):

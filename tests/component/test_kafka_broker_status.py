@@ -93,7 +93,7 @@ async def test_a_hung_broker_looks_up_but_the_stalled_backlog_makes_kafka_unread
                 status = check()
                 assert not status.ok
                 assert status.detail == (
-                    "delivery stalled: 1 event pending, the oldest for 31.0s (limit 30s); "
+                    "delivery stalled: 1 event pending, the oldest for 61.0s (limit 60s); "
                     "1/1 brokers up"
                 )
             finally:

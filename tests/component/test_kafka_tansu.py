@@ -10,6 +10,7 @@ import functools
 import socket
 import sys
 import uuid
+import zlib
 from collections import defaultdict
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ import pytest
 from polymarket_kafka import local_broker
 from polymarket_kafka.config import KafkaConfig
 from polymarket_kafka.kafka import ProducerLike, open_kafka_publisher
+from polymarket_kafka.kafka_partition import partition_for
 from polymarket_kafka.local_broker import (
     BrokerStartError,
     ConsumedMessage,
@@ -97,6 +99,13 @@ async def test_published_events_round_trip_exactly(
         partitions[message.key].add(message.partition)
         order[message.key].append(dict(message.headers)["event_id"].decode())  # type: ignore[union-attr]
     assert all(len(p) == 1 for p in partitions.values())  # same key, same partition
+    # ... and the partition a Java or kafka-python producer would choose (murmur2), not
+    # librdkafka's default CRC32 one.
+    assert {key: p for key, (p,) in partitions.items()} == {
+        market.encode(): partition_for(market.encode(), 3) for market in MARKETS
+    }
+    crc32 = {market: zlib.crc32(market.encode()) % 3 for market in MARKETS}
+    assert crc32 != {m.decode(): p for m, (p,) in partitions.items() if m}, "inconclusive keys"
     for market in MARKETS:  # and, per key, publish order
         assert order[market.encode()] == [e.event_id for e in events if e.market_id == market]
 

@@ -49,6 +49,15 @@ FED = "0x4319532e181605cb15b1bd677759a3bc7f7394b2fdf145195b700eeaedfd5221"
 FED_YES = "60487116984468020978247225474488676749601001829886755968952521846780452448915"
 DESANTIS = "0x12a0cb60174abc437bf1178367c72d11f069e1a3add20b148fb0ab4279b772b2"
 BTC100K_YES = "64903093311385616430821497488306433314807585397286521531639186532059591846310"
+# Protocol V2 markets of protocol_v2.yaml (illustrative ids, documented shape).
+V2_ETH = "0x0ad913d730f776903e135e88b58397e2e797b57b4efe88147d4f9d81670708c9"
+V2_ETH_YES_POSITION = (
+    "37212350416638003674432500064461592243369810243258986085605794752467962457498"
+)
+V2_ETH_NO_POSITION = "22473017051131082499873012897431854678140358536285255300264801553548331506677"
+V2_ETH_YES_TOKEN = "65958748191199987019299316439334663105506531429503770731856499469739886756461"
+V2_NEW = "0xc7b06dc36b63afa348a44c6b65ace9e20f014b5bce917700c3d576dcc5d97fa5"
+BIDEN_COVID = "0xe3b423dfad8c22ff75c9899c4e8176f628cf4ad4caa00481764d320e7415f7a9"
 
 NO_BOOK = {"error": "No orderbook exists for the requested token id"}
 
@@ -251,6 +260,71 @@ async def test_closed_markets_are_found_with_closed_true() -> None:
     trump, desantis = metadata.markets[TRUMP], metadata.markets[DESANTIS]
     assert (trump.closed, trump.yes_outcome_price, trump.volume) == (True, 1.0, None)
     assert (desantis.closed, desantis.yes_outcome_price) == (True, 0.0)
+
+
+@pytest.mark.anyio
+async def test_v2_markets_are_priced_under_their_position_ids_from_the_cassette() -> None:
+    with RECORDED.use_cassette("protocol_v2.yaml") as cassette:
+        async with open_polymarket_client(config()) as client:
+            metadata = await client.fetch_markets([V2_ETH, FED, V2_NEW])
+            yes_ids = [metadata.markets[m].yes_token_id for m in (V2_ETH, FED, V2_NEW)]
+            prices = await client.fetch_midpoints([t for t in yes_ids if t is not None])
+
+    # The midpoints request matched the cassette: the v2 YES position id, not its token id.
+    assert cassette.all_played
+    assert metadata.failures == {}
+    fed, eth, new = (metadata.markets[m] for m in (FED, V2_ETH, V2_NEW))
+    assert (fed.protocol_version, fed.yes_token_id) == ("v1", FED_YES)
+    assert (eth.protocol_version, eth.yes_token_id, eth.no_token_id) == (
+        "v2",
+        V2_ETH_YES_POSITION,
+        V2_ETH_NO_POSITION,
+    )
+    assert V2_ETH_YES_TOKEN not in yes_ids
+    assert (new.protocol_version, new.yes_token_id) == ("v2", None)
+    assert new.token_problem is not None and "positionIds" in new.token_problem
+    assert prices.prices == {FED_YES: 0.0025, V2_ETH_YES_POSITION: 0.315}
+
+
+@pytest.mark.anyio
+async def test_a_legacy_market_closed_with_no_winner_is_void_from_the_cassette() -> None:
+    with RECORDED.use_cassette("void_market.yaml") as cassette:
+        async with open_polymarket_client(config()) as client:
+            opened = await client.fetch_markets([BIDEN_COVID])
+            for _ in range(2):
+                await client.fetch_midpoints([opened.markets[BIDEN_COVID].yes_token_id or ""])
+            closed = await client.fetch_markets([BIDEN_COVID])
+
+    assert cassette.all_played
+    before, after = opened.markets[BIDEN_COVID], closed.markets[BIDEN_COVID]
+    assert (before.closed, before.resolution) == (False, None)
+    assert (after.closed, after.outcome_prices, after.resolution) == (True, (0.0, 0.0), "void")
+
+
+@pytest.mark.anyio
+async def test_a_condition_alias_is_matched_to_the_requested_id() -> None:
+    item = gamma_item(TRUMP)
+    item["condition"] = item.pop("conditionId")
+    script = Script(lambda request: httpx.Response(200, json=[item]))
+    async with open_polymarket_client(config(), transport=script.transport) as client:
+        batch = await client.fetch_markets([TRUMP])
+
+    assert batch.failures == {}
+    assert batch.markets[TRUMP].yes_token_id == str(int(TRUMP[2:10], 16))
+
+
+@pytest.mark.anyio
+async def test_a_condition_alias_keys_the_failure_of_a_bad_item() -> None:
+    item = gamma_item(TRUMP)
+    item["condition"] = item.pop("conditionId")
+    item["outcomePrices"] = '["abc", "0.5"]'
+    script = Script(lambda request: httpx.Response(200, json=[item]))
+    async with open_polymarket_client(config(), transport=script.transport) as client:
+        batch = await client.fetch_markets([TRUMP])
+
+    assert len(script.requests) == 1  # the failure answers the id: no closed=true pass
+    assert batch.markets == {}
+    assert batch.failures[TRUMP].startswith("malformed Gamma market: outcomePrices")
 
 
 @pytest.mark.anyio

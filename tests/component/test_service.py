@@ -8,17 +8,20 @@ so every test is deterministic.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 import pytest
 
 from polymarket_kafka.models import ConvictionDirection, MarketSnapshot, PolymarketEvent
-from polymarket_kafka.poller import MarketPoller
+from polymarket_kafka.poller import MarketPoller, PollResult
 from polymarket_kafka.polymarket import open_polymarket_client
 from polymarket_kafka.reloader import RulesHolder
 from polymarket_kafka.ruleset import ResolvedRule, RuleSet, load_rules_text
@@ -28,7 +31,11 @@ from polymarket_kafka.service import (
     Stopper,
     run_service,
 )
-from polymarket_kafka.subscriptions import ActiveSubscriptions, InMemorySubscriptionStore
+from polymarket_kafka.subscriptions import (
+    ActiveSubscriptions,
+    InMemorySubscriptionStore,
+    InvalidDocument,
+)
 from polymarket_kafka.testing import FakePolymarketServer
 
 pytestmark = pytest.mark.anyio
@@ -111,7 +118,7 @@ async def test_pipeline_publishes_detected_moves(server: FakePolymarketServer) -
     assert first.timestamp == T0 + timedelta(hours=1)
     assert stats.poll_cycles == 4
     assert stats.snapshots == 12
-    assert stats.events_detected == stats.events_delivered == 2
+    assert stats.events_detected == stats.events_published == 2
     assert stats.last_poll_at == T0 + timedelta(hours=3)
 
 
@@ -295,3 +302,84 @@ async def test_unsubscribed_market_is_no_longer_polled(server: FakePolymarketSer
     )
     assert publisher.events == []
     assert stats.snapshots < 15
+
+
+async def test_invalid_subscription_documents_are_warned_about_once(
+    server: FakePolymarketServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    markets = [m.condition_id for m in server.markets]
+    inner = InMemorySubscriptionStore(seed=markets)
+    broken = "0x" + "e" * 64
+
+    class StoreWithBadDocuments:
+        refreshes = 0
+
+        async def active(self) -> ActiveSubscriptions:
+            self.refreshes += 1
+            bad = [InvalidDocument("665f0c", broken, "threshold: must be <= 1")]
+            if self.refreshes >= 2:  # a second document breaks later, without a market_id
+                bad.append(InvalidDocument("665f0d", None, "market_id: field required"))
+            if self.refreshes >= 4:  # and the first one breaks differently
+                bad[0] = InvalidDocument("665f0c", broken, "ref_count: must be >= 0, got -1")
+            active = await inner.active()
+            return ActiveSubscriptions(active.subscriptions, tuple(bad))
+
+    settings = ServiceSettings(
+        poll_interval_seconds=0.05,
+        subscription_refresh_seconds=0.01,
+        max_cycles=8,
+        handle_signals=False,
+    )
+    store = StoreWithBadDocuments()
+    stats, _ = await run(server, ScriptedClock(server, {}), store=store, settings=settings)
+    assert store.refreshes >= 5
+    warnings = [r for r in caplog.records if r.getMessage().startswith("invalid subscription")]
+    assert [r.getMessage() for r in warnings] == [
+        f"invalid subscription document market_id={broken} (_id=665f0c) skipped: "
+        "threshold: must be <= 1",
+        "invalid subscription document _id=665f0d skipped: market_id: field required",
+        f"invalid subscription document market_id={broken} (_id=665f0c) skipped: "
+        "ref_count: must be >= 0, got -1",
+    ]
+    assert [getattr(r, "market_id", None) for r in warnings] == [broken, None, broken]
+    assert all(r.levelno == logging.WARNING for r in warnings)
+    assert stats.invalid_subscription_documents == 2
+    assert stats.snapshots == 24  # the valid subscriptions are polled all along
+
+
+async def test_a_slow_cycle_skips_the_missed_ticks_instead_of_bursting(
+    server: FakePolymarketServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    interval = 0.05
+    markets = [m.condition_id for m in server.markets]
+    started: list[float] = []
+
+    async with open_polymarket_client(server.polymarket_config(max_retries=0)) as client:
+        inner = MarketPoller(client, metadata_refresh_seconds=3600)
+
+        class SlowFirstCycle:
+            async def poll_once(self, subscriptions: Any, now: datetime) -> PollResult:
+                started.append(anyio.current_time())
+                if len(started) == 1:
+                    await anyio.sleep(5.5 * interval)  # overruns five ticks and a half
+                return await inner.poll_once(subscriptions, now)
+
+        stats = await run_service(
+            store=InMemorySubscriptionStore(seed=markets),
+            poller=SlowFirstCycle(),
+            publisher=RecordingPublisher(),
+            settings=ServiceSettings(
+                poll_interval_seconds=interval, max_cycles=4, handle_signals=False
+            ),
+            clock=ScriptedClock(server, {}),
+            rules=RulesHolder(ONE_POLL),
+        )
+    assert stats.poll_ticks_skipped >= 5
+    # Never two cycles back to back: after the slow one, cycles start on the ticks of the
+    # grid, about an interval apart (a burst would start them within microseconds). The
+    # first tick after the slow cycle may come a little sooner than a whole interval.
+    gaps = [b - a for a, b in itertools.pairwise(started)]
+    assert len(gaps) == 3 and gaps[0] >= 5.5 * interval, gaps
+    assert min(gaps[1:]) >= interval / 2, gaps
+    (warning,) = [r for r in caplog.records if "tick(s) skipped" in r.getMessage()]
+    assert warning.levelno == logging.WARNING and getattr(warning, "cycle", None) == 1

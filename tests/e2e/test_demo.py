@@ -44,7 +44,8 @@ async def test_demo_publishes_and_reads_back_the_election_night_moves() -> None:
     out = io.StringIO()
     stats, read_back = await run_demo(interval_seconds=0.01, out=out, handle_signals=False)
     events = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert read_back == stats.events_delivered == len(events) == 6
+    assert read_back == stats.events_acknowledged == len(events) == 6
+    assert stats.everything_delivered
     assert stats.poll_cycles == 10
     assert {e["market_id"] for e in events} == {TRUMP, HARRIS}  # the calm Fed market is silent
     trump = [(e["baseline_yes_price"], e["yes_price"]) for e in events if e["market_id"] == TRUMP]
@@ -78,7 +79,8 @@ def test_demo_command_prints_events_and_exits_zero() -> None:
     lines = result.stdout.splitlines()
     assert len(lines) == 6
     assert all(json.loads(line)["source"] == "polymarket-kafka" for line in lines)
-    assert "6 published, 6 read back from the broker" in result.stderr
+    summary = "6 events detected, 6 acknowledged by Kafka, 6 read back from the broker"
+    assert summary in result.stderr
 
 
 def test_demo_command_with_missing_cassette_exits_2(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ def app_config(
     return AppConfig(
         polymarket=server.polymarket_config(max_retries=0, rate_limit_delay_ms=0),
         kafka=KafkaConfig(bootstrap_servers=bootstrap, topic=topic),
-        mongo=MongoConfig(
+        mongodb=MongoConfig(
             uri=mongo_uri,
             database="health_e2e",
             collection=f"subs_{uuid.uuid4().hex[:12]}",
@@ -63,21 +63,21 @@ def app_config(
 
 
 async def subscribe(config: AppConfig, market_id: str) -> None:
-    async with open_subscription_store(config.mongo) as store:
+    async with open_subscription_store(config.mongodb) as store:
         await store.subscribe(market_id)
 
 
 def through_gate(config: AppConfig, gate: TcpGate) -> tuple[AppConfig, tuple[str, int]]:
     """`config` with MongoDB reached through `gate`, and the address the gate should open to."""
-    uri = urlsplit(config.mongo.uri)
+    uri = urlsplit(config.mongodb.uri)
     if uri.scheme != "mongodb" or "," in uri.netloc or uri.hostname is None:
         pytest.skip("the gate needs a single-host mongodb:// URI")
     user_info = uri.netloc.rpartition("@")[0]
     netloc = f"{user_info}@127.0.0.1:{gate.port}" if user_info else f"127.0.0.1:{gate.port}"
     # A direct connection: a replica set member would send the driver to its own address.
     query = "&".join(q for q in (uri.query, "directConnection=true") if q)
-    gated = replace(config.mongo, uri=uri._replace(netloc=netloc, query=query).geturl())
-    return replace(config, mongo=gated), (uri.hostname, uri.port or 27017)
+    gated = replace(config.mongodb, uri=uri._replace(netloc=netloc, query=query).geturl())
+    return replace(config, mongodb=gated), (uri.hostname, uri.port or 27017)
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.factories import empty_env_file
+
 SASL_PASSWORD = "kafka-s3cret!"
 MONGO_PASSWORD = "hunter2%40x"  # as written in the URI; "hunter2@x" once decoded
 MONGO_URI = f"mongodb://alice:{MONGO_PASSWORD}@127.0.0.1:1/?authSource=admin"
@@ -41,7 +43,7 @@ def test_json_logs_of_the_cli_never_contain_a_password(tmp_path: Path) -> None:
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp_path),
         "LOG_FORMAT": "json",
-        "LOG_LEVEL": "INFO",
+        "LOG_LEVEL": "DEBUG",  # librdkafka's connection failures are DEBUG lines
         "HTTP_PORT": "0",
         "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
         "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
@@ -53,7 +55,14 @@ def test_json_logs_of_the_cli_never_contain_a_password(tmp_path: Path) -> None:
     }
     lines: list[str] = []
     with subprocess.Popen(
-        [sys.executable, "-m", "polymarket_kafka", "--env-file", str(tmp_path / "none"), "run"],
+        [
+            sys.executable,
+            "-m",
+            "polymarket_kafka",
+            "--env-file",
+            str(empty_env_file(tmp_path)),
+            "run",
+        ],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -137,7 +146,7 @@ def run_to_the_end(command: list[str], env: dict[str, str], cwd: Path) -> list[d
     """Run `command` until it exits by itself: it must exit 1 and write only JSON lines on
     stderr, with no password in any form, one of them the CRITICAL record of the crash."""
     done = subprocess.run(
-        [*command, "--env-file", str(cwd / "none"), "run"],
+        [*command, "--env-file", str(empty_env_file(cwd)), "run"],
         cwd=cwd,
         env=env,
         capture_output=True,

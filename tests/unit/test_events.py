@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from polymarket_kafka.detection import ConvictionChange
 from polymarket_kafka.events import EVENT_NAMESPACE, build_event, event_id_for
-from polymarket_kafka.models import ConvictionDirection, MarketSnapshot, PolymarketEvent
+from polymarket_kafka.models import (
+    ConvictionDirection,
+    MarketSnapshot,
+    PolymarketEvent,
+    Resolution,
+)
 
 T0 = datetime(2024, 11, 6, 1, 0, tzinfo=UTC)
 MARKET = "0xdd22472e552920b8438158ea7238bfadfa4f736aa4cee91a6b86c39ead110917"
@@ -20,6 +28,8 @@ def change(
     final: bool = False,
     rule: str = "conviction_move",
     at: datetime = T0,
+    closed: bool | None = None,
+    resolution: Resolution | None = None,
 ) -> ConvictionChange:
     snapshot = MarketSnapshot(
         market_id=MARKET,
@@ -28,7 +38,8 @@ def change(
         taken_at=at,
         volume=1.5e9,
         liquidity=2.5e6,
-        closed=final,
+        closed=final if closed is None else closed,
+        resolution=resolution,
     )
     return ConvictionChange(
         snapshot=snapshot,
@@ -52,8 +63,23 @@ def test_build_event_fields() -> None:
     assert event.window_seconds == 3600
     assert event.volume == 1.5e9 and event.liquidity == 2.5e6
     assert event.rule == "conviction_move" and event.final is False
-    assert event.published_at is None
+    assert event.published_at is None and event.resolution is None
     assert uuid.UUID(event.event_id).version == 5
+
+
+@pytest.mark.parametrize("resolution", ["yes", "no", "void", "unknown"])
+def test_a_final_event_says_how_the_market_resolved(resolution: Resolution) -> None:
+    event = build_event(change(0.42, final=True, rule="market_closed", resolution=resolution))
+
+    assert event.resolution == resolution
+    assert json.loads(event.to_kafka_value())["resolution"] == resolution
+
+
+def test_a_non_final_event_never_carries_a_resolution() -> None:
+    # Even built from a closed snapshot (the detector never does that), only `final` decides.
+    event = build_event(change(closed=True, resolution="yes"))
+
+    assert event.final is False and event.resolution is None
 
 
 def test_event_id_is_deterministic_per_episode() -> None:

@@ -12,17 +12,20 @@ from polymarket_kafka.kafka import open_kafka_publisher, producer_config, redact
 
 PASSWORD = "s3cr3t-Pa55w0rd-do-not-log"
 
+#: The specification's section 8, value for value, plus the murmur2 partitioner (so that Java
+#: and kafka-python clients agree with us on key -> partition).
 COMMON = {
     "bootstrap.servers": "broker-1:9093,broker-2:9093",
     "client.id": "pm-test",
     "acks": "all",
     "enable.idempotence": True,
     "compression.type": "zstd",
-    "batch.num.messages": 1000,
-    "linger.ms": 5,
+    "batch.num.messages": 10000,
+    "linger.ms": 10,
     "queue.buffering.max.kbytes": 32768,
-    "delivery.timeout.ms": 30000,
-    "message.max.bytes": 1_000_000,
+    "delivery.timeout.ms": 60000,
+    "message.max.bytes": 5242880,
+    "partitioner": "murmur2_random",
 }
 SASL_KEYS = {"sasl.mechanisms", "sasl.username", "sasl.password"}
 
@@ -37,6 +40,10 @@ def kafka_config(protocol: str, **overrides: Any) -> KafkaConfig:
         values |= {"sasl_mechanisms": "SCRAM-SHA-512", "sasl_username": "svc-pm"}
         values["sasl_password"] = PASSWORD
     return KafkaConfig(**(values | overrides))
+
+
+def test_the_default_client_id_is_the_specifications() -> None:
+    assert producer_config(KafkaConfig())["client.id"] == "polymarket-kafka-producer"
 
 
 def test_plaintext_has_the_delivery_guarantees_and_no_credentials() -> None:
@@ -70,7 +77,7 @@ def test_sasl_passes_the_credentials_to_the_producer_only(protocol: str) -> None
 
 @pytest.mark.parametrize("missing", ["sasl_username", "sasl_password"])
 def test_sasl_without_credentials_is_a_config_error(missing: str) -> None:
-    config = kafka_config("SASL_SSL", **{missing: None})
+    config = kafka_config("SASL_SSL", **{missing: ""})
     with pytest.raises(ConfigError, match=f"KAFKA_{missing.upper()}"):
         producer_config(config)
 

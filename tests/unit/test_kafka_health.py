@@ -141,9 +141,10 @@ def test_the_bridge_keeps_the_current_producers_statistics_and_ages_them() -> No
 
 def test_the_bridge_ignores_a_retired_producers_statistics_and_resets() -> None:
     bridge = StatisticsBridge(100, monotonic=Clock())
-    bridge.accept(bridge.receive(0, captured("up")), generation=1)  # from the old producer
+    # From the old producer: not kept, and the caller is told (it must not judge them either).
+    assert not bridge.accept(bridge.receive(0, captured("up")), generation=1)
     assert bridge.status().detail == "no statistics from the Kafka producer yet"
-    bridge.accept(bridge.receive(1, captured("down")), generation=1)
+    assert bridge.accept(bridge.receive(1, captured("down")), generation=1)
     assert bridge.status().detail == "all brokers down (0/1 brokers up)"
     bridge.reset()
     assert bridge.status().detail == "no statistics from the Kafka producer yet"

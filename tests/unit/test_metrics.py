@@ -53,6 +53,7 @@ REQUIRED = {
     "events_undelivered": "counter",
     "build_info": "gauge",
     "kafka_brokers_up": "gauge",
+    "kafka_outages": "counter",
 }
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -107,7 +108,13 @@ def filled_sources() -> MetricSources:
     client.record("GET /markets", "timeout", 10.0)
     poller = PollerStats(skipped=Counter({"midpoint": 2, "metadata": 1}))
     delivery = DeliveryStats(
-        delivered=11, failed=1, retried=5, pending=2, producer_recreated=1, brokers_up=3
+        delivered=11,
+        failed=1,
+        retried=5,
+        pending=2,
+        producer_recreated=1,
+        brokers_up=3,
+        outages=2,
     )
     delivery.delivery_latency.observe(0.004)
     rules = RulesHolder(RuleSet.builtin())
@@ -200,6 +207,7 @@ def test_client_delivery_and_rules_metrics() -> None:
     assert value(samples, "events_pending") == 2
     assert value(samples, "kafka_producer_recreated_total") == 1
     assert value(samples, "kafka_brokers_up") == 3
+    assert value(samples, "kafka_outages_total") == 2
     assert value(samples, "rules_reloads_total", result="success") == 2
     assert value(samples, "rules_reloads_total", result="failure") == 1
     assert value(samples, "rules_reload_requests_total") == 2

@@ -64,6 +64,21 @@ def test_event_defaults() -> None:
     assert event.signal_type is SignalType.POLYMARKET
     assert event.final is False
     assert event.volume is None and event.liquidity is None
+    assert event.resolution is None
+
+
+@pytest.mark.parametrize("resolution", ["yes", "no", "void", "unknown"])
+def test_a_final_event_may_say_how_the_market_resolved(resolution: str) -> None:
+    event = PolymarketEvent(**event_fields(final=True, resolution=resolution))
+    assert event.resolution == resolution
+
+
+def test_only_a_final_event_carries_a_resolution() -> None:
+    with pytest.raises(ValidationError, match="only set on a final event"):
+        PolymarketEvent(**event_fields(resolution="yes"))
+    with pytest.raises(ValidationError) as caught:
+        PolymarketEvent(**event_fields(final=True, resolution="maybe"))
+    assert [loc for _, loc in problems(caught.value)] == [("resolution",)]
 
 
 def test_event_forbids_extra_fields() -> None:
@@ -129,9 +144,26 @@ def test_subscription_contract() -> None:
     with pytest.raises(ValidationError) as caught:
         PolymarketSubscription(market_id=MARKET, created_at=T0, updated_at=T0, other=1)
     assert problems(caught.value) == [("extra_forbidden", ("other",))]
+
+
+def test_subscription_timestamps_are_optional_as_in_the_specification() -> None:
+    # The specification's fields, as in the platform's CandleSubscription: created_at and
+    # updated_at are Optional[datetime] = None, so neither is needed to build one...
+    sub = PolymarketSubscription(market_id=MARKET, ref_count=1)
+    assert (sub.created_at, sub.updated_at, sub.is_active()) == (None, None, True)
+    # ... nor in a document written by another tool.
+    doc = PolymarketSubscription.from_document({"_id": "x", "market_id": MARKET, "ref_count": 2})
+    assert (doc.ref_count, doc.created_at, doc.updated_at) == (2, None, None)
+    fields = PolymarketSubscription.model_fields
+    assert not fields["created_at"].is_required() and fields["created_at"].default is None
+    assert not fields["updated_at"].is_required() and fields["updated_at"].default is None
+
+
+def test_event_source_is_always_polymarket_kafka() -> None:
+    assert PolymarketEvent(**event_fields()).source == "polymarket-kafka"
     with pytest.raises(ValidationError) as caught:
-        PolymarketSubscription.model_validate({"market_id": MARKET, "updated_at": T0})
-    assert problems(caught.value) == [("missing", ("created_at",))]
+        PolymarketEvent(**event_fields(source="someone-else"))
+    assert [loc for _, loc in problems(caught.value)] == [("source",)]
 
 
 def test_subscription_from_document_ignores_mongo_id() -> None:
@@ -152,3 +184,11 @@ def test_snapshot_no_price_is_complement() -> None:
     assert snap.no_price == pytest.approx(0.3)
     with pytest.raises(ValidationError):
         MarketSnapshot(market_id=MARKET, question="q", yes_price=1.5, taken_at=T0)
+
+
+def test_only_a_closed_snapshot_carries_a_resolution() -> None:
+    fields = {"market_id": MARKET, "question": "q", "yes_price": 0.0, "taken_at": T0}
+    assert MarketSnapshot(**fields, closed=True, resolution="void").resolution == "void"
+    assert MarketSnapshot(**fields, closed=True).resolution is None
+    with pytest.raises(ValidationError, match="only set on a closed market"):
+        MarketSnapshot(**fields, resolution="no")

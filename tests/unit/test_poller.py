@@ -16,7 +16,9 @@ import httpx
 import pytest
 
 from polymarket_kafka.config import PolymarketConfig
-from polymarket_kafka.models import PolymarketSubscription
+from polymarket_kafka.detection import CLOSED_RULE, Detector
+from polymarket_kafka.events import build_event
+from polymarket_kafka.models import ConvictionDirection, PolymarketSubscription
 from polymarket_kafka.poller import MarketPoller, PollerStats
 from polymarket_kafka.polymarket import (
     CassetteTransport,
@@ -27,6 +29,7 @@ from polymarket_kafka.polymarket import (
     PriceBatch,
     open_polymarket_client,
 )
+from polymarket_kafka.ruleset import load_rules
 
 T0 = datetime(2024, 11, 5, 21, tzinfo=UTC)
 A, B, C = "0x" + "a" * 64, "0x" + "b" * 64, "0x" + "c" * 64
@@ -150,6 +153,26 @@ async def test_a_closed_market_uses_its_final_outcome_price_without_a_midpoint_c
 
 
 @pytest.mark.anyio
+async def test_a_closed_market_snapshot_says_how_it_resolved() -> None:
+    void = market(A, closed=True, yes_outcome_price=0.0, resolution="void")
+    won = market(B, closed=True, yes_outcome_price=1.0, resolution="yes")
+    source = FakeSource(void, won)
+
+    result = await poller(source).poll_once([sub(A), sub(B)], T0)
+
+    assert [(s.market_id, s.resolution) for s in result.snapshots] == [(A, "void"), (B, "yes")]
+
+
+@pytest.mark.anyio
+async def test_an_open_market_snapshot_has_no_resolution() -> None:
+    source = FakeSource(market(A, resolution="void"), prices={"yes-a": 0.5})
+
+    (snapshot,) = (await poller(source).poll_once([sub(A)], T0)).snapshots
+
+    assert (snapshot.closed, snapshot.resolution) == (False, None)
+
+
+@pytest.mark.anyio
 async def test_only_closed_markets_means_no_midpoint_call_at_all() -> None:
     source = FakeSource(market(B, closed=True, yes_outcome_price=0.0))
 
@@ -195,7 +218,7 @@ async def test_unusable_markets_are_skipped_with_a_reason_and_counted(
     stats = PollerStats()
     unknown = "0x" + "d" * 64
 
-    with caplog.at_level(logging.WARNING, logger="polymarket_kafka.poller"):
+    with caplog.at_level(logging.DEBUG, logger="polymarket_kafka.poller"):
         result = await MarketPoller(source, metadata_refresh_seconds=300, stats=stats).poll_once(
             [sub(A), sub(B), sub(C), sub(unknown)], T0
         )
@@ -206,9 +229,27 @@ async def test_unusable_markets_are_skipped_with_a_reason_and_counted(
         C: "closed market without a usable outcomePrices",
         unknown: "not found on Gamma (neither open nor closed)",
     }
+    assert result.skip_kinds == {B: "no_token", C: "closed_price", unknown: "metadata"}
     assert stats.skipped == {"no_token": 1, "closed_price": 1, "metadata": 1}
     assert (stats.cycles, stats.snapshots) == (1, 1)
-    assert "3 of 4 market(s) skipped" in caplog.text
+    # Not a line here: the service logs each skipped market once per cycle.
+    assert caplog.records == []
+
+
+@pytest.mark.anyio
+async def test_a_market_without_a_trading_id_is_skipped_with_the_parser_s_reason() -> None:
+    why = "v2 market without position ids in positionIds (its clobTokenIds are not its ids)"
+    source = FakeSource(market(A, yes_token_id=None, token_problem=why))
+    stats = PollerStats()
+
+    poll = MarketPoller(source, metadata_refresh_seconds=300, stats=stats)
+    result = await poll.poll_once([sub(A)], T0)
+    await poll.poll_once([sub(A)], T0 + timedelta(seconds=1))
+
+    assert result.skipped == {A: why}
+    assert stats.skipped == {"no_token": 2}
+    assert source.midpoint_calls == []
+    assert source.market_calls == [[A], [A]]  # re-read at once: position ids may appear
 
 
 @pytest.mark.anyio
@@ -505,10 +546,14 @@ def test_refresh_interval_must_be_positive() -> None:
 # --- over the real client and a recorded cassette --------------------------------------------
 
 CASSETTES = Path(__file__).resolve().parents[2] / "cassettes"
+RULES = Path(__file__).resolve().parents[2] / "rules" / "default.yaml"
 TRUMP = "0xdd22472e552920b8438158ea7238bfadfa4f736aa4cee91a6b86c39ead110917"
 HARRIS = "0xc6485bb7ea46d7bb89beb9c91e7572ecfc72a6273789496f78bc5e989e4d1638"
 FED = "0x4319532e181605cb15b1bd677759a3bc7f7394b2fdf145195b700eeaedfd5221"
 DESANTIS = "0x12a0cb60174abc437bf1178367c72d11f069e1a3add20b148fb0ab4279b772b2"
+V2_ETH = "0x0ad913d730f776903e135e88b58397e2e797b57b4efe88147d4f9d81670708c9"
+V2_NEW = "0xc7b06dc36b63afa348a44c6b65ace9e20f014b5bce917700c3d576dcc5d97fa5"
+BIDEN_COVID = "0xe3b423dfad8c22ff75c9899c4e8176f628cf4ad4caa00481764d320e7415f7a9"
 
 
 @pytest.mark.anyio
@@ -585,3 +630,51 @@ async def test_malformed_items_from_the_real_client_skip_only_their_markets() ->
     )
     assert result.skipped[HARRIS] == "midpoint: malformed midpoint: price '1.7' outside [0, 1]"
     assert midpoint_bodies == [b'[{"token_id":"4"},{"token_id":"2"}]']  # sorted by condition id
+
+
+@pytest.mark.anyio
+async def test_a_recorded_cycle_with_v2_markets_prices_them_under_their_position_ids() -> None:
+    # The cassette's midpoints request holds the v2 market's YES position id: asking for its
+    # clobTokenIds (or for the v2 market without position ids) would not match it.
+    transport = CassetteTransport(CASSETTES / "protocol_v2.yaml")
+    async with open_polymarket_client(
+        PolymarketConfig(rate_limit_delay_ms=0), transport=transport
+    ) as client:
+        result = await MarketPoller(client, metadata_refresh_seconds=300).poll_once(
+            [sub(FED), sub(V2_ETH), sub(V2_NEW)], T0
+        )
+
+    assert transport.all_played
+    assert [(s.market_id, s.yes_price) for s in result.snapshots] == [
+        (V2_ETH, 0.315),
+        (FED, 0.0025),
+    ]
+    assert list(result.skipped) == [V2_NEW]
+    assert "positionIds" in result.skipped[V2_NEW]
+    assert result.unavailable is None
+
+
+@pytest.mark.anyio
+async def test_a_recorded_void_market_closes_with_its_last_price_and_no_winner() -> None:
+    """Client, poller, detector and event builder over void_market.yaml: the legacy market
+    closed at outcomePrices ["0", "0"] must not end with an event saying NO won."""
+    transport = CassetteTransport(CASSETTES / "void_market.yaml")
+    rules = load_rules(RULES)
+    detector = Detector()
+    events = []
+    async with open_polymarket_client(
+        PolymarketConfig(rate_limit_delay_ms=0), transport=transport
+    ) as client:
+        poll = MarketPoller(client, metadata_refresh_seconds=60)
+        for minutes in (0, 0.5, 2):  # metadata is due again after 60 s
+            now = T0 + timedelta(minutes=minutes)
+            for snapshot in (await poll.poll_once([sub(BIDEN_COVID)], now)).snapshots:
+                events += [build_event(c) for c in detector.observe(snapshot, rules, now)]
+
+    assert transport.all_played
+    (final,) = events
+    assert (final.final, final.rule, final.resolution) == (True, CLOSED_RULE, "void")
+    # The last price observed, measured from the first: not Gamma's 0 ("NO won").
+    assert (final.yes_price, final.baseline_yes_price, final.price_change) == (0.13, 0.115, 0.015)
+    assert final.direction is ConvictionDirection.TOWARD_YES
+    assert final.timestamp == T0 + timedelta(minutes=2)

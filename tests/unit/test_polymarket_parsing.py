@@ -200,8 +200,9 @@ def test_token_ids_without_outcomes_take_the_first_as_yes() -> None:
     assert (market.yes_token_id, market.no_token_id, market.yes_outcome) == (FED_YES, FED_NO, None)
 
 
-def test_empty_token_ids_of_a_hydrating_market_are_unknown() -> None:
-    market = parse_market(fed(clobTokenIds='["", ""]'))
+@pytest.mark.parametrize("token_ids", ['["", ""]', "[]"])
+def test_empty_token_ids_of_a_hydrating_market_are_unknown(token_ids: str) -> None:
+    market = parse_market(fed(clobTokenIds=token_ids))
 
     assert market.yes_token_id is None
     assert market.no_token_id is None
@@ -215,6 +216,168 @@ def test_resolved_market_is_closed_with_a_final_price() -> None:
     assert market.closed is True
     assert market.yes_outcome_price == 1.0
     assert market.volume is None
+
+
+# --- trading ids by protocol version (polymarket-api.md §8.1) ---------------------------------
+
+# Protocol V2 position ids: illustrative decimal uint256 values (no v2 body is recorded yet).
+POS_YES = "31402581166233458186411372187306094547135216466125093187232914634931283613913"
+POS_NO = "90112402855710434474734862880470215718372069545612389421372745926432719023874"
+
+
+def v2(**changes: Any) -> dict[str, Any]:
+    """The Fed item as Gamma serves a Protocol V2 market: `version` and `positionIds`."""
+    return fed(**{"version": "v2", "positionIds": [POS_YES, POS_NO], **changes})
+
+
+def test_a_v2_market_trades_under_its_position_ids_even_with_clob_token_ids() -> None:
+    market = parse_market(v2())
+
+    assert (market.yes_token_id, market.no_token_id) == (POS_YES, POS_NO)
+    assert (market.protocol_version, market.token_problem) == ("v2", None)
+
+
+def test_v2_position_ids_pair_with_outcomes_by_index() -> None:
+    market = parse_market(v2(outcomes='["No", "Yes"]', outcomePrices='["0.9975", "0.0025"]'))
+
+    assert (market.yes_token_id, market.no_token_id) == (POS_NO, POS_YES)
+    assert market.yes_outcome_price == 0.0025
+
+
+def test_v2_position_ids_are_also_accepted_as_a_json_encoded_string() -> None:
+    market = parse_market(v2(positionIds=json.dumps([POS_YES, POS_NO])))
+
+    assert (market.yes_token_id, market.no_token_id) == (POS_YES, POS_NO)
+
+
+@pytest.mark.parametrize("position_ids", [None, "", [], ["", ""]])
+def test_a_v2_market_without_position_ids_never_falls_back_to_clob_token_ids(
+    position_ids: object,
+) -> None:
+    market = parse_market(v2(positionIds=position_ids))
+
+    assert (market.yes_token_id, market.no_token_id) == (None, None)
+    assert market.token_problem is not None
+    assert "positionIds" in market.token_problem
+    # Its metadata is still there (a closed one can still report its final price).
+    assert (market.question, market.yes_outcome_price) == ("Fed rate hike in 2025?", 0.0025)
+
+
+def test_a_v2_market_does_not_read_clob_token_ids_at_all() -> None:
+    market = parse_market(v2(clobTokenIds='["truncated'))
+
+    assert market.yes_token_id == POS_YES
+
+
+@pytest.mark.parametrize("version", ["v1", "V1", " v1 "])
+def test_a_v1_market_trades_under_its_clob_token_ids_even_with_position_ids(
+    version: str,
+) -> None:
+    # Field presence is no discriminator: only `version` is.
+    market = parse_market(fed(version=version, positionIds=[POS_YES, POS_NO]))
+
+    assert (market.yes_token_id, market.no_token_id) == (FED_YES, FED_NO)
+    assert (market.protocol_version, market.token_problem) == ("v1", None)
+
+
+def test_a_market_without_version_is_a_legacy_v1_market() -> None:
+    market = parse_market(fed(positionIds=[POS_YES, POS_NO]))
+
+    assert (market.yes_token_id, market.protocol_version) == (FED_YES, None)
+
+
+@pytest.mark.parametrize(("version", "shown"), [("v3", "'v3'"), (3, "'3'")])
+def test_an_unsupported_version_selects_no_id_and_says_why(version: object, shown: str) -> None:
+    market = parse_market(v2(version=version))
+
+    assert (market.yes_token_id, market.no_token_id) == (None, None)
+    assert (
+        market.token_problem == f"unsupported Gamma market version {shown}: no trading id selected"
+    )
+    assert market.yes_outcome_price == 0.0025
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"positionIds": [POS_YES]}, "positionIds has 1 entries, expected 2"),
+        ({"positionIds": '["1", '}, "positionIds is not valid JSON"),
+        ({"positionIds": {"yes": POS_YES}}, "positionIds is not a list"),
+        ({"positionIds": [POS_YES, 2.5]}, "positionIds holds a non-string"),
+        ({"positionIds": [POS_YES, "0xabc"]}, "positionIds holds a non-decimal id: '0xabc'"),
+        ({"positionIds": [POS_YES, -1]}, "positionIds holds a non-decimal id: '-1'"),
+    ],
+)
+def test_malformed_position_ids_say_why(changes: dict[str, Any], reason: str) -> None:
+    with pytest.raises(MalformedItemError, match=reason.replace("[", r"\[").replace("]", r"\]")):
+        parse_market(v2(**changes))
+
+
+def test_integer_position_ids_are_kept_as_decimal_strings() -> None:
+    market = parse_market(v2(positionIds=[int(POS_YES), int(POS_NO)]))
+
+    assert (market.yes_token_id, market.no_token_id) == (POS_YES, POS_NO)
+
+
+def test_a_non_decimal_clob_token_id_is_malformed_too() -> None:
+    with pytest.raises(MalformedItemError, match="clobTokenIds holds a non-decimal id"):
+        parse_market(fed(clobTokenIds='["yes-token", "no-token"]'))
+
+
+# --- the condition alias ---------------------------------------------------------------------
+
+
+def test_condition_is_an_alias_of_condition_id() -> None:
+    market = parse_market(fed(conditionId=None, condition=FED))
+
+    assert market.market_id == FED
+
+
+def test_condition_id_wins_over_its_alias() -> None:
+    assert parse_market(fed(condition="0xother")).market_id == FED
+
+
+def test_a_batch_keys_failures_by_the_condition_alias_too() -> None:
+    bad = fed(conditionId=None, condition="0xbad", outcomePrices='["abc", "0.5"]')
+
+    parsed = parse_markets([bad, fed(conditionId=None, condition=FED)])
+
+    assert list(parsed.markets) == [FED]
+    assert list(parsed.failures) == ["0xbad"]
+
+
+# --- how a closed market resolved (polymarket-api.md §2.1, §8.3) ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "prices", "resolution"),
+    [
+        ('["Yes", "No"]', '["1", "0"]', "yes"),
+        ('["Yes", "No"]', '["0", "1"]', "no"),
+        ('["No", "Yes"]', '["0", "1"]', "yes"),
+        ('["Up", "Down"]', '["1", "0"]', "yes"),
+        # Legacy markets closed with no winner: not "NO won".
+        ('["Yes", "No"]', '["0", "0"]', "void"),
+        ('["Yes", "No"]', '["0.5", "0"]', "void"),
+        ('["Yes", "No"]', '["1", "1"]', "void"),
+        # Sums to ~1 but no side at 1: a 50-50 resolution, or closed and still settling.
+        ('["Yes", "No"]', '["0.5", "0.5"]', "unknown"),
+        ('["Yes", "No"]', '["0.9995", "0.0005"]', "unknown"),
+        ('["Yes", "No"]', '["0.995", "0.0149"]', "unknown"),
+    ],
+)
+def test_a_closed_market_says_how_it_resolved(outcomes: str, prices: str, resolution: str) -> None:
+    market = parse_market(fed(closed=True, outcomes=outcomes, outcomePrices=prices))
+
+    assert market.resolution == resolution
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"closed": False, "outcomePrices": '["0", "0"]'}, {"closed": True, "outcomePrices": None}],
+)
+def test_an_open_market_or_one_without_prices_has_no_resolution(changes: dict[str, Any]) -> None:
+    assert parse_market(fed(**changes)).resolution is None
 
 
 @pytest.mark.parametrize(

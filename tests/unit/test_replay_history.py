@@ -211,6 +211,19 @@ def test_malformed_gamma_lists_fall_back_to_a_lenient_reading(tmp_path: Path) ->
     assert market.defaults == ("volume",)
 
 
+@pytest.mark.parametrize("outcomes", ['["Yes", "No"]', '["Yes"]'])  # strict, then lenient
+def test_the_condition_alias_names_the_market(tmp_path: Path, outcomes: str) -> None:
+    item = {
+        "question": "Q?",
+        "condition": "0xabc",
+        "outcomes": outcomes,
+        "clobTokenIds": '["1", "2"]',
+    }
+    market = load_market(_write(tmp_path / "m.json", item), default_id="stem")
+    assert market.market_id == "0xabc"
+    assert "market_id" not in market.defaults
+
+
 def test_lenient_reading_without_a_condition_id_uses_the_file_stem(tmp_path: Path) -> None:
     market = load_market(_write(tmp_path / "m.json", {"question": "Q?"}), default_id="stem")
     assert market.market_id == "stem"

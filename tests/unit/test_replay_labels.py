@@ -74,7 +74,7 @@ def test_every_bad_row_is_reported_with_its_line() -> None:
     lines = str(caught.value).splitlines()
     assert lines == [
         "labels.csv:3: label B: unknown kind 'rumour' (expected one of event, negative, "
-        "spike_no_news, calm, candidate)",
+        "spike_no_news, calm, candidate, context)",
         "labels.csv:4: label C: utc_time 'yesterday' is not an ISO-8601 time",
         "labels.csv:5: label D: a calm label needs utc_time START/END, got '2024-11-02T23:00Z'",
         "labels.csv:6: label E: calm window ends before it starts: "
@@ -170,12 +170,18 @@ def test_calm_window_flags_any_event_inside() -> None:
     assert card.false_alarm_events == 1
 
 
-def test_candidates_are_listed_not_scored() -> None:
+@pytest.mark.parametrize("kind", ["candidate", "context"])
+def test_candidates_and_context_rows_are_listed_not_scored(kind: str) -> None:
     facts = _facts("s", T + HOUR)
-    card = score(parse_labels(_labels("X,candidate,2024-11-02T23:00Z,,,s,,,")), [facts])
+    card = score(parse_labels(_labels(f"X,{kind},2024-11-02T23:00Z,,,s,,,")), [facts])
     (row,) = card.rows
-    assert (row.outcome, row.events) == ("candidate", (T + HOUR,))
+    assert (row.outcome, row.events) == (kind, (T + HOUR,))
     assert card.count("hit", "miss", "false alarm", "quiet") == 0
+    text = format_scorecard(card, "labels.csv")
+    assert f"X      {kind}" in text
+    assert "not scored" in text
+    assert "hits 0/0" in text
+    assert "false alarms 0/0" in text
 
 
 def test_labels_outside_the_span_or_not_replayed_are_not_scored() -> None:

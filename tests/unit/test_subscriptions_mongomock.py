@@ -31,6 +31,7 @@ from polymarket_kafka.subscriptions import (
     MongoSubscriptionStore,
     SubscriptionStore,
     SubscriptionStoreError,
+    client_defaults,
     open_subscription_store,
     validate_market_id,
 )
@@ -84,7 +85,15 @@ class StoreContract:
         return FakeClock()
 
     async def test_first_subscribe_creates_the_subscription(self, store: SubscriptionStore) -> None:
-        sub = await store.subscribe(MARKET_A)
+        change = await store.subscribe(MARKET_A)
+        assert (change.market_id, change.delta, change.created, change.read_error) == (
+            MARKET_A,
+            1,
+            True,
+            None,
+        )
+        sub = change.subscription
+        assert sub is not None
         assert sub.market_id == MARKET_A
         assert sub.ref_count == 1
         assert sub.created_at == sub.updated_at == T0
@@ -96,31 +105,44 @@ class StoreContract:
     ) -> None:
         await store.subscribe(MARKET_A)
         t1 = clock.advance(60)
-        second = await store.subscribe(MARKET_A)
+        second = (await store.subscribe(MARKET_A)).subscription
+        assert second is not None
         assert (second.ref_count, second.created_at, second.updated_at) == (2, T0, t1)
         t2 = clock.advance(60)
-        third = await store.unsubscribe(MARKET_A)
+        change = await store.unsubscribe(MARKET_A)
+        assert (change.delta, change.created) == (-1, False)
+        third = change.subscription
         assert third is not None
         assert (third.ref_count, third.created_at, third.updated_at) == (1, T0, t2)
 
     async def test_question_is_set_kept_and_replaced(self, store: SubscriptionStore) -> None:
-        assert (await store.subscribe(MARKET_A, question="Will it rain?")).question == (
-            "Will it rain?"
-        )
-        assert (await store.subscribe(MARKET_A)).question == "Will it rain?"
-        assert (await store.subscribe(MARKET_A, question="Will it snow?")).question == (
-            "Will it snow?"
-        )
+        async def question(text: str | None = None) -> str | None:
+            sub = (await store.subscribe(MARKET_A, question=text)).subscription
+            assert sub is not None
+            return sub.question
 
-    async def test_unsubscribe_unknown_market_is_none(self, store: SubscriptionStore) -> None:
-        assert await store.unsubscribe(MARKET_A) is None
+        assert await question("Will it rain?") == "Will it rain?"
+        assert await question() == "Will it rain?"
+        assert await question("Will it snow?") == "Will it snow?"
+
+    async def test_unsubscribe_unknown_market_changes_nothing(
+        self, store: SubscriptionStore
+    ) -> None:
+        change = await store.unsubscribe(MARKET_A)
+        assert (change.applied, change.delta, change.subscription, change.read_error) == (
+            False,
+            0,
+            None,
+            None,
+        )
         assert (await store.list_all()).subscriptions == ()
 
     async def test_ref_count_never_goes_negative(self, store: SubscriptionStore) -> None:
         for _ in range(3):
             await store.subscribe(MARKET_A)
-        counts = [await store.unsubscribe(MARKET_A) for _ in range(5)]
-        assert [c.ref_count if c else None for c in counts] == [2, 1, 0, None, None]
+        changes = [await store.unsubscribe(MARKET_A) for _ in range(5)]
+        assert [c.delta for c in changes] == [-1, -1, -1, 0, 0]
+        assert [c.ref_count for c in changes] == [2, 1, 0, 0, 0]
         (kept,) = (await store.list_all()).subscriptions
         assert kept.ref_count == 0  # the document stays, with its history
 
@@ -141,7 +163,8 @@ class StoreContract:
         await store.subscribe(MARKET_A)
         await store.unsubscribe(MARKET_A)
         assert ids(await store.active()) == []
-        assert (await store.subscribe(MARKET_A)).ref_count == 1
+        change = await store.subscribe(MARKET_A)
+        assert (change.ref_count, change.created) == (1, False)
         assert ids(await store.active()) == [MARKET_A]
 
     async def test_market_id_is_lower_cased(self, store: SubscriptionStore) -> None:
@@ -149,8 +172,7 @@ class StoreContract:
         assert (await store.subscribe(upper)).market_id == upper.lower()
         assert (await store.subscribe(upper.lower())).ref_count == 2
         unsubscribed = await store.unsubscribe(upper)
-        assert unsubscribed is not None
-        assert unsubscribed.ref_count == 1
+        assert (unsubscribed.market_id, unsubscribed.ref_count) == (upper.lower(), 1)
 
     @pytest.mark.parametrize("market_id", INVALID_IDS, ids=repr)
     async def test_malformed_market_id_is_rejected(
@@ -168,16 +190,19 @@ class StoreContract:
     ) -> None:
         # What a write returns must equal what a later read returns: BSON keeps milliseconds.
         clock.now = datetime(2024, 5, 1, 14, 0, 0, 123_987, tzinfo=timezone(timedelta(hours=2)))
-        sub = await store.subscribe(MARKET_A)
+        sub = (await store.subscribe(MARKET_A)).subscription
+        assert sub is not None and sub.created_at is not None
         assert sub.created_at == datetime(2024, 5, 1, 12, 0, 0, 123_000, tzinfo=UTC)
         assert sub.created_at.tzinfo == UTC
         clock.now = datetime(2024, 5, 1, 12, 30)  # naive: taken as UTC
-        again = await store.subscribe(MARKET_A)
+        again = (await store.subscribe(MARKET_A)).subscription
+        assert again is not None
         assert again.updated_at == datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
         assert (await store.list_all()).subscriptions == (again,)
 
     async def test_returned_models_are_copies(self, store: SubscriptionStore) -> None:
-        sub = await store.subscribe(MARKET_A)
+        sub = (await store.subscribe(MARKET_A)).subscription
+        assert sub is not None
         sub.ref_count = 99
         (listed,) = (await store.active()).subscriptions
         listed.question = "mutated"
@@ -210,11 +235,6 @@ class MongoStoreContract(StoreContract):
         base = {"ref_count": 1, "created_at": T0, "updated_at": T0}
         bad: dict[str, dict[str, Any]] = {
             "extra field": {**base, "market_id": "0x" + "1" * 64, "colour": "red"},
-            "missing created_at": {
-                "market_id": "0x" + "2" * 64,
-                "ref_count": 1,
-                "updated_at": T0,
-            },
             "fractional ref_count": {**base, "market_id": "0x" + "3" * 64, "ref_count": 1.5},
             "threshold out of range": {**base, "market_id": "0x" + "4" * 64, "threshold": 7},
             "market_id not a string": {**base, "market_id": 12345},
@@ -230,19 +250,20 @@ class MongoStoreContract(StoreContract):
             doc = {**base, "market_id": "0x" + digit * 64, "ref_count": ref_count}
             inserted[name] = collection.insert_one(doc).inserted_id
         collection.insert_one({**base, "market_id": "0x" + "7" * 64, "ref_count": -1})
+        # Valid: the timestamps are optional, as in the specification.
+        collection.insert_one({"market_id": "0x" + "2" * 64, "ref_count": 1})
 
         active = await store.active()
-        assert ids(active) == [MARKET_A]
+        assert ids(active) == ["0x" + "2" * 64, MARKET_A]
         by_id = {invalid.document_id: invalid for invalid in active.invalid}
         assert set(by_id) == {str(inserted[name]) for name in bad}
         listing = await store.list_all()
-        assert ids(listing) == [MARKET_A]
+        assert ids(listing) == ["0x" + "2" * 64, MARKET_A]
         reported = {invalid.document_id: invalid for invalid in listing.invalid}
         assert len(reported) == len(listing.invalid) == len(inserted) + 1
 
         expected_fields = {
             "extra field": "colour",
-            "missing created_at": "created_at",
             "fractional ref_count": "ref_count",
             "threshold out of range": "threshold",
             "market_id not a string": "market_id",
@@ -259,14 +280,71 @@ class MongoStoreContract(StoreContract):
         negative = [i for i in listing.invalid if i.market_id == "0x" + "7" * 64]
         assert [i.error for i in negative] == ["ref_count: must be >= 0, got -1"]
 
-    async def test_subscribe_to_an_invalid_document_raises(
+    async def test_subscribe_to_an_invalid_document_is_applied_and_says_so(
         self, store: MongoSubscriptionStore, collection: Any
     ) -> None:
+        # The increment is MongoDB's to apply; the document's other fields only make it
+        # unreadable as a subscription. Reporting a failure here would invite a retry that
+        # counts the subscriber twice.
         collection.insert_one(
             {"market_id": MARKET_A, "ref_count": 1, "created_at": T0, "updated_at": T0, "x": 1}
         )
-        with pytest.raises(SubscriptionStoreError, match=f"document of {MARKET_A} is invalid"):
-            await store.subscribe(MARKET_A)
+        change = await store.subscribe(MARKET_A)
+        assert (change.delta, change.created, change.subscription) == (1, False, None)
+        assert change.read_error is not None
+        assert change.read_error.startswith("the document is invalid: x: ")
+        assert collection.find_one({"market_id": MARKET_A})["ref_count"] == 2
+
+    async def test_subscribe_to_a_document_without_timestamps(
+        self, store: MongoSubscriptionStore, collection: Any, clock: FakeClock
+    ) -> None:
+        # Written by another tool: no created_at/updated_at. Valid, and the write adds only
+        # what the specification's $set does ($setOnInsert applies to inserts only).
+        collection.insert_one({"market_id": MARKET_A, "ref_count": 1})
+        change = await store.subscribe(MARKET_A)
+        assert change.subscription is not None
+        assert (change.ref_count, change.created) == (2, False)
+        assert (change.subscription.created_at, change.subscription.updated_at) == (None, T0)
+        unsubscribed = await store.unsubscribe(MARKET_A)
+        assert (unsubscribed.delta, unsubscribed.ref_count) == (-1, 1)
+
+    async def test_the_writes_are_the_specifications_update_one_operations(
+        self, store: MongoSubscriptionStore, collection: Any, clock: FakeClock
+    ) -> None:
+        calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        for method in ("update_one", "find_one_and_update"):
+            original = getattr(collection, method)
+
+            def spy(*args: Any, _method: str = method, _o: Any = original, **kw: Any) -> Any:
+                calls.append((_method, args, kw))
+                return _o(*args, **kw)
+
+            setattr(collection, method, spy)
+        await store.subscribe(MARKET_A, question="Will it rain?")
+        t1 = clock.advance(5)
+        await store.unsubscribe(MARKET_A)
+        assert calls == [
+            (
+                "update_one",
+                (
+                    {"market_id": MARKET_A},
+                    {
+                        "$inc": {"ref_count": 1},
+                        "$setOnInsert": {"market_id": MARKET_A, "created_at": T0},
+                        "$set": {"updated_at": T0, "question": "Will it rain?"},
+                    },
+                ),
+                {"upsert": True},
+            ),
+            (
+                "update_one",
+                (
+                    {"market_id": MARKET_A, "ref_count": {"$gt": 0}},
+                    {"$inc": {"ref_count": -1}, "$set": {"updated_at": t1}},
+                ),
+                {},
+            ),
+        ]
 
     async def test_mongo_numbers_of_other_types_are_accepted(
         self, store: MongoSubscriptionStore, collection: Any
@@ -277,8 +355,7 @@ class MongoStoreContract(StoreContract):
         (sub,) = (await store.active()).subscriptions
         assert sub.ref_count == 2
         unsubscribed = await store.unsubscribe(MARKET_A)
-        assert unsubscribed is not None
-        assert unsubscribed.ref_count == 1
+        assert (unsubscribed.delta, unsubscribed.ref_count) == (-1, 1)
 
     async def test_writes_create_the_unique_index_and_reads_do_not(
         self, store: MongoSubscriptionStore, collection: Any
@@ -328,7 +405,8 @@ async def test_seed_subscribes_each_id_once_per_occurrence() -> None:
     store = InMemorySubscriptionStore([MARKET_B, MARKET_A, MARKET_B.upper().replace("0X", "0x")])
     counts = {s.market_id: s.ref_count for s in (await store.active()).subscriptions}
     assert counts == {MARKET_A: 1, MARKET_B: 2}
-    assert all(s.created_at.tzinfo == UTC for s in (await store.active()).subscriptions)
+    created = [s.created_at for s in (await store.active()).subscriptions]
+    assert all(at is not None and at.tzinfo == UTC for at in created)
 
 
 def test_seed_with_a_malformed_id_is_rejected() -> None:
@@ -346,8 +424,8 @@ def test_in_memory_store_is_atomic_across_threads() -> None:
             if subscribe:
                 subscribed.append((await store.subscribe(MARKET_A)).ref_count)
             else:
-                sub = await store.unsubscribe(MARKET_A)
-                unsubscribed.append(None if sub is None else sub.ref_count)
+                change = await store.unsubscribe(MARKET_A)
+                unsubscribed.append(change.ref_count if change.applied else None)
 
     # Each thread runs its own event loop: only the store's lock keeps the count exact.
     threads = [threading.Thread(target=anyio.run, args=(churn, i % 2 == 0)) for i in range(8)]
@@ -387,10 +465,10 @@ def test_any_sequence_matches_a_counter_that_stops_at_zero(
             else:
                 result = await store.unsubscribe(market_id)
                 if expected.get(market_id, 0) == 0:
-                    assert result is None
+                    assert not result.applied
                 else:
                     expected[market_id] -= 1
-                    assert result is not None
+                    assert result.delta == -1
                     assert result.ref_count == expected[market_id]
         return await store.list_all()
 
@@ -447,10 +525,10 @@ def collection() -> Any:
 @pytest.mark.anyio
 async def test_lost_insert_race_is_retried_once(collection: Any) -> None:
     store = MongoSubscriptionStore(collection, clock=FakeClock())
-    with failing(collection, "find_one_and_update", DuplicateKeyError("E11000", 11000)) as calls:
-        sub = await store.subscribe(MARKET_A)
+    with failing(collection, "update_one", DuplicateKeyError("E11000", 11000)) as calls:
+        change = await store.subscribe(MARKET_A)
     assert calls == [2]
-    assert sub.ref_count == 1
+    assert (change.ref_count, change.created) == (1, True)
 
 
 @pytest.mark.anyio
@@ -458,38 +536,91 @@ async def test_second_duplicate_key_error_is_reported(collection: Any) -> None:
     store = MongoSubscriptionStore(collection)
     dup = DuplicateKeyError("E11000 duplicate key", 11000)
     with (
-        failing(collection, "find_one_and_update", dup, dup) as calls,
-        pytest.raises(SubscriptionStoreError, match="DuplicateKeyError") as excinfo,
+        failing(collection, "update_one", dup, dup) as calls,
+        pytest.raises(
+            SubscriptionStoreError, match="^subscribe 0x.* failed: DuplicateKeyError"
+        ) as excinfo,
     ):
         await store.subscribe(MARKET_A)
     assert calls == [2]
     assert excinfo.value.code == 11000
+    assert collection.count_documents({}) == 0  # an error means: nothing changed
 
 
 @pytest.mark.anyio
-async def test_upsert_without_a_post_image_is_read_back(collection: Any) -> None:
-    # SecantusDB 0.7.0b3 answers an upsert that lost an insert race with no document, though
-    # it applied the increment; mongod never does. Simulate that reply at the driver boundary.
+@pytest.mark.parametrize("operation", ["subscribe", "unsubscribe"])
+async def test_a_failed_write_changes_nothing(collection: Any, operation: str) -> None:
     store = MongoSubscriptionStore(collection, clock=FakeClock())
-    original = collection.find_one_and_update
-
-    def applied_without_post_image(*args: Any, **kwargs: Any) -> None:
-        original(*args, **kwargs)
-
-    collection.find_one_and_update = applied_without_post_image
-    try:
-        sub = await store.subscribe(MARKET_A, question="Will it rain?")
-    finally:
-        collection.find_one_and_update = original
-    assert (sub.ref_count, sub.question, sub.created_at) == (1, "Will it rain?", T0)
+    await store.subscribe(MARKET_A)
+    with (
+        failing(collection, "update_one", ServerSelectionTimeoutError("no server")),
+        pytest.raises(SubscriptionStoreError, match=f"^{operation} 0x.* failed"),
+    ):
+        await getattr(store, operation)(MARKET_A)
+    assert collection.find_one({"market_id": MARKET_A})["ref_count"] == 1
 
 
 @pytest.mark.anyio
-async def test_a_document_deleted_under_the_update_is_an_error(collection: Any) -> None:
+async def test_an_applied_write_whose_read_back_fails_is_not_an_error(collection: Any) -> None:
+    store = MongoSubscriptionStore(collection, clock=FakeClock(), uri=SECRET_URI)
+    with failing(collection, "find_one", ServerSelectionTimeoutError("user:s3cret@gone")):
+        change = await store.subscribe(MARKET_A, question="Will it rain?")
+    assert (change.delta, change.created, change.subscription) == (1, True, None)
+    assert change.read_error is not None
+    assert change.read_error.startswith(f"read {MARKET_A} back failed")
+    assert "s3cret" not in change.read_error
+    assert collection.find_one({"market_id": MARKET_A})["ref_count"] == 1
+
+
+@pytest.mark.anyio
+async def test_a_document_deleted_right_after_the_write_is_reported(collection: Any) -> None:
     store = MongoSubscriptionStore(collection)
-    collection.find_one_and_update = lambda *args, **kwargs: None  # applied, then deleted
-    with pytest.raises(SubscriptionStoreError, match="vanished"):
-        await store.subscribe(MARKET_A)
+    collection.find_one = lambda *args, **kwargs: None  # applied, then deleted by someone
+    change = await store.subscribe(MARKET_A)
+    assert (change.delta, change.subscription) == (1, None)
+    assert change.read_error == "the document was deleted right after the write"
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        (
+            "mongodb://h:1/",
+            {
+                "serverSelectionTimeoutMS": 5000,
+                "connectTimeoutMS": 5000,
+                "appname": "polymarket-kafka",
+            },
+        ),
+        (
+            "mongodb://u:p@h1:1,h2:2/db?serverSelectionTimeoutMS=30000&APPNAME=mine",
+            {"connectTimeoutMS": 5000},
+        ),
+        (
+            "mongodb+srv://cluster.example/?connecttimeoutms=100",
+            {"serverSelectionTimeoutMS": 5000, "appname": "polymarket-kafka"},
+        ),
+    ],
+)
+def test_the_uris_own_options_win_over_the_defaults(uri: str, expected: dict[str, object]) -> None:
+    assert client_defaults(uri, 5000) == expected
+
+
+@pytest.mark.anyio
+async def test_open_store_passes_the_uri_untouched_and_defaults_only_for_what_it_lacks() -> None:
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def factory(uri: str, **kwargs: Any) -> Any:
+        seen.append((uri, kwargs))
+        return mongomock.MongoClient(uri, **kwargs)
+
+    uri = "mongodb://127.0.0.1:27017/?serverSelectionTimeoutMS=1234"
+    async with open_subscription_store(MongoConfig(uri=uri), client_factory=factory, probe=False):
+        pass
+    ((passed, kwargs),) = seen
+    assert passed == uri
+    assert "serverSelectionTimeoutMS" not in kwargs
+    assert kwargs["tz_aware"] is True and kwargs["connectTimeoutMS"] == 5000
 
 
 PASSWORDS = [
