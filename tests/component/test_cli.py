@@ -169,6 +169,29 @@ def test_dotenv_file_configures_the_command(
     assert f"{MARKET} ref_count=1" in capsys.readouterr().out
 
 
+def subscribed_service_env(
+    env: Path, monkeypatch: pytest.MonkeyPatch, server: FakePolymarketServer, **settings: str
+) -> str:
+    """Point `run` at the fake Polymarket (fast polls, rules firing on one poll), apply
+    `settings`, subscribe its first market and return that market's id."""
+    rules = env.with_name("rules.yaml")
+    # One poll is enough here (the default rules would wait for a second poll).
+    rules.write_text("version: 1\ndefaults:\n  confirm: {polls: 1}\n")
+    market = server.markets[0].condition_id
+    for key, value in {
+        "POLYMARKET_BASE_URL": server.url,
+        "POLYMARKET_GAMMA_URL": server.url,
+        "POLYMARKET_RATE_LIMIT_DELAY_MS": "0",
+        "POLL_INTERVAL_SECONDS": "0.05",
+        "MONGODB_POLL_INTERVAL_SECONDS": "0.05",
+        "RULES_PATH": str(rules),
+        **settings,
+    }.items():
+        monkeypatch.setenv(key, value)
+    assert main(["--env-file", str(env), "subscribe", market]) == 0
+    return market
+
+
 @pytest.mark.broker
 def test_run_command_publishes_then_stops_on_sigterm(
     env: Path,
@@ -178,23 +201,14 @@ def test_run_command_publishes_then_stops_on_sigterm(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="polymarket_kafka")
-    rules = env.with_name("rules.yaml")
-    rules.write_text("version: 1\ndefaults:\n  confirm: {polls: 1}\n")
     with FakePolymarketServer(n_markets=1, price=lambda i: 0.30) as server:
-        market = server.markets[0].condition_id
-        for key, value in {
-            "POLYMARKET_BASE_URL": server.url,
-            "POLYMARKET_GAMMA_URL": server.url,
-            "POLYMARKET_RATE_LIMIT_DELAY_MS": "0",
-            "KAFKA_BOOTSTRAP_SERVERS": tansu_broker.bootstrap_servers,
-            "KAFKA_TOPIC": kafka_topic,
-            "POLL_INTERVAL_SECONDS": "0.05",
-            "MONGODB_POLL_INTERVAL_SECONDS": "0.05",
-            # One poll is enough here (the default rules would wait for a second poll).
-            "RULES_PATH": str(rules),
-        }.items():
-            monkeypatch.setenv(key, value)
-        assert main(["--env-file", str(env), "subscribe", market]) == 0
+        market = subscribed_service_env(
+            env,
+            monkeypatch,
+            server,
+            KAFKA_BOOTSTRAP_SERVERS=tansu_broker.bootstrap_servers,
+            KAFKA_TOPIC=kafka_topic,
+        )
         received: list[int] = []
 
         def drive() -> None:
@@ -234,23 +248,15 @@ def test_run_exits_1_when_kafka_never_acknowledged_an_event(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="polymarket_kafka")
-    rules = env.with_name("rules.yaml")
-    rules.write_text("version: 1\ndefaults:\n  confirm: {polls: 1}\n")
     with FakePolymarketServer(n_markets=1, price=lambda i: 0.30) as server:
-        market = server.markets[0].condition_id
-        for key, value in {
-            "POLYMARKET_BASE_URL": server.url,
-            "POLYMARKET_GAMMA_URL": server.url,
-            "POLYMARKET_RATE_LIMIT_DELAY_MS": "0",
-            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",  # nothing listens: never acknowledged
-            "POLL_INTERVAL_SECONDS": "0.05",
-            "MONGODB_POLL_INTERVAL_SECONDS": "0.05",
-            "SHUTDOWN_GRACE_SECONDS": "0.5",
-            "HTTP_PORT": "0",
-            "RULES_PATH": str(rules),
-        }.items():
-            monkeypatch.setenv(key, value)
-        assert main(["--env-file", str(env), "subscribe", market]) == 0
+        market = subscribed_service_env(
+            env,
+            monkeypatch,
+            server,
+            KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9",  # nothing listens: never acknowledged
+            SHUTDOWN_GRACE_SECONDS="0.5",
+            HTTP_PORT="0",
+        )
 
         def drive() -> None:
             deadline = time.monotonic() + 30
