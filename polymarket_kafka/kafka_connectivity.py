@@ -80,14 +80,20 @@ def _errors(n: int) -> str:
 
 
 @dataclass(frozen=True)
-class WentDown:
-    """Kafka has been unreachable for `down_seconds` (at least `confirm_seconds`): a WARNING."""
+class _Outage:
+    """What both outage lines say: why, where, the latest error, for how long, what waits."""
 
     reason: str
     brokers: str
     last_error: str | None
     down_seconds: float
     pending: int
+
+
+@dataclass(frozen=True)
+class WentDown(_Outage):
+    """Kafka has been unreachable for `down_seconds` (at least `confirm_seconds`): a WARNING."""
+
     #: True when no broker was ever reached since the start.
     never_connected: bool
 
@@ -107,14 +113,9 @@ class WentDown:
 
 
 @dataclass(frozen=True)
-class StillDown:
+class StillDown(_Outage):
     """Kafka is still unreachable, `down_seconds` after the outage began: a WARNING reminder."""
 
-    reason: str
-    brokers: str
-    last_error: str | None
-    down_seconds: float
-    pending: int
     errors: int
 
     def message(self) -> str:
@@ -213,26 +214,16 @@ class ConnectivityTracker:
             self._state = "down"
             self.outages += 1
             self._next_reminder = now + self.reminder_seconds
-            return WentDown(
-                self._reason,
-                self.brokers,
-                self._last_error,
-                now - self._since,
-                pending,
-                never_connected=not self._ever_up,
-            )
+            return WentDown(*self._outage(now, pending), never_connected=not self._ever_up)
         if self._state == "down" and now >= self._next_reminder:
             while self._next_reminder <= now:  # on a fixed schedule, whatever the tick rate
                 self._next_reminder += self.reminder_seconds
-            return StillDown(
-                self._reason,
-                self.brokers,
-                self._last_error,
-                now - self._since,
-                pending,
-                self._errors,
-            )
+            return StillDown(*self._outage(now, pending), errors=self._errors)
         return None
+
+    def _outage(self, now: float, pending: int) -> tuple[str, str, str | None, float, int]:
+        """The fields every outage line shares, in `_Outage`'s order, as they stand at `now`."""
+        return self._reason, self.brokers, self._last_error, now - self._since, pending
 
     def _suspect(self, reason: str, now: float) -> None:
         if self._state in ("unknown", "up"):
