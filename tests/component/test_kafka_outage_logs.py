@@ -8,7 +8,6 @@ log lines themselves date it. Each test starts its own broker, because it stops 
 
 from __future__ import annotations
 
-import functools
 import gc
 import logging
 from collections.abc import Callable
@@ -17,10 +16,9 @@ from contextlib import ExitStack
 import anyio
 import pytest
 
-from polymarket_kafka.config import KafkaConfig
 from polymarket_kafka.kafka import open_kafka_publisher
-from polymarket_kafka.local_broker import create_topic, open_tansu_broker
-from tests.component.test_kafka_broker_status import wait_for
+from polymarket_kafka.local_broker import open_tansu_broker
+from tests.component.test_kafka_broker_status import own_broker, wait_for
 from tests.component.test_kafka_tansu import free_port, make_event
 
 pytestmark = [pytest.mark.broker, pytest.mark.anyio]
@@ -53,12 +51,7 @@ async def test_an_outage_is_one_warning_a_few_reminders_and_one_info(
     caplog.set_level(logging.INFO, logger="polymarket_kafka")
     port = free_port()
     with ExitStack() as stack:
-        broker = await anyio.to_thread.run_sync(stack.enter_context, open_tansu_broker(port=port))
-        topic = "outage"
-        await anyio.to_thread.run_sync(
-            functools.partial(create_topic, broker.bootstrap_servers, topic, partitions=1)
-        )
-        config = KafkaConfig(bootstrap_servers=broker.bootstrap_servers, topic=topic)
+        _, config = await own_broker(stack, "outage", port=port)
         async with open_kafka_publisher(
             config, statistics_interval_ms=100, outage_reminder_seconds=REMINDER, grace_seconds=1
         ) as publisher:
@@ -94,12 +87,7 @@ async def test_closing_on_a_dead_broker_is_quiet_and_nothing_comes_after(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="polymarket_kafka")  # librdkafka's DEBUG lines too
     with ExitStack() as stack:
-        broker = stack.enter_context(open_tansu_broker())
-        topic = "closing"
-        await anyio.to_thread.run_sync(
-            functools.partial(create_topic, broker.bootstrap_servers, topic, partitions=1)
-        )
-        config = KafkaConfig(bootstrap_servers=broker.bootstrap_servers, topic=topic)
+        _, config = await own_broker(stack, "closing")
         async with open_kafka_publisher(
             config, statistics_interval_ms=100, grace_seconds=1
         ) as publisher:

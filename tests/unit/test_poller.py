@@ -19,7 +19,7 @@ from polymarket_kafka.config import PolymarketConfig
 from polymarket_kafka.detection import CLOSED_RULE, Detector
 from polymarket_kafka.events import build_event
 from polymarket_kafka.models import ConvictionDirection, PolymarketSubscription
-from polymarket_kafka.poller import MarketPoller, PollerStats
+from polymarket_kafka.poller import MarketPoller, PollerStats, PollResult
 from polymarket_kafka.polymarket import (
     CassetteTransport,
     MarketMetadata,
@@ -556,15 +556,20 @@ V2_NEW = "0xc7b06dc36b63afa348a44c6b65ace9e20f014b5bce917700c3d576dcc5d97fa5"
 BIDEN_COVID = "0xe3b423dfad8c22ff75c9899c4e8176f628cf4ad4caa00481764d320e7415f7a9"
 
 
-@pytest.mark.anyio
-async def test_a_recorded_cycle_through_the_real_client() -> None:
-    transport = CassetteTransport(CASSETTES / "normal_cycle.yaml")
+async def poll_once_through(
+    transport: httpx.AsyncBaseTransport, subscriptions: list[PolymarketSubscription]
+) -> PollResult:
+    """One cycle of the real client and poller over `transport`, stamped T0."""
     async with open_polymarket_client(
         PolymarketConfig(rate_limit_delay_ms=0), transport=transport
     ) as client:
-        result = await MarketPoller(client, metadata_refresh_seconds=300).poll_once(
-            [sub(TRUMP), sub(HARRIS), sub(FED, threshold=0.02)], T0
-        )
+        return await MarketPoller(client, metadata_refresh_seconds=300).poll_once(subscriptions, T0)
+
+
+@pytest.mark.anyio
+async def test_a_recorded_cycle_through_the_real_client() -> None:
+    transport = CassetteTransport(CASSETTES / "normal_cycle.yaml")
+    result = await poll_once_through(transport, [sub(TRUMP), sub(HARRIS), sub(FED, threshold=0.02)])
 
     assert transport.all_played
     assert result.skipped == {}
@@ -587,12 +592,7 @@ async def test_a_recorded_cycle_through_the_real_client() -> None:
 @pytest.mark.anyio
 async def test_recorded_resolved_markets_become_closed_snapshots() -> None:
     transport = CassetteTransport(CASSETTES / "closed_market.yaml")
-    async with open_polymarket_client(
-        PolymarketConfig(rate_limit_delay_ms=0), transport=transport
-    ) as client:
-        result = await MarketPoller(client, metadata_refresh_seconds=300).poll_once(
-            [sub(TRUMP), sub(DESANTIS)], T0
-        )
+    result = await poll_once_through(transport, [sub(TRUMP), sub(DESANTIS)])
 
     assert transport.all_played  # two Gamma calls, and no midpoint call for resolved markets
     assert {s.market_id: (s.closed, s.yes_price) for s in result.snapshots} == {
@@ -616,13 +616,9 @@ async def test_malformed_items_from_the_real_client_skip_only_their_markets() ->
         midpoint_bodies.append(request.content)
         return httpx.Response(200, json={"2": "1.7", "4": "0.0025"})
 
-    transport = httpx.MockTransport(answer)
-    async with open_polymarket_client(
-        PolymarketConfig(rate_limit_delay_ms=0), transport=transport
-    ) as client:
-        result = await MarketPoller(client, metadata_refresh_seconds=300).poll_once(
-            [sub(TRUMP), sub(HARRIS), sub(FED)], T0
-        )
+    result = await poll_once_through(
+        httpx.MockTransport(answer), [sub(TRUMP), sub(HARRIS), sub(FED)]
+    )
 
     assert [(s.market_id, s.yes_price) for s in result.snapshots] == [(FED, 0.0025)]
     assert result.skipped[TRUMP].startswith(
@@ -637,12 +633,7 @@ async def test_a_recorded_cycle_with_v2_markets_prices_them_under_their_position
     # The cassette's midpoints request holds the v2 market's YES position id: asking for its
     # clobTokenIds (or for the v2 market without position ids) would not match it.
     transport = CassetteTransport(CASSETTES / "protocol_v2.yaml")
-    async with open_polymarket_client(
-        PolymarketConfig(rate_limit_delay_ms=0), transport=transport
-    ) as client:
-        result = await MarketPoller(client, metadata_refresh_seconds=300).poll_once(
-            [sub(FED), sub(V2_ETH), sub(V2_NEW)], T0
-        )
+    result = await poll_once_through(transport, [sub(FED), sub(V2_ETH), sub(V2_NEW)])
 
     assert transport.all_played
     assert [(s.market_id, s.yes_price) for s in result.snapshots] == [

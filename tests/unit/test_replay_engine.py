@@ -17,20 +17,10 @@ from polymarket_kafka.replay.history import PricePoint, PriceSeries, ReplayMarke
 from polymarket_kafka.replay.plot import PlotUnavailableError, plot_replays
 from polymarket_kafka.replay.summary import format_duration, format_summary
 from polymarket_kafka.ruleset import load_rules_text
+from tests.factories import REPLAY_RULES_YAML
 
 T0 = datetime(2024, 11, 6, tzinfo=UTC)
-RULES = load_rules_text(
-    """
-version: 1
-defaults:
-  window: 2h
-  move: {abs: 0.05, log_odds: 2.0}
-  cooldown: 10m
-  confirm: {polls: 2}
-  watch: {min_liquidity: 1000}
-""",
-    "engine-rules.yaml",
-)
+RULES = load_rules_text(REPLAY_RULES_YAML, "engine-rules.yaml")
 MARKET = ReplayMarket(
     market_id="0xabc", question="Q?", category="Politics", liquidity=5000.0, source="m.json"
 )

@@ -31,23 +31,13 @@ from polymarket_kafka.replay.plotdata import (
     style_of,
 )
 from polymarket_kafka.ruleset import load_rules_text
+from tests.factories import REPLAY_RULES_YAML
 
 T = datetime(2024, 11, 2, 23, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 START, END = T - 48 * HOUR, T + 48 * HOUR
 HEADER = "label_id,kind,utc_time,series,what\n"
-RULES = load_rules_text(
-    """
-version: 1
-defaults:
-  window: 2h
-  move: {abs: 0.05, log_odds: 2.0}
-  cooldown: 10m
-  confirm: {polls: 2}
-  watch: {min_liquidity: 1000}
-""",
-    "plot-rules.yaml",
-)
+RULES = load_rules_text(REPLAY_RULES_YAML, "plot-rules.yaml")
 
 
 def _rows(*lines: str, events: tuple[datetime, ...] = (), key: str = "s") -> list[LabelScore]:
