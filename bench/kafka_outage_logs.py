@@ -50,7 +50,7 @@ def child(bootstrap: str, topic: str, publish_every: float) -> None:
     import anyio
 
     from polymarket_kafka.config import KafkaConfig
-    from polymarket_kafka.kafka import open_kafka_publisher
+    from polymarket_kafka.kafka.publisher import open_kafka_publisher
     from polymarket_kafka.logs import configure_logging
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.*
@@ -153,7 +153,7 @@ def main() -> int:
         child(args.child[0], args.child[1], args.publish_every)
         return 0
 
-    from polymarket_kafka.local_broker import create_topic, open_tansu_broker
+    from polymarket_kafka.testing.local_broker import create_topic, open_tansu_broker
 
     port = _free_port()
     topic = f"outage-{uuid.uuid4().hex[:8]}"

@@ -3,8 +3,9 @@
     python bench/poller_bench.py [--markets 100,1000,10000] [--latency-ms 50] [--cycles 5]
                                  [--delay-ms 100] [--naive-markets 20] [--json]
 
-For every N a fresh fake Polymarket (`python -m polymarket_kafka.testing`, real response
-shapes, `--latency-ms` slept in every response) runs in its own process, and the service side
+For every N a fresh fake Polymarket
+(`python -m polymarket_kafka.testing.fake_polymarket`, real response shapes, `--latency-ms`
+slept in every response) runs in its own process, and the service side
 runs in another fresh process (spawned), so CPU time and peak RSS are the service's alone and
 one N does not inherit the memory of the previous one.
 
@@ -52,10 +53,10 @@ from polymarket_kafka.config import PolymarketConfig
 from polymarket_kafka.detection import Detector
 from polymarket_kafka.events import build_event
 from polymarket_kafka.models import MarketSnapshot, PolymarketSubscription
-from polymarket_kafka.poller import MarketPoller
 from polymarket_kafka.polymarket import ClientStats, open_polymarket_client
+from polymarket_kafka.polymarket.poller import MarketPoller
 from polymarket_kafka.ruleset import RuleSet, load_rules
-from polymarket_kafka.testing import FakeMarket
+from polymarket_kafka.testing.fake_polymarket import FakeMarket
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2024, 11, 5, 21, tzinfo=UTC)
@@ -197,7 +198,13 @@ def _measure(loop: str, url: str, n: int, cycles: int, delay_ms: float) -> Run:
 @contextmanager
 def fake_polymarket(n: int, latency_ms: float) -> Iterator[tuple[str, dict[str, int]]]:
     """A fake server process; yields its URL and a dict filled with its counts on exit."""
-    command = [sys.executable, "-m", "polymarket_kafka.testing", "--markets", str(n)]
+    command = [
+        sys.executable,
+        "-m",
+        "polymarket_kafka.testing.fake_polymarket",
+        "--markets",
+        str(n),
+    ]
     command += ["--latency-ms", str(latency_ms)]
     counts: dict[str, int] = {}
     with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as p:

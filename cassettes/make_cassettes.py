@@ -7,7 +7,7 @@ Usage (from the repository root):
 
 Every cassette is written in vcrpy's format (`interactions: [{request, response}]`,
 `version: 1`), so the tests replay them with vcrpy (`record_mode="none"`) or, without vcrpy,
-with `polymarket_kafka.polymarket.CassetteTransport`. Tests never touch the network.
+with `polymarket_kafka.testing.cassette.CassetteTransport`. Tests never touch the network.
 
 Where the content comes from (see /work/shared/polymarket-api.md, "the doc" below):
 - Identifiers (condition ids, token ids, questions, slugs) are real, from the doc §6, except

@@ -20,15 +20,15 @@ import anyio
 
 from polymarket_kafka.clock import now_utc
 from polymarket_kafka.config import AppConfig
-from polymarket_kafka.health import ComponentStatus, ServiceHealth
-from polymarket_kafka.http_server import serve_ops
-from polymarket_kafka.kafka import DeliveryStats, KafkaPublisher, open_kafka_publisher
-from polymarket_kafka.kafka_health import kafka_readiness
-from polymarket_kafka.metrics import MetricSources, build_registry
-from polymarket_kafka.poller import MarketPoller
+from polymarket_kafka.kafka.publisher import DeliveryStats, KafkaPublisher, open_kafka_publisher
+from polymarket_kafka.kafka.statistics import kafka_readiness
+from polymarket_kafka.ops.health import ComponentStatus, ServiceHealth
+from polymarket_kafka.ops.http_server import serve_ops
+from polymarket_kafka.ops.metrics import MetricSources, build_registry
 from polymarket_kafka.polymarket import open_polymarket_client
-from polymarket_kafka.reloader import RulesHolder, default_rules_path
-from polymarket_kafka.service import ServiceSettings, ServiceStats, run_service
+from polymarket_kafka.polymarket.poller import MarketPoller
+from polymarket_kafka.service.pipeline import ServiceSettings, ServiceStats, run_service
+from polymarket_kafka.service.reloader import RulesHolder, default_rules_path
 from polymarket_kafka.subscriptions import open_subscription_store
 
 __all__ = ["kafka_check", "load_initial_rules", "log_stopped", "run_app", "settings_from_config"]

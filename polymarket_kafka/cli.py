@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from polymarket_kafka import __version__
-from polymarket_kafka.cli_rules import OFFLINE_COMMANDS, add_offline_commands, run_offline
+from polymarket_kafka.cli_offline import OFFLINE_COMMANDS, add_offline_commands, run_offline
 from polymarket_kafka.config import (
     AppConfig,
     ConfigError,
@@ -179,7 +179,7 @@ async def _dispatch(args: argparse.Namespace, config: AppConfig) -> int:
 
 async def _run(config: AppConfig) -> int:
     """`_serve`, with any error it raises logged (not printed by the interpreter) as exit 1."""
-    from polymarket_kafka.http_server import OpsServerError
+    from polymarket_kafka.ops.http_server import OpsServerError
 
     try:
         return await _serve(config)
@@ -239,7 +239,7 @@ def _healthcheck(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"polymarket-kafka: configuration error: {exc}", file=sys.stderr)
             return EXIT_FAILURE
-        from polymarket_kafka.http_server import url_host
+        from polymarket_kafka.ops.http_server import url_host
 
         # A wildcard bind address answers on loopback.
         host = "127.0.0.1" if config.http_host in ("0.0.0.0", "::") else config.http_host  # noqa: S104
@@ -259,7 +259,7 @@ def _healthcheck(args: argparse.Namespace) -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from polymarket_kafka.demo import (
+    from polymarket_kafka.testing.demo import (
         DEFAULT_CASSETTE,
         DemoUnavailableError,
         InvalidCassetteError,

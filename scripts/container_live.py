@@ -143,8 +143,8 @@ class LiveRun:
     def __init__(
         self, env: dict[str, str], work: Path, broker: str, mongo_uri: str, http_port: int
     ) -> None:
-        from polymarket_kafka.cassette_server import CassetteServer
-        from polymarket_kafka.demo import DEFAULT_CASSETTE, demo_market_ids, midpoint_cycles
+        from polymarket_kafka.testing.cassette_server import CassetteServer
+        from polymarket_kafka.testing.demo import DEFAULT_CASSETTE, demo_market_ids, midpoint_cycles
 
         self.env = env
         self.work = work
@@ -214,8 +214,8 @@ class LiveRun:
         return self.polymarket.all_played
 
     def recorded_moves_reach_broker(self) -> None:
-        from polymarket_kafka.local_broker import read_events
         from polymarket_kafka.models import PolymarketEvent
+        from polymarket_kafka.testing.local_broker import read_events
 
         wait_until(self._replayed, timeout=30, what=f"the service to poll the {self.cycles} cycles")
         polls = self.polymarket.request_count("POST /midpoints")
@@ -278,7 +278,7 @@ class LiveRun:
 
 
 def live_run(env: dict[str, str], work: Path, steps: Steps) -> None:
-    from polymarket_kafka.local_broker import create_topic, open_tansu_broker
+    from polymarket_kafka.testing.local_broker import create_topic, open_tansu_broker
 
     with contextlib.ExitStack() as stack:
         with steps.step("start Tansu, SecantusDB and the recorded Polymarket on loopback"):

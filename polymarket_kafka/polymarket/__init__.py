@@ -6,16 +6,9 @@ The public surface:
   `fetch_midpoints(token_ids) -> PriceBatch` and `fetch_markets(condition_ids) -> MetadataBatch`.
 - `MarketMetadata` and the pure parsers (`parse_market`, `parse_markets`, `parse_midpoints`).
 - `RateLimiter`, `RetryPolicy`: the pacing and retry building blocks, injectable for tests.
-- `CassetteTransport`: replays vcrpy cassettes without vcrpy (demo, tests).
 - The `PolymarketError` hierarchy.
 """
 
-from polymarket_kafka.polymarket.cassette import (
-    CassetteError,
-    CassetteExhaustedError,
-    CassetteMismatchError,
-    CassetteTransport,
-)
 from polymarket_kafka.polymarket.client import PolymarketClient, open_polymarket_client
 from polymarket_kafka.polymarket.errors import (
     MalformedPayloadError,
@@ -36,10 +29,6 @@ from polymarket_kafka.polymarket.results import ClientStats, MetadataBatch, Pric
 from polymarket_kafka.polymarket.retry import RetryPolicy
 
 __all__ = [
-    "CassetteError",
-    "CassetteExhaustedError",
-    "CassetteMismatchError",
-    "CassetteTransport",
     "ClientStats",
     "MalformedItemError",
     "MalformedPayloadError",

@@ -20,14 +20,14 @@ import anyio
 import httpx
 import pytest
 
-from polymarket_kafka.cassette_server import MISMATCH_STATUS, CassetteServer
-from polymarket_kafka.demo import DEFAULT_CASSETTE, SteppingClock, demo_market_ids
 from polymarket_kafka.models import ConvictionDirection, PolymarketEvent
-from polymarket_kafka.poller import MarketPoller
 from polymarket_kafka.polymarket import PolymarketHTTPError, open_polymarket_client
-from polymarket_kafka.reloader import RulesHolder
-from polymarket_kafka.service import ServiceSettings, run_service
-from polymarket_kafka.subscriptions import InMemorySubscriptionStore
+from polymarket_kafka.polymarket.poller import MarketPoller
+from polymarket_kafka.service.pipeline import ServiceSettings, run_service
+from polymarket_kafka.service.reloader import RulesHolder
+from polymarket_kafka.testing.cassette_server import MISMATCH_STATUS, CassetteServer
+from polymarket_kafka.testing.demo import DEFAULT_CASSETTE, SteppingClock, demo_market_ids
+from polymarket_kafka.testing.memory_store import InMemorySubscriptionStore
 
 REPO = Path(__file__).resolve().parents[2]
 TRUMP = "0xdd22472e552920b8438158ea7238bfadfa4f736aa4cee91a6b86c39ead110917"

@@ -17,14 +17,13 @@ import pytest
 
 from polymarket_kafka.config import PolymarketConfig
 from polymarket_kafka.models import PolymarketSubscription
-from polymarket_kafka.poller import MarketPoller
-from polymarket_kafka.polymarket import (
+from polymarket_kafka.polymarket import ClientStats, open_polymarket_client
+from polymarket_kafka.polymarket.poller import MarketPoller
+from polymarket_kafka.testing.cassette import (
     CassetteError,
     CassetteExhaustedError,
     CassetteMismatchError,
     CassetteTransport,
-    ClientStats,
-    open_polymarket_client,
 )
 
 CASSETTES = Path(__file__).resolve().parents[2] / "cassettes"

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
-from polymarket_kafka import demo
 from polymarket_kafka.cli import main
-from polymarket_kafka.local_broker import LocalBroker, read_events
-from polymarket_kafka.testing import FakePolymarketServer
+from polymarket_kafka.testing import demo
+from polymarket_kafka.testing.fake_polymarket import FakePolymarketServer
+from polymarket_kafka.testing.local_broker import LocalBroker, read_events
 from tests.factories import empty_env_file
 
 MARKET = "0xdd22472e552920b8438158ea7238bfadfa4f736aa4cee91a6b86c39ead110917"
@@ -422,7 +422,7 @@ def test_a_crashed_stage_is_logged_with_its_traceback_and_exits_1(
     async def broken_reloader(rules: object) -> None:
         raise RuntimeError("reloader broke")
 
-    monkeypatch.setattr("polymarket_kafka.service.run_reloader", broken_reloader)
+    monkeypatch.setattr("polymarket_kafka.service.pipeline.run_reloader", broken_reloader)
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")  # need not be reachable
     monkeypatch.setenv("HTTP_PORT", "0")
     monkeypatch.setenv("SHUTDOWN_GRACE_SECONDS", "1")

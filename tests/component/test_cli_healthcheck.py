@@ -21,8 +21,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from polymarket_kafka.cli import main
-from polymarket_kafka.health import ComponentStatus, ServiceHealth
-from polymarket_kafka.http_server import serve_ops
+from polymarket_kafka.ops.health import ComponentStatus, ServiceHealth
+from polymarket_kafka.ops.http_server import serve_ops
 from tests.factories import empty_env_file
 
 pytestmark = pytest.mark.anyio

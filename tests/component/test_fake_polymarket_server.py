@@ -1,4 +1,4 @@
-"""`polymarket_kafka.testing.FakePolymarketServer`: real HTTP on loopback, both backends.
+"""`FakePolymarketServer` (`polymarket_kafka.testing`): real HTTP on loopback, both backends.
 
 The client and the poller talk to it exactly as they talk to Polymarket, so these tests also
 check that the fake serves the live response shapes the parsers expect.
@@ -20,13 +20,13 @@ import anyio.lowlevel
 import httpx
 import pytest
 
-from polymarket_kafka.poller import MarketPoller
 from polymarket_kafka.polymarket import (
     ClientStats,
     PolymarketBlockedError,
     open_polymarket_client,
 )
-from polymarket_kafka.testing import FakeMarket, FakePolymarketServer, main
+from polymarket_kafka.polymarket.poller import MarketPoller
+from polymarket_kafka.testing.fake_polymarket import FakeMarket, FakePolymarketServer, main
 
 T0 = datetime(2024, 11, 5, 21, tzinfo=UTC)
 
@@ -290,7 +290,7 @@ def test_main_rejects_negative_arguments() -> None:
 
 
 def test_the_module_runs_as_a_separate_server_process() -> None:
-    command = [sys.executable, "-m", "polymarket_kafka.testing", "--markets", "3"]
+    command = [sys.executable, "-m", "polymarket_kafka.testing.fake_polymarket", "--markets", "3"]
     with subprocess.Popen(
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     ) as process:

@@ -22,8 +22,8 @@ import pytest
 from hypercorn.utils import LifespanFailureError
 from prometheus_client import CollectorRegistry, Counter
 
-from polymarket_kafka.health import ComponentStatus, ServiceHealth
-from polymarket_kafka.http_server import OpsApp, OpsServerError, serve_ops, url_host
+from polymarket_kafka.ops.health import ComponentStatus, ServiceHealth
+from polymarket_kafka.ops.http_server import OpsApp, OpsServerError, serve_ops, url_host
 
 pytestmark = pytest.mark.anyio
 
@@ -191,18 +191,18 @@ async def test_cancellation_closes_everything_even_with_open_connections(
 async def test_the_port_is_reported_and_logged(
     health: ServiceHealth, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="polymarket_kafka.http_server")
+    caplog.set_level(logging.DEBUG, logger="polymarket_kafka.ops.http_server")
     with anyio.fail_after(20):
         async with serving(health, registry) as (client, port):
             assert (await client.get("/health/live")).status_code == 200
     records = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
     assert (
-        "polymarket_kafka.http_server",
+        "polymarket_kafka.ops.http_server",
         logging.INFO,
         f"health/metrics on http://127.0.0.1:{port}",
     ) in records
     # Hypercorn's own banner is demoted to DEBUG; there is no access log.
-    hypercorn = [r for r in records if r[0] == "polymarket_kafka.http_server.hypercorn"]
+    hypercorn = [r for r in records if r[0] == "polymarket_kafka.ops.http_server.hypercorn"]
     assert hypercorn
     assert all(level == logging.DEBUG for _, level, _ in hypercorn)
     assert not any("GET /health/live" in message for _, _, message in records)
@@ -303,7 +303,7 @@ async def test_a_failed_startup_leaves_no_descriptor(
     # Real hypercorn, failing at its first step (the lifespan startup). On asyncio that is
     # before it wraps the descriptor in a socket object of its own; on trio the wrapping
     # races ahead of the failure. Either way nothing may stay open.
-    monkeypatch.setattr("polymarket_kafka.http_server._lifespan", failing_lifespan)
+    monkeypatch.setattr("polymarket_kafka.ops.http_server._lifespan", failing_lifespan)
     before = open_fds()
     with (
         anyio.fail_after(20),

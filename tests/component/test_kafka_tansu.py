@@ -20,11 +20,12 @@ import anyio
 import confluent_kafka
 import pytest
 
-from polymarket_kafka import local_broker
 from polymarket_kafka.config import KafkaConfig
-from polymarket_kafka.kafka import ProducerLike, open_kafka_publisher
-from polymarket_kafka.kafka_partition import partition_for
-from polymarket_kafka.local_broker import (
+from polymarket_kafka.kafka.partition import partition_for
+from polymarket_kafka.kafka.publisher import ProducerLike, open_kafka_publisher
+from polymarket_kafka.models import PolymarketEvent
+from polymarket_kafka.testing import local_broker
+from polymarket_kafka.testing.local_broker import (
     BrokerStartError,
     ConsumedMessage,
     LocalBroker,
@@ -32,7 +33,6 @@ from polymarket_kafka.local_broker import (
     open_tansu_broker,
     read_events,
 )
-from polymarket_kafka.models import PolymarketEvent
 from tests import factories
 
 pytestmark = pytest.mark.broker

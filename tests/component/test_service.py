@@ -21,22 +21,22 @@ import anyio
 import pytest
 
 from polymarket_kafka.models import ConvictionDirection, MarketSnapshot, PolymarketEvent
-from polymarket_kafka.poller import MarketPoller, PollResult
 from polymarket_kafka.polymarket import open_polymarket_client
-from polymarket_kafka.reloader import RulesHolder
+from polymarket_kafka.polymarket.poller import MarketPoller, PollResult
 from polymarket_kafka.ruleset import ResolvedRule, RuleSet, load_rules_text
-from polymarket_kafka.service import (
+from polymarket_kafka.service.pipeline import (
     ServiceSettings,
     ServiceStats,
     Stopper,
     run_service,
 )
+from polymarket_kafka.service.reloader import RulesHolder
 from polymarket_kafka.subscriptions import (
     ActiveSubscriptions,
-    InMemorySubscriptionStore,
     InvalidDocument,
 )
-from polymarket_kafka.testing import FakePolymarketServer
+from polymarket_kafka.testing.fake_polymarket import FakePolymarketServer
+from polymarket_kafka.testing.memory_store import InMemorySubscriptionStore
 
 pytestmark = pytest.mark.anyio
 

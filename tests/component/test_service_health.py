@@ -16,19 +16,20 @@ from functools import partial
 import anyio
 import pytest
 
-from polymarket_kafka.health import HealthReport, ServiceHealth, StageState
 from polymarket_kafka.models import PolymarketEvent
-from polymarket_kafka.poller import MarketPoller
+from polymarket_kafka.ops.health import HealthReport, ServiceHealth, StageState
 from polymarket_kafka.polymarket import open_polymarket_client
-from polymarket_kafka.service import (
+from polymarket_kafka.polymarket.poller import MarketPoller
+from polymarket_kafka.service.pipeline import (
     ServiceSettings,
     ServiceStats,
     Stopper,
     SubscriptionSource,
     run_service,
 )
-from polymarket_kafka.subscriptions import ActiveSubscriptions, InMemorySubscriptionStore
-from polymarket_kafka.testing import FakePolymarketServer
+from polymarket_kafka.subscriptions import ActiveSubscriptions
+from polymarket_kafka.testing.fake_polymarket import FakePolymarketServer
+from polymarket_kafka.testing.memory_store import InMemorySubscriptionStore
 
 pytestmark = pytest.mark.anyio
 
@@ -280,7 +281,10 @@ async def test_polymarket_down_fails_the_cycles_until_it_answers_again(
         seen.append(report.to_json())
         await anyio.sleep_forever()
 
-    with anyio.fail_after(30), caplog.at_level(logging.WARNING, "polymarket_kafka.service"):
+    with (
+        anyio.fail_after(30),
+        caplog.at_level(logging.WARNING, "polymarket_kafka.service.pipeline"),
+    ):
         await run(server, health, background=[probe], max_cycles=5, stats=stats)
 
     polling = seen[0]["components"]["polling"]  # type: ignore[index]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from polymarket_kafka.demo import (
+from polymarket_kafka.ruleset import load_rules
+from polymarket_kafka.testing.demo import (
     DEFAULT_CASSETTE,
     DEMO_START,
     SteppingClock,
@@ -18,7 +19,6 @@ from polymarket_kafka.demo import (
     midpoint_cycles,
     run_demo,
 )
-from polymarket_kafka.ruleset import load_rules
 
 TRUMP = "0xdd22472e552920b8438158ea7238bfadfa4f736aa4cee91a6b86c39ead110917"
 HARRIS = "0xc6485bb7ea46d7bb89beb9c91e7572ecfc72a6273789496f78bc5e989e4d1638"

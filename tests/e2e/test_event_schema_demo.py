@@ -9,7 +9,7 @@ import json
 import pytest
 from jsonschema import Draft202012Validator
 
-from polymarket_kafka.demo import run_demo
+from polymarket_kafka.testing.demo import run_demo
 from tests.unit.test_event_schema import FORMATS, SCHEMA_FILE
 
 pytestmark = [pytest.mark.broker, pytest.mark.anyio]

@@ -24,9 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from polymarket_kafka.app import run_app
 from polymarket_kafka.config import AppConfig, KafkaConfig, MongoConfig
-from polymarket_kafka.local_broker import LocalBroker, create_topic, open_tansu_broker
 from polymarket_kafka.subscriptions import open_subscription_store
-from polymarket_kafka.testing import FakePolymarketServer
+from polymarket_kafka.testing.fake_polymarket import FakePolymarketServer
+from polymarket_kafka.testing.local_broker import LocalBroker, create_topic, open_tansu_broker
 from tests.plugins.tcp_gate import TcpGate
 
 pytestmark = [pytest.mark.anyio, pytest.mark.broker, pytest.mark.mongo_server]

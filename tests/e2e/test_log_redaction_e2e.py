@@ -103,7 +103,7 @@ def test_json_logs_of_the_cli_never_contain_a_password(tmp_path: Path) -> None:
     assert any(m.startswith("rules ") and "/***/rules.yaml" in m for m in messages)
     assert any("'client.id': 'pk-***'" in m for m in messages)
     assert any(
-        r["logger"] == "polymarket_kafka.kafka.librdkafka" and "pk-***" in r["message"]
+        r["logger"] == "polymarket_kafka.kafka.publisher.librdkafka" and "pk-***" in r["message"]
         for r in records
     )
     assert any("mongodb://***:***@127.0.0.1:1/" in m for m in messages)
@@ -115,14 +115,14 @@ AWKWARD_PASSWORD = "s3\\cr'et\"pw"
 # Fails in a stage: `run_reloader`, a stage of the service's task group, raises at once.
 STAGE_CRASH = """
 import os, sys
-import polymarket_kafka.service
+import polymarket_kafka.service.pipeline
 from polymarket_kafka.cli import main
 
 async def broken_reloader(rules):
     config = {"password": os.environ["KAFKA_SASL_PASSWORD"]}
     raise RuntimeError(f"reloader broke, config {config!r}")
 
-polymarket_kafka.service.run_reloader = broken_reloader
+polymarket_kafka.service.pipeline.run_reloader = broken_reloader
 sys.exit(main(sys.argv[1:]))
 """
 

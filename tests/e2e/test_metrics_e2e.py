@@ -19,17 +19,17 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from polymarket_kafka.config import KafkaConfig
-from polymarket_kafka.kafka import open_kafka_publisher
-from polymarket_kafka.local_broker import LocalBroker, read_events
-from polymarket_kafka.metrics import MetricSources, build_registry
+from polymarket_kafka.kafka.publisher import open_kafka_publisher
 from polymarket_kafka.models import PolymarketEvent
-from polymarket_kafka.poller import MarketPoller, PollerStats
+from polymarket_kafka.ops.metrics import MetricSources, build_registry
 from polymarket_kafka.polymarket import ClientStats, RetryPolicy, open_polymarket_client
-from polymarket_kafka.reloader import RulesHolder
+from polymarket_kafka.polymarket.poller import MarketPoller, PollerStats
 from polymarket_kafka.ruleset import load_rules_text
-from polymarket_kafka.service import ServiceSettings, ServiceStats, run_service
-from polymarket_kafka.subscriptions import InMemorySubscriptionStore
-from polymarket_kafka.testing import FakePolymarketServer
+from polymarket_kafka.service.pipeline import ServiceSettings, ServiceStats, run_service
+from polymarket_kafka.service.reloader import RulesHolder
+from polymarket_kafka.testing.fake_polymarket import FakePolymarketServer
+from polymarket_kafka.testing.local_broker import LocalBroker, read_events
+from polymarket_kafka.testing.memory_store import InMemorySubscriptionStore
 from tests.factories import scripted_prices_clock
 
 pytestmark = [pytest.mark.broker, pytest.mark.anyio]

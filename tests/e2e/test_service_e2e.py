@@ -21,14 +21,14 @@ import anyio
 import pytest
 
 from polymarket_kafka.config import KafkaConfig, MongoConfig
-from polymarket_kafka.kafka import open_kafka_publisher
-from polymarket_kafka.local_broker import LocalBroker, read_events
+from polymarket_kafka.kafka.publisher import open_kafka_publisher
 from polymarket_kafka.models import ConvictionDirection, PolymarketEvent
-from polymarket_kafka.poller import MarketPoller
 from polymarket_kafka.polymarket import open_polymarket_client
-from polymarket_kafka.service import ServiceSettings, run_service
+from polymarket_kafka.polymarket.poller import MarketPoller
+from polymarket_kafka.service.pipeline import ServiceSettings, run_service
 from polymarket_kafka.subscriptions import open_subscription_store
-from polymarket_kafka.testing import FakePolymarketServer
+from polymarket_kafka.testing.fake_polymarket import FakePolymarketServer
+from polymarket_kafka.testing.local_broker import LocalBroker, read_events
 from tests.factories import scripted_prices_clock
 
 pytestmark = [pytest.mark.broker, pytest.mark.mongo_server]

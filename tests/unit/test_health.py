@@ -7,7 +7,7 @@ from contextlib import ExitStack
 
 import pytest
 
-from polymarket_kafka.health import ComponentStatus, HealthReport, ServiceHealth, StageState
+from polymarket_kafka.ops.health import ComponentStatus, HealthReport, ServiceHealth, StageState
 
 #: Stages entered by `running`, kept open (a collected generator would end its stage).
 _OPEN = ExitStack()

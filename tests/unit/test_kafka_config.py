@@ -8,7 +8,11 @@ from typing import Any
 import pytest
 
 from polymarket_kafka.config import ConfigError, KafkaConfig
-from polymarket_kafka.kafka import open_kafka_publisher, producer_config, redacted_producer_config
+from polymarket_kafka.kafka.publisher import (
+    open_kafka_publisher,
+    producer_config,
+    redacted_producer_config,
+)
 
 PASSWORD = "s3cr3t-Pa55w0rd-do-not-log"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from polymarket_kafka.kafka_connectivity import (
+from polymarket_kafka.kafka.connectivity import (
     CameBack,
     ConnectivityTracker,
     RepeatLimiter,

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from polymarket_kafka.health import ComponentStatus
-from polymarket_kafka.kafka_health import (
+from polymarket_kafka.kafka.statistics import (
     BrokerStatus,
     DeliveryBacklog,
     KafkaStatistics,
@@ -22,6 +21,7 @@ from polymarket_kafka.kafka_health import (
     kafka_readiness,
     parse_statistics,
 )
+from polymarket_kafka.ops.health import ComponentStatus
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from polymarket_kafka.kafka_log import LibrdkafkaLog
+from polymarket_kafka.kafka.librdkafka_log import LibrdkafkaLog
 
 FORMAT = "%s [%s] %s"
 NAME = "tests.librdkafka"

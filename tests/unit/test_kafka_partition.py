@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from polymarket_kafka.kafka_partition import murmur2, partition_for
+from polymarket_kafka.kafka.partition import murmur2, partition_for
 
 # org.apache.kafka.common.utils.UtilsTest.testMurmur2 (signed, as Java returns them).
 JAVA_VECTORS = {

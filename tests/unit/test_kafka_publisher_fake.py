@@ -20,7 +20,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from polymarket_kafka.config import KafkaConfig
-from polymarket_kafka.kafka import FailedDelivery, KafkaPublisher, open_kafka_publisher
+from polymarket_kafka.kafka.publisher import FailedDelivery, KafkaPublisher, open_kafka_publisher
 from polymarket_kafka.models import PolymarketEvent
 from tests import factories
 

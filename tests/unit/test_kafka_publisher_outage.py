@@ -17,8 +17,8 @@ from tests.unit.test_kafka_publisher_statistics import DOWN, FATAL, UP, FakeMono
 
 pytestmark = pytest.mark.anyio
 
-KAFKA = "polymarket_kafka.kafka"
-LIBRDKAFKA = "polymarket_kafka.kafka.librdkafka"
+KAFKA = "polymarket_kafka.kafka.publisher"
+LIBRDKAFKA = "polymarket_kafka.kafka.publisher.librdkafka"
 REFUSED = KafkaError(KafkaError._TRANSPORT, "fake:9092/bootstrap: refused")
 ALL_DOWN = KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down")
 

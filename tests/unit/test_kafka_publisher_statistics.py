@@ -17,7 +17,7 @@ import pytest
 from confluent_kafka import KafkaError
 
 from polymarket_kafka.app import kafka_check
-from polymarket_kafka.kafka import BrokerStatus, DeliveryBacklog, open_kafka_publisher
+from polymarket_kafka.kafka.publisher import BrokerStatus, DeliveryBacklog, open_kafka_publisher
 from tests.unit.test_kafka_publisher_fake import (
     CONFIG,
     EVENTS,
@@ -122,7 +122,7 @@ async def test_unreadable_statistics_are_logged_and_ignored(
     async with publisher_for(factory) as publisher:
         emit(factory.producers[0], UP)
         await wait_until(lambda: publisher.broker_status().connected)
-        with caplog.at_level(logging.WARNING, logger="polymarket_kafka.kafka"):
+        with caplog.at_level(logging.WARNING, logger="polymarket_kafka.kafka.publisher"):
             emit(factory.producers[0], "{not json")
         assert "unreadable librdkafka statistics" in caplog.text
         assert publisher.broker_status().connected

@@ -15,13 +15,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from polymarket_kafka import __version__
 from polymarket_kafka.histogram import Histogram
-from polymarket_kafka.kafka import DeliveryStats
-from polymarket_kafka.metrics import MetricSources, build_registry
-from polymarket_kafka.poller import PollerStats
+from polymarket_kafka.kafka.publisher import DeliveryStats
+from polymarket_kafka.ops.metrics import MetricSources, build_registry
+from polymarket_kafka.polymarket.poller import PollerStats
 from polymarket_kafka.polymarket.results import ClientStats
-from polymarket_kafka.reloader import RulesHolder
 from polymarket_kafka.ruleset import RuleSet
-from polymarket_kafka.service import ServiceStats
+from polymarket_kafka.service.pipeline import ServiceStats
+from polymarket_kafka.service.reloader import RulesHolder
 
 #: Every metric the issue asks for (family names, as the text format types them).
 REQUIRED = {

@@ -19,9 +19,7 @@ from polymarket_kafka.config import PolymarketConfig
 from polymarket_kafka.detection import CLOSED_RULE, Detector
 from polymarket_kafka.events import build_event
 from polymarket_kafka.models import ConvictionDirection, PolymarketSubscription
-from polymarket_kafka.poller import MarketPoller, PollerStats, PollResult
 from polymarket_kafka.polymarket import (
-    CassetteTransport,
     MarketMetadata,
     MetadataBatch,
     PolymarketBlockedError,
@@ -29,7 +27,9 @@ from polymarket_kafka.polymarket import (
     PriceBatch,
     open_polymarket_client,
 )
+from polymarket_kafka.polymarket.poller import MarketPoller, PollerStats, PollResult
 from polymarket_kafka.ruleset import load_rules
+from polymarket_kafka.testing.cassette import CassetteTransport
 
 T0 = datetime(2024, 11, 5, 21, tzinfo=UTC)
 A, B, C = "0x" + "a" * 64, "0x" + "b" * 64, "0x" + "c" * 64
@@ -218,7 +218,7 @@ async def test_unusable_markets_are_skipped_with_a_reason_and_counted(
     stats = PollerStats()
     unknown = "0x" + "d" * 64
 
-    with caplog.at_level(logging.DEBUG, logger="polymarket_kafka.poller"):
+    with caplog.at_level(logging.DEBUG, logger="polymarket_kafka.polymarket.poller"):
         result = await MarketPoller(source, metadata_refresh_seconds=300, stats=stats).poll_once(
             [sub(A), sub(B), sub(C), sub(unknown)], T0
         )

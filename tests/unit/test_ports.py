@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from polymarket_kafka.health import ServiceHealth
-from polymarket_kafka.poller import PollResult
-from polymarket_kafka.ports import SourceOutcomes
-from polymarket_kafka.service import ServiceStats
+from polymarket_kafka.ops.health import ServiceHealth
+from polymarket_kafka.polymarket.poller import PollResult
+from polymarket_kafka.service.pipeline import ServiceStats
+from polymarket_kafka.service.ports import SourceOutcomes
 
 T0 = datetime(2024, 11, 5, 23, 0, tzinfo=UTC)
 

@@ -27,7 +27,6 @@ from pymongo.errors import DuplicateKeyError, OperationFailure, ServerSelectionT
 from polymarket_kafka.config import MongoConfig
 from polymarket_kafka.subscriptions import (
     ActiveSubscriptions,
-    InMemorySubscriptionStore,
     MongoSubscriptionStore,
     SubscriptionStore,
     SubscriptionStoreError,
@@ -35,6 +34,7 @@ from polymarket_kafka.subscriptions import (
     open_subscription_store,
     validate_market_id,
 )
+from polymarket_kafka.testing.memory_store import InMemorySubscriptionStore
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 MARKET_A = "0x" + "a" * 64

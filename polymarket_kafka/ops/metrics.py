@@ -31,11 +31,11 @@ from prometheus_client.registry import Collector
 
 from polymarket_kafka import __version__
 from polymarket_kafka.histogram import Histogram
-from polymarket_kafka.kafka import DeliveryStats
-from polymarket_kafka.poller import SKIP_KINDS, PollerStats
+from polymarket_kafka.kafka.publisher import DeliveryStats
+from polymarket_kafka.polymarket.poller import SKIP_KINDS, PollerStats
 from polymarket_kafka.polymarket.results import ClientStats
-from polymarket_kafka.reloader import RulesHolder
-from polymarket_kafka.service import ServiceStats
+from polymarket_kafka.service.pipeline import ServiceStats
+from polymarket_kafka.service.reloader import RulesHolder
 
 __all__ = ["PREFIX", "MetricSources", "build_registry"]
 

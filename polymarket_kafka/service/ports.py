@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
-from polymarket_kafka.health import ServiceHealth
 from polymarket_kafka.models import MarketSnapshot, PolymarketEvent, PolymarketSubscription
+from polymarket_kafka.ops.health import ServiceHealth
 
 if TYPE_CHECKING:
-    from polymarket_kafka.service import ServiceStats
+    from polymarket_kafka.service.pipeline import ServiceStats
 
 __all__ = [
     "InvalidDocumentLike",

@@ -28,7 +28,7 @@ code is a bug to see, not an outage to ride out.
 
 No I/O happens after construction (a file path is read once, in the constructor), so
 the transport works unchanged under Trio and asyncio. `respond` gives the same answers to a
-synchronous caller: `polymarket_kafka.cassette_server` serves them over loopback HTTP.
+synchronous caller: `polymarket_kafka.testing.cassette_server` serves them over loopback HTTP.
 """
 
 from __future__ import annotations

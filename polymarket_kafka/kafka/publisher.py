@@ -55,26 +55,26 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from polymarket_kafka.clock import now_utc
 from polymarket_kafka.config import KafkaConfig
 from polymarket_kafka.histogram import Histogram
-from polymarket_kafka.kafka_config import (
-    DELIVERY_TIMEOUT_MS,
-    ProducerLike,
-    producer_config,
-    redacted_producer_config,
-)
-from polymarket_kafka.kafka_connectivity import (
+from polymarket_kafka.kafka.connectivity import (
     CameBack,
     ConnectivityTracker,
     RepeatLimiter,
     Transition,
 )
-from polymarket_kafka.kafka_health import (
+from polymarket_kafka.kafka.librdkafka_log import LibrdkafkaLog
+from polymarket_kafka.kafka.poll_thread import ClientErrorReport, DeliveryReport, PollThread
+from polymarket_kafka.kafka.settings import (
+    DELIVERY_TIMEOUT_MS,
+    ProducerLike,
+    producer_config,
+    redacted_producer_config,
+)
+from polymarket_kafka.kafka.statistics import (
     BrokerStatus,
     DeliveryBacklog,
     StatisticsBridge,
     StatisticsReport,
 )
-from polymarket_kafka.kafka_log import LibrdkafkaLog
-from polymarket_kafka.kafka_thread import ClientErrorReport, DeliveryReport, PollThread
 from polymarket_kafka.models import PolymarketEvent
 
 __all__ = [

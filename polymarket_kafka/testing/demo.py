@@ -30,19 +30,20 @@ import yaml
 
 from polymarket_kafka.app import log_stopped
 from polymarket_kafka.config import KafkaConfig, PolymarketConfig
-from polymarket_kafka.kafka import open_kafka_publisher
-from polymarket_kafka.local_broker import (
+from polymarket_kafka.kafka.publisher import open_kafka_publisher
+from polymarket_kafka.polymarket import open_polymarket_client
+from polymarket_kafka.polymarket.poller import MarketPoller
+from polymarket_kafka.service.pipeline import ServiceSettings, ServiceStats, run_service
+from polymarket_kafka.service.reloader import RulesHolder, default_rules_path
+from polymarket_kafka.testing.cassette import CassetteTransport
+from polymarket_kafka.testing.local_broker import (
     BrokerStartError,
     create_topic,
     open_tansu_broker,
     read_events,
     tansu_binary,
 )
-from polymarket_kafka.poller import MarketPoller
-from polymarket_kafka.polymarket import CassetteTransport, open_polymarket_client
-from polymarket_kafka.reloader import RulesHolder, default_rules_path
-from polymarket_kafka.service import ServiceSettings, ServiceStats, run_service
-from polymarket_kafka.subscriptions import InMemorySubscriptionStore
+from polymarket_kafka.testing.memory_store import InMemorySubscriptionStore
 
 __all__ = [
     "DEFAULT_CASSETTE",
@@ -58,7 +59,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: The recorded Polymarket session the demo replays (kept next to the package in the repo).
-DEFAULT_CASSETTE = Path(__file__).resolve().parent.parent / "cassettes" / "demo.yaml"
+DEFAULT_CASSETTE = Path(__file__).resolve().parents[2] / "cassettes" / "demo.yaml"
 
 #: Market time of the first demo cycle: election night 2024, 23:00 UTC.
 DEMO_START = datetime(2024, 11, 5, 23, 0, tzinfo=UTC)

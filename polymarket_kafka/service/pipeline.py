@@ -42,10 +42,10 @@ from anyio.streams.memory import (
 
 from polymarket_kafka.detection import Detector, DetectorStats, RuleSource
 from polymarket_kafka.events import build_event
-from polymarket_kafka.health import ServiceHealth
 from polymarket_kafka.histogram import Histogram
 from polymarket_kafka.models import MarketSnapshot, PolymarketEvent, PolymarketSubscription
-from polymarket_kafka.ports import (
+from polymarket_kafka.ops.health import ServiceHealth
+from polymarket_kafka.service.ports import (
     InvalidDocumentLike,
     Poller,
     PollOutcome,
@@ -55,7 +55,7 @@ from polymarket_kafka.ports import (
     run_stage,
     task_name,
 )
-from polymarket_kafka.reloader import RulesHolder, run_reloader
+from polymarket_kafka.service.reloader import RulesHolder, run_reloader
 
 __all__ = [
     "LatestSubscriptions",

@@ -23,7 +23,8 @@ client neither retries nor bisects, so a cassette that does not fit the client's
 fails the request at once; the reason is kept in `errors` for the caller to show.
 
 The server is stdlib `ThreadingHTTPServer` in a daemon thread, like `FakePolymarketServer`
-(`polymarket_kafka.testing`), which stays the scriptable synthetic fake for everything else.
+(`polymarket_kafka.testing.fake_polymarket`), which stays the scriptable synthetic fake for
+everything else.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from os import PathLike
 
 import httpx
 
-from polymarket_kafka.loopback import KeepAliveHandler, LoopbackHttpServer
-from polymarket_kafka.polymarket.cassette import CassetteError, CassetteTransport
+from polymarket_kafka.testing.cassette import CassetteError, CassetteTransport
+from polymarket_kafka.testing.loopback import KeepAliveHandler, LoopbackHttpServer
 
 __all__ = ["MISMATCH_STATUS", "CassetteServer"]
 

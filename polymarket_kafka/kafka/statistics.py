@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from polymarket_kafka.health import ComponentStatus
+from polymarket_kafka.ops.health import ComponentStatus
 
 __all__ = [
     "BrokerStatus",

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import anyio
 from confluent_kafka import KafkaError, KafkaException
 
-from polymarket_kafka.kafka_config import ProducerLike
-from polymarket_kafka.kafka_health import StatisticsReport
+from polymarket_kafka.kafka.settings import ProducerLike
+from polymarket_kafka.kafka.statistics import StatisticsReport
 
 __all__ = ["ClientErrorReport", "DeliveryReport", "PollThread", "Report"]
 

@@ -24,7 +24,7 @@ Why it is built this way:
   keeps re-delivering the cancellation) and leaves tasks and sockets behind. So hypercorn
   runs in a shielded scope, and cancelling `serve_ops` fires the trigger instead; the shield
   gets a deadline at that moment, so a stuck shutdown cannot hold the service.
-* Hypercorn's own log lines go to our `polymarket_kafka.http_server.hypercorn` logger, its
+* Hypercorn's own log lines go to our `polymarket_kafka.ops.http_server.hypercorn` logger, its
   informational ones (the "Running on" banner) at DEBUG; there is no access log.
 """
 
@@ -46,7 +46,7 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from polymarket_kafka.health import HealthReport, ServiceHealth
+from polymarket_kafka.ops.health import HealthReport, ServiceHealth
 
 __all__ = ["OpsApp", "OpsServerError", "serve_ops", "url_host"]
 

@@ -22,7 +22,7 @@ benchmark's naive one-request-per-market loop; the service itself never calls it
 
 As a separate process (benchmarks, so the server's CPU and memory are not the client's):
 
-    python -m polymarket_kafka.testing --markets 10000 --latency-ms 50
+    python -m polymarket_kafka.testing.fake_polymarket --markets 10000 --latency-ms 50
 
 prints `http://127.0.0.1:<port>` on the first stdout line, serves until its stdin closes (so it
 dies with its parent), then prints one JSON line `{"requests": {"POST /midpoints": 20, ...}}`.
@@ -49,8 +49,8 @@ from http.server import ThreadingHTTPServer
 from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
-from polymarket_kafka.loopback import KeepAliveHandler, LoopbackHttpServer
 from polymarket_kafka.models import PolymarketSubscription
+from polymarket_kafka.testing.loopback import KeepAliveHandler, LoopbackHttpServer
 
 __all__ = ["FakeMarket", "FakePolymarketServer", "main"]
 
@@ -396,7 +396,7 @@ def main(
 ) -> int:
     """Serve a fake Polymarket until `stdin` reaches end of file (see the module docstring)."""
     parser = argparse.ArgumentParser(
-        prog="python -m polymarket_kafka.testing",
+        prog="python -m polymarket_kafka.testing.fake_polymarket",
         description="Serve a fake Polymarket on loopback until stdin closes.",
     )
     parser.add_argument("--markets", type=int, default=3, help="synthetic markets (default 3)")

@@ -3,7 +3,7 @@
 confluent-kafka hands every librdkafka log line to the `logger` of the client configuration
 as `logger.log(level, "%s [%s] %s", facility, client_name, text)`, from the thread that
 serves the client (the publisher's poll thread). `LibrdkafkaLog` stands in for that logger
-and forwards to a real one (`polymarket_kafka.kafka.librdkafka`), with three rules:
+and forwards to a real one (`polymarket_kafka.kafka.publisher.librdkafka`), with three rules:
 
 * `FAIL` lines (a connection to a broker failed or was closed) go to DEBUG. librdkafka reports
   the same failure through `error_cb`, where the publisher's `ConnectivityTracker` turns an
@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from polymarket_kafka.kafka_connectivity import RepeatLimiter
+from polymarket_kafka.kafka.connectivity import RepeatLimiter
 
 __all__ = ["LibrdkafkaLog"]
 
