@@ -20,18 +20,19 @@ import anyio
 
 from polymarket_kafka.clock import now_utc
 from polymarket_kafka.config import AppConfig
-from polymarket_kafka.kafka.publisher import DeliveryStats, KafkaPublisher, open_kafka_publisher
+from polymarket_kafka.kafka.publisher import KafkaPublisher, open_kafka_publisher
 from polymarket_kafka.kafka.statistics import kafka_readiness
 from polymarket_kafka.ops.health import ComponentStatus, ServiceHealth
 from polymarket_kafka.ops.http_server import serve_ops
 from polymarket_kafka.ops.metrics import MetricSources, build_registry
 from polymarket_kafka.polymarket import open_polymarket_client
 from polymarket_kafka.polymarket.poller import MarketPoller
-from polymarket_kafka.service.pipeline import ServiceSettings, ServiceStats, run_service
+from polymarket_kafka.service.pipeline import run_service
 from polymarket_kafka.service.reloader import RulesHolder, default_rules_path
+from polymarket_kafka.service.stats import ServiceSettings, ServiceStats, log_stopped
 from polymarket_kafka.subscriptions import open_subscription_store
 
-__all__ = ["kafka_check", "load_initial_rules", "log_stopped", "run_app", "settings_from_config"]
+__all__ = ["kafka_check", "load_initial_rules", "run_app", "settings_from_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,23 +130,9 @@ async def run_app(
             background=[http_server],
         )
     # The publisher has flushed and closed: only now is it known what Kafka acknowledged.
-    log_stopped(stats, publisher.stats)
-    return stats
-
-
-def log_stopped(stats: ServiceStats, delivery: DeliveryStats) -> None:
-    """Record the final delivery outcome in `stats` and log the service's last line.
-
-    "Acknowledged" means Kafka confirmed the write (`acks=all`); anything else detected is
-    counted as not delivered, and the line is then an ERROR (the CLI exits 1).
-    """
-    stats.record_delivery(delivery.delivered, delivery.unacknowledged)
-    missing = stats.events_undelivered + stats.events_unacknowledged
-    summary = (
-        f"service stopped after {stats.poll_cycles} poll cycles: {stats.events_detected} "
-        f"events detected, {stats.events_acknowledged} acknowledged by Kafka"
+    log_stopped(
+        stats,
+        acknowledged=publisher.stats.delivered,
+        unacknowledged=publisher.stats.unacknowledged,
     )
-    if missing:
-        logger.error("%s, %d NOT delivered", summary, missing)
-    else:
-        logger.info("%s", summary)
+    return stats

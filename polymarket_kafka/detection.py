@@ -60,6 +60,7 @@ from polymarket_kafka.ruleset.params import DetectionParams, ResolvedRule
 
 __all__ = [
     "CLOSED_RULE",
+    "MAX_CLOSED_MARKETS",
     "ConvictionChange",
     "Detector",
     "DetectorStats",
@@ -71,6 +72,8 @@ __all__ = [
 ]
 
 CLOSED_RULE = "market_closed"
+#: Default bound of `Detector.max_closed`.
+MAX_CLOSED_MARKETS = 100_000
 
 # Prices are quoted on a 0.001 tick at best; comparing at 1e-9 absorbs float noise such as
 # 0.60 - 0.55 = 0.04999999999999993 without ever merging two distinct ticks.
@@ -216,8 +219,13 @@ class Detector:
     """Per-market detection state. Pure: no clock, no I/O; `now` is always passed in."""
 
     stats: DetectorStats = field(default_factory=DetectorStats)
+    #: How many closed markets are remembered (oldest forgotten first). Remembering one only
+    #: saves evaluating its snapshots: its state was dropped when its final event was built,
+    #: so a forgotten closed market that is polled again re-enters as closed, with no event.
+    max_closed: int = MAX_CLOSED_MARKETS
     _markets: dict[str, _MarketState] = field(default_factory=dict)
-    _closed: set[str] = field(default_factory=set)
+    #: Closed markets in the order they closed (a dict is an insertion-ordered set).
+    _closed: dict[str, None] = field(default_factory=dict)
 
     def observe(
         self, snapshot: MarketSnapshot, rules: RuleSource, now: datetime
@@ -354,7 +362,9 @@ class Detector:
     def _close(
         self, snapshot: MarketSnapshot, state: _MarketState | None, resolved: ResolvedRule
     ) -> list[ConvictionChange]:
-        self._closed.add(snapshot.market_id)
+        self._closed[snapshot.market_id] = None
+        while len(self._closed) > self.max_closed:
+            del self._closed[next(iter(self._closed))]
         self._markets.pop(snapshot.market_id, None)
         if state is None:
             return []
@@ -397,11 +407,15 @@ class Detector:
     def forget(self, market_id: str) -> None:
         """Drop all state of a market (unsubscribed): a later snapshot starts afresh."""
         self._markets.pop(market_id, None)
-        self._closed.discard(market_id)
+        self._closed.pop(market_id, None)
 
     def tracked(self) -> frozenset[str]:
         """Markets with live detection state."""
         return frozenset(self._markets)
+
+    def known(self) -> frozenset[str]:
+        """Every market the detector holds anything about: tracked or remembered as closed."""
+        return frozenset(self._markets) | frozenset(self._closed)
 
     def is_closed(self, market_id: str) -> bool:
         """True once a market's final event was emitted (it will not be tracked again)."""

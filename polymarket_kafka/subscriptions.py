@@ -45,7 +45,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio
@@ -65,7 +65,6 @@ __all__ = [
     "InvalidDocument",
     "MongoSubscriptionStore",
     "SubscriptionChange",
-    "SubscriptionStore",
     "SubscriptionStoreError",
     "client_defaults",
     "open_subscription_store",
@@ -166,31 +165,6 @@ class SubscriptionChange:
         return None if self.subscription is None else self.subscription.ref_count
 
 
-class SubscriptionStore(Protocol):
-    """What the service and the CLI need from a subscription store.
-
-    `subscribe` adds one reference (creating the document); `question`, when given, replaces
-    the cached question. `unsubscribe` drops one reference unless the market is unknown or
-    already at zero (then `applied` is False). Both return a `SubscriptionChange`, raise
-    `ValueError` for a market id that `validate_market_id` rejects, and raise only when the
-    count was not changed. `active()` returns the subscriptions with `ref_count > 0`,
-    `list_all()` every one; both report invalid documents instead of failing. After
-    `aclose()`, calls raise `anyio.ClosedResourceError`.
-    """
-
-    async def subscribe(
-        self, market_id: str, *, question: str | None = None
-    ) -> SubscriptionChange: ...
-
-    async def unsubscribe(self, market_id: str) -> SubscriptionChange: ...
-
-    async def active(self) -> ActiveSubscriptions: ...
-
-    async def list_all(self) -> ActiveSubscriptions: ...
-
-    async def aclose(self) -> None: ...
-
-
 def store_timestamp(clock: Clock) -> datetime:
     now = utc(clock())
     return now.replace(microsecond=now.microsecond - now.microsecond % 1000)
@@ -255,7 +229,8 @@ def _scrubber(uri: str | None) -> Callable[[str], str]:
 
 
 class MongoSubscriptionStore:
-    """`SubscriptionStore` over one pymongo collection (see the module notes for the contracts).
+    """`service.ports.SubscriptionStore` over one pymongo collection (see the module notes for
+    the contracts).
 
     `uri` is only used to scrub its credentials out of error messages. The store does not own
     the client: `aclose()` only marks it closed (`open_subscription_store` closes its client).

@@ -34,8 +34,8 @@ from polymarket_kafka.histogram import Histogram
 from polymarket_kafka.kafka.publisher import DeliveryStats
 from polymarket_kafka.polymarket.poller import SKIP_KINDS, PollerStats
 from polymarket_kafka.polymarket.results import ClientStats
-from polymarket_kafka.service.pipeline import ServiceStats
 from polymarket_kafka.service.reloader import RulesHolder
+from polymarket_kafka.service.stats import ServiceStats
 
 __all__ = ["PREFIX", "MetricSources", "build_registry"]
 
@@ -275,6 +275,11 @@ def _rules_metrics(rules: RulesHolder, service: ServiceStats) -> Iterator[_Famil
         "rules_reload_requests_total",
         "Rule reloads requested with SIGHUP.",
         {(): service.reload_requests},
+    )
+    yield _counter(
+        "rules_adoption_failures_total",
+        "Reloaded rules the detector could not adopt (the rules in force stayed).",
+        {(): service.rule_adoption_failures},
     )
     yield _counter(
         "rules_reloads_total",

@@ -13,8 +13,15 @@ closes its send side, `detect` drains what is queued and closes its own, `delive
 rest, and the caller's publisher then flushes under a shielded, bounded scope. Nothing that
 was detected is dropped by a shutdown.
 
+The pipeline (sources, detect, deliver) runs in its own task group nested in the service's:
+the helpers (signal handler, rules reloader, the ops server) run in the outer one. However
+the sources end -- a stop request, `max_cycles` -- the rest of the pipeline gets at most
+`drain_grace_seconds` to drain (whatever is left is logged and counted as not delivered);
+once it has, the owner cancels the helpers. No stage cancels anything above itself.
+
 Every error has a home: a malformed market is skipped by the poller; an exception while
-detecting one snapshot is logged with its market id and counted; a failing poll cycle or
+detecting one snapshot, or while adopting reloaded rules, is logged and counted (the rules
+in force stay); a failing poll cycle or
 subscription refresh is logged, counted and retried on the next tick (the last known
 subscriptions stay in force). A cycle in which Polymarket did not answer
 (`PollResult.unavailable`) is counted apart and logged once, not once per market. Only the
@@ -27,48 +34,27 @@ from __future__ import annotations
 import logging
 import math
 import signal
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import (
-    MemoryObjectReceiveStream,
-    MemoryObjectSendStream,
-    MemoryObjectStreamStatistics,
-)
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from polymarket_kafka.detection import Detector, DetectorStats, RuleSource
+from polymarket_kafka.detection import Detector, RuleSource
 from polymarket_kafka.events import build_event
-from polymarket_kafka.histogram import Histogram
-from polymarket_kafka.models import MarketSnapshot, PolymarketEvent, PolymarketSubscription
+from polymarket_kafka.models import MarketSnapshot, PolymarketEvent
 from polymarket_kafka.ops.health import ServiceHealth
-from polymarket_kafka.service.ports import (
-    InvalidDocumentLike,
-    Poller,
-    PollOutcome,
-    Publisher,
-    SourceOutcomes,
-    SubscriptionSource,
-    run_stage,
-    task_name,
-)
+from polymarket_kafka.service.ports import Poller, PollOutcome, Publisher, SubscriptionStore
 from polymarket_kafka.service.reloader import RulesHolder, run_reloader
+from polymarket_kafka.service.stages import LatestSubscriptions, Stopper, run_stage, task_name
+from polymarket_kafka.service.stats import ServiceSettings, ServiceStats, SourceOutcomes
 
-__all__ = [
-    "LatestSubscriptions",
-    "Poller",
-    "Publisher",
-    "RulesHolder",
-    "ServiceSettings",
-    "ServiceStats",
-    "Stopper",
-    "SubscriptionSource",
-    "next_poll_tick",
-    "run_service",
-]
+if TYPE_CHECKING:
+    from polymarket_kafka.subscriptions import InvalidDocument
+
+__all__ = ["next_poll_tick", "run_service"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,121 +63,9 @@ logger = logging.getLogger(__name__)
 _Polled = tuple[MarketSnapshot, float]
 
 
-@dataclass(frozen=True)
-class ServiceSettings:
-    """Timing and sizing of the pipeline."""
-
-    poll_interval_seconds: float = 30.0
-    subscription_refresh_seconds: float = 30.0
-    snapshot_buffer: int = 1024
-    event_buffer: int = 256
-    #: Stop by itself after this many poll cycles (the demo and tests); None runs forever.
-    max_cycles: int | None = None
-    #: Install SIGINT/SIGTERM/SIGHUP handlers (only possible in the main thread).
-    handle_signals: bool = True
-    #: After a stop request, how long detect + deliver may take to drain what is queued.
-    drain_grace_seconds: float = 10.0
-
-
-@dataclass
-class ServiceStats:
-    """Plain counters of what the pipeline did (`metrics` exports them at scrape time)."""
-
-    #: Poll cycles by outcome: ok, Polymarket unavailable (`PollResult.unavailable`), raised.
-    poll_cycles: int = 0
-    poll_unavailable: int = 0
-    poll_failures: int = 0
-    #: Poll ticks not run because a cycle overran the interval (`next_poll_tick`).
-    poll_ticks_skipped: int = 0
-    snapshots: int = 0
-    markets_skipped: int = 0
-    events_detected: int = 0
-    #: Handed to the publisher (accepted by the producer's queue): not yet "delivered".
-    events_published: int = 0
-    #: Left in the pipeline, never handed to the publisher (the drain ran out of time).
-    events_undelivered: int = 0
-    #: Acknowledged by Kafka, and handed over but NOT acknowledged (given up, or still pending
-    #: when the producer closed). Known only once the publisher has closed: its owner records
-    #: them with `record_delivery` (`run_service` returns before the final flush).
-    events_acknowledged: int = 0
-    events_unacknowledged: int = 0
-    detection_errors: int = 0
-    subscription_refreshes: int = 0
-    subscription_failures: int = 0
-    #: Subscription documents skipped by the latest refresh because they do not validate.
-    invalid_subscription_documents: int = 0
-    reload_requests: int = 0
-    rule_resets: int = 0
-    last_poll_at: datetime | None = None
-    #: What the detector dropped: glitches, stale and thin-book snapshots, unwatched markets.
-    detector: DetectorStats = field(default_factory=DetectorStats)
-    #: How long each poll cycle took (`poll_once`, successful or not), in seconds.
-    poll_duration: Histogram = field(default_factory=Histogram)
-    #: Distinct markets in the latest active subscriptions.
-    markets_tracked: int = 0
-    #: Events detected by `(rule, severity or "none", direction)`.
-    events_by_label: Counter[tuple[str, str, str]] = field(default_factory=Counter)
-    #: Live statistics of the pipeline's channels by name (`snapshots`, `events`), registered
-    #: by `run_service`: the metrics layer calls them at scrape time.
-    channels: dict[str, Callable[[], MemoryObjectStreamStatistics]] = field(default_factory=dict)
-
-    def record_delivery(self, acknowledged: int, unacknowledged: int) -> None:
-        """Record what Kafka acknowledged once the publisher has closed (see the fields)."""
-        self.events_acknowledged = acknowledged
-        self.events_unacknowledged = unacknowledged
-
-    @property
-    def everything_delivered(self) -> bool:
-        """True when every detected event was acknowledged by Kafka (exit status 0)."""
-        return self.events_undelivered == 0 and self.events_unacknowledged == 0
-
-
-class LatestSubscriptions:
-    """A latest-value cell: the refresher writes the active set, the poller reads it."""
-
-    def __init__(self) -> None:
-        self._value: tuple[PolymarketSubscription, ...] = ()
-        self.loaded = anyio.Event()
-        self.version = 0
-
-    @property
-    def value(self) -> tuple[PolymarketSubscription, ...]:
-        return self._value
-
-    def set(self, value: tuple[PolymarketSubscription, ...]) -> None:
-        self._value = value
-        self.version += 1
-        self.loaded.set()
-
-    def market_ids(self) -> frozenset[str]:
-        return frozenset(s.market_id for s in self._value)
-
-
-class Stopper:
-    """Requests a stop. The first request cancels the sources and lets the pipeline drain
-    (bounded by `ServiceSettings.drain_grace_seconds`); a second one stops at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._sources = anyio.CancelScope()
-        self._service: anyio.CancelScope | None = None
-        #: Called on the first request (`run_service` marks its health as stopping).
-        self._on_stop: Callable[[], None] = lambda: None
-
-    def stop(self) -> None:
-        if self.requested:
-            logger.warning("second stop request: stopping now without draining")
-            if self._service is not None:
-                self._service.cancel()
-            return
-        self.requested = True
-        self._on_stop()
-        self._sources.cancel()
-
-
 async def run_service(
     *,
-    store: SubscriptionSource,
+    store: SubscriptionStore,
     poller: Poller,
     publisher: Publisher,
     settings: ServiceSettings,
@@ -221,7 +95,7 @@ async def run_service(
     stopper = stopper or Stopper()
     health = health if health is not None else ServiceHealth()
     health.poll_interval_seconds = settings.poll_interval_seconds
-    stopper._on_stop = health.mark_stopping
+    stopper.on_stop(health.mark_stopping)
     outcomes = SourceOutcomes(stats, health)
     subscriptions = LatestSubscriptions()
     snap_send, snap_recv = anyio.create_memory_object_stream[_Polled](settings.snapshot_buffer)
@@ -230,32 +104,33 @@ async def run_service(
     )
     stats.channels.update(snapshots=snap_recv.statistics, events=event_recv.statistics)
 
-    async with anyio.create_task_group() as tg:
-        stopper._service = tg.cancel_scope
+    async with anyio.create_task_group() as helpers:
         for task in background:
-            tg.start_soon(run_stage, health, task_name(task), task)
+            helpers.start_soon(run_stage, health, task_name(task), task)
         if settings.handle_signals:
-            await tg.start(run_stage, health, "signals", _handle_signals, stopper, rules, stats)
-        tg.start_soon(run_stage, health, "reloader", run_reloader, rules)
-        tg.start_soon(
-            run_stage, health, "detect", _detect, snap_recv, event_send, rules, subscriptions, stats
-        )
-        deliver = (_deliver, event_recv, publisher, stats, on_published, tg.cancel_scope)
-        tg.start_soon(run_stage, health, "deliver", *deliver)
+            installed = anyio.Event()
+            signals = (_handle_signals, stopper, rules, stats, installed)
+            helpers.start_soon(run_stage, health, "signals", *signals)
+            await installed.wait()  # a signal sent from now on is handled
+        helpers.start_soon(run_stage, health, "reloader", run_reloader, rules)
         task_status.started(stopper)
-        with stopper._sources:
-            async with anyio.create_task_group() as sources:
-                refresh = (_refresh_subscriptions, store, subscriptions, settings, outcomes)
-                sources.start_soon(run_stage, health, "refresh_subscriptions", *refresh)
-                with health.stage("poll_markets"):
-                    polling = (poller, subscriptions, settings, clock, outcomes)
-                    await _poll_markets(snap_send, *polling)
-                health.mark_stopping()  # max_cycles: the sources are done, the rest drains
-                sources.cancel_scope.cancel()
-        health.mark_stopping()
-        if stopper.requested:
-            logger.info("stop requested: sources stopped, draining the pipeline")
-            tg.cancel_scope.deadline = anyio.current_time() + settings.drain_grace_seconds
+        with stopper.pipeline:
+            async with anyio.create_task_group() as pipeline:
+                detect = (_detect, snap_recv, event_send, rules, subscriptions, stats)
+                pipeline.start_soon(run_stage, health, "detect", *detect)
+                deliver = (_deliver, event_recv, publisher, stats, on_published)
+                pipeline.start_soon(run_stage, health, "deliver", *deliver)
+                with stopper.sources:
+                    refresh = (_refresh_subscriptions, store, subscriptions, settings, outcomes)
+                    polling = (snap_send, poller, subscriptions, settings, clock, outcomes)
+                    await _run_sources(health, refresh, polling)
+                health.mark_stopping()
+                if stopper.requested:
+                    logger.info("stop requested: sources stopped, draining the pipeline")
+                # However the sources ended, what is queued gets a bounded time to drain.
+                pipeline.cancel_scope.deadline = anyio.current_time() + settings.drain_grace_seconds
+        # The pipeline has drained: the helpers have nothing left to serve.
+        helpers.cancel_scope.cancel()
     logger.info(
         "pipeline drained after %d poll cycles: %d events detected, %d handed to Kafka",
         stats.poll_cycles,
@@ -265,15 +140,47 @@ async def run_service(
     return stats
 
 
+_Refresh = tuple[
+    Callable[
+        [SubscriptionStore, LatestSubscriptions, ServiceSettings, SourceOutcomes],
+        Awaitable[None],
+    ],
+    SubscriptionStore,
+    LatestSubscriptions,
+    ServiceSettings,
+    SourceOutcomes,
+]
+
+
+async def _run_sources(
+    health: ServiceHealth,
+    refresh: _Refresh,
+    polling: tuple[
+        MemoryObjectSendStream[_Polled],
+        Poller,
+        LatestSubscriptions,
+        ServiceSettings,
+        Callable[[], datetime],
+        SourceOutcomes,
+    ],
+) -> None:
+    """The sources: subscription refresh and polling, until polling ends (`max_cycles`) or
+    the caller's scope is cancelled (a stop request)."""
+    async with anyio.create_task_group() as sources:
+        sources.start_soon(run_stage, health, "refresh_subscriptions", *refresh)
+        with health.stage("poll_markets"):
+            await _poll_markets(*polling)
+        sources.cancel_scope.cancel()
+
+
 async def _handle_signals(
     stopper: Stopper,
     rules: RulesHolder,
     stats: ServiceStats,
-    *,
-    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    installed: anyio.Event,
 ) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        task_status.started()
+        installed.set()
         async for signum in signals:
             if signum == signal.SIGHUP:
                 stats.reload_requests += 1
@@ -285,7 +192,7 @@ async def _handle_signals(
 
 
 async def _refresh_subscriptions(
-    store: SubscriptionSource,
+    store: SubscriptionStore,
     subscriptions: LatestSubscriptions,
     settings: ServiceSettings,
     outcomes: SourceOutcomes,
@@ -315,7 +222,7 @@ async def _refresh_subscriptions(
 
 
 def _warn_invalid_documents(
-    invalid: Sequence[InvalidDocumentLike], warned: frozenset[tuple[str, str]]
+    invalid: Sequence[InvalidDocument], warned: frozenset[tuple[str, str]]
 ) -> frozenset[tuple[str, str]]:
     """Warn once about each invalid document (and again if its error changes); return what
     is now known. Only the documents of the latest refresh are remembered: the set is bounded
@@ -432,18 +339,22 @@ async def _detect(
     detector = Detector(stats=stats.detector)
     seen_version = -1
     in_force = rules.current
+    #: Rules whose adoption failed: not retried until the next reload.
+    refused: RuleSource | None = None
     async with snapshots, events:
         async for snapshot, polled_at in snapshots:
             if subscriptions.version != seen_version:
                 seen_version = subscriptions.version
                 active = subscriptions.market_ids()
-                for market_id in detector.tracked() - active:
+                for market_id in detector.known() - active:
                     detector.forget(market_id)
-            if rules.current is not in_force:
+            if rules.current is not in_force and rules.current is not refused:
                 # A reload swapped the rules between two snapshots: adopt them here, so every
                 # snapshot is judged by exactly one rule set.
-                in_force = rules.current
-                _adopt(detector, in_force, stats)
+                if _adopt(detector, rules.current, stats):
+                    in_force = rules.current
+                else:
+                    refused = rules.current
             stats.snapshots += 1
             try:
                 # The snapshot's age is how long it waited in the pipeline, on the monotonic
@@ -481,8 +392,17 @@ async def _detect(
                 await events.send(event)
 
 
-def _adopt(detector: Detector, rules: RuleSource, stats: ServiceStats) -> None:
-    resets = detector.apply_rules(rules)
+def _adopt(detector: Detector, rules: RuleSource, stats: ServiceStats) -> bool:
+    """Adopt reloaded rules; False (logged, counted, the rules in force kept) if that fails."""
+    try:
+        resets = detector.apply_rules(rules)
+    except Exception:
+        stats.rule_adoption_failures += 1
+        logger.exception(
+            "rules %s could not be adopted; detection goes on with the rules in force",
+            rules.version,
+        )
+        return False
     stats.rule_resets += len(resets)
     for reset in resets:
         logger.info(
@@ -499,6 +419,7 @@ def _adopt(detector: Detector, rules: RuleSource, stats: ServiceStats) -> None:
         len(resets),
         len(detector.tracked()),
     )
+    return True
 
 
 async def _deliver(
@@ -506,11 +427,12 @@ async def _deliver(
     publisher: Publisher,
     stats: ServiceStats,
     on_published: Callable[[PolymarketEvent], Awaitable[None]] | None,
-    service_scope: anyio.CancelScope,
 ) -> None:
     async with events:
         try:
             async for event in events:
+                # A publish cancelled before Kafka's client accepted the event is the
+                # publisher's to report (`Publisher`): it counts it as not acknowledged.
                 await publisher.publish(event)
                 stats.events_published += 1
                 if on_published is not None:
@@ -519,8 +441,6 @@ async def _deliver(
             # The drain ran out of time (or a forced stop): name every event left behind.
             _report_undelivered(events, stats)
             raise
-    # Everything upstream has drained: only the signal handler can still be running.
-    service_scope.cancel()
 
 
 def _report_undelivered(

@@ -1,42 +1,26 @@
-"""What the pipeline needs from its adapters, and where their outcomes are recorded.
+"""What the pipeline needs from its adapters: Protocols only.
 
-`service.run_service` talks to the outside only through the three protocols below
-(`poller.MarketPoller`, `subscriptions` stores and `kafka.KafkaPublisher` satisfy them; tests
-pass fakes). `SourceOutcomes` is the one place where the sources record how each
-subscription refresh and poll cycle went: it classifies the outcome once and updates both
-the metrics' counters (`service.ServiceStats`) and `health.ServiceHealth`, so the two never
-disagree. `run_stage` runs each long-lived task as a named stage, so `/health/live` knows
-which task ended and why.
+`pipeline.run_service` talks to the outside only through these (`polymarket.poller.
+MarketPoller`, the subscription stores and `kafka.publisher.KafkaPublisher` satisfy them;
+tests pass fakes). One Protocol per contract; the data they return is the adapters' own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Collection
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
-import anyio
-
 from polymarket_kafka.models import MarketSnapshot, PolymarketEvent, PolymarketSubscription
-from polymarket_kafka.ops.health import ServiceHealth
 
 if TYPE_CHECKING:
-    from polymarket_kafka.service.pipeline import ServiceStats
+    from polymarket_kafka.subscriptions import ActiveSubscriptions, SubscriptionChange
 
-__all__ = [
-    "InvalidDocumentLike",
-    "PollOutcome",
-    "Poller",
-    "Publisher",
-    "SourceOutcomes",
-    "SubscriptionSource",
-    "run_stage",
-    "task_name",
-]
+__all__ = ["PollOutcome", "Poller", "Publisher", "SubscriptionStore"]
 
 
 class PollOutcome(Protocol):
-    """What a poll cycle returns (see `poller.PollResult`)."""
+    """What a poll cycle returns (see `polymarket.poller.PollResult`)."""
 
     @property
     def snapshots(self) -> list[MarketSnapshot]: ...
@@ -52,116 +36,45 @@ class PollOutcome(Protocol):
 
 
 class Poller(Protocol):
-    """Turns the active subscriptions into snapshots (see `poller.MarketPoller`)."""
+    """Turns the active subscriptions into snapshots (see `polymarket.poller.MarketPoller`)."""
 
     async def poll_once(
         self, subscriptions: Collection[PolymarketSubscription], now: datetime
     ) -> PollOutcome: ...
 
 
-class InvalidDocumentLike(Protocol):
-    """A subscription document that failed validation (see `subscriptions.InvalidDocument`)."""
+class SubscriptionStore(Protocol):
+    """Where subscriptions live (`subscriptions.MongoSubscriptionStore`; the demo and tests use
+    `testing.memory_store.InMemorySubscriptionStore`). The pipeline reads `active()`; the CLI
+    writes.
 
-    @property
-    def document_id(self) -> str: ...
+    `subscribe` adds one reference (creating the document); `question`, when given, replaces
+    the cached question. `unsubscribe` drops one reference unless the market is unknown or
+    already at zero (then `applied` is False). Both return a `SubscriptionChange`, raise
+    `ValueError` for a market id that `validate_market_id` rejects, and raise only when the
+    count was not changed. `active()` returns the subscriptions with `ref_count > 0`,
+    `list_all()` every one; both report invalid documents instead of failing. After
+    `aclose()`, calls raise `anyio.ClosedResourceError`.
+    """
 
-    @property
-    def market_id(self) -> str | None: ...
+    async def subscribe(
+        self, market_id: str, *, question: str | None = None
+    ) -> SubscriptionChange: ...
 
-    @property
-    def error(self) -> str: ...
+    async def unsubscribe(self, market_id: str) -> SubscriptionChange: ...
 
-    def describe(self) -> str: ...
+    async def active(self) -> ActiveSubscriptions: ...
 
+    async def list_all(self) -> ActiveSubscriptions: ...
 
-class _ActiveSubscriptions(Protocol):
-    @property
-    def subscriptions(self) -> tuple[PolymarketSubscription, ...]: ...
-
-    @property
-    def invalid(self) -> tuple[InvalidDocumentLike, ...]: ...
-
-
-class SubscriptionSource(Protocol):
-    """Where the active subscriptions come from (see `subscriptions`)."""
-
-    async def active(self) -> _ActiveSubscriptions: ...
+    async def aclose(self) -> None: ...
 
 
 class Publisher(Protocol):
-    """Accepts events for delivery (see `kafka.KafkaPublisher`)."""
+    """Accepts events for delivery (see `kafka.publisher.KafkaPublisher`).
 
-    async def publish(self, event: PolymarketEvent) -> None: ...
-
-
-async def run_stage(
-    health: ServiceHealth,
-    name: str,
-    task: Callable[..., Awaitable[object]],
-    *args: object,
-    **kwargs: object,
-) -> None:
-    """Run `task(*args, **kwargs)` as stage `name` of `health` (kwargs: `task_status`)."""
-    with health.stage(name):
-        await task(*args, **kwargs)
-
-
-def task_name(task: Callable[..., object]) -> str:
-    """The stage name of a background task: its function's name."""
-    # functools.partial has no __name__: name it after the function it wraps.
-    target = getattr(task, "func", task)
-    return str(getattr(target, "__name__", type(target).__name__))
-
-
-class SourceOutcomes:
-    """Records each subscription refresh and poll cycle once, into `stats` and `health`.
-
-    Called by the service's source tasks on the event loop thread; `time` is the monotonic
-    clock poll cycles are stamped with for readiness.
+    `publish` returns once the event is the publisher's to deliver (it may wait: backpressure).
+    A publish cancelled before that is the publisher's to account for as not delivered.
     """
 
-    def __init__(
-        self,
-        stats: ServiceStats,
-        health: ServiceHealth,
-        *,
-        time: Callable[[], float] = anyio.current_time,
-    ) -> None:
-        self._stats, self._health, self._time = stats, health, time
-
-    def refreshed(self, active_markets: int, invalid_documents: int = 0) -> None:
-        """A refresh read the active subscriptions: `active_markets` distinct markets, and
-        `invalid_documents` documents it had to skip."""
-        self._stats.subscription_refreshes += 1
-        self._stats.markets_tracked = active_markets
-        self._stats.invalid_subscription_documents = invalid_documents
-        self._health.record_subscriptions(active_markets)
-
-    def refresh_failed(self, error: Exception) -> int:
-        """A refresh failed; returns how many failed in a row (for the retry backoff)."""
-        self._stats.subscription_failures += 1
-        return self._health.record_refresh_failure(str(error))
-
-    def polled(self, result: PollOutcome, now: datetime, seconds: float) -> bool:
-        """A cycle stamped `now` returned after `seconds`; False if Polymarket was unavailable
-        (`result.unavailable`): a failed cycle for readiness, `unavailable` for the metrics."""
-        self._stats.poll_duration.observe(seconds)
-        self._stats.markets_skipped += len(result.skipped)
-        if result.unavailable is not None:
-            self._stats.poll_unavailable += 1
-            self._health.record_poll_failure(f"Polymarket unavailable: {result.unavailable}")
-            return False
-        self._stats.poll_cycles += 1
-        self._stats.last_poll_at = now
-        self._health.record_poll(self._time())
-        return True
-
-    def ticks_skipped(self, count: int) -> None:
-        """`count` poll ticks were skipped after a cycle overran the interval."""
-        self._stats.poll_ticks_skipped += count
-
-    def poll_failed(self, error: Exception, seconds: float) -> None:
-        """A cycle raised `error` after `seconds`."""
-        self._stats.poll_duration.observe(seconds)
-        self._stats.poll_failures += 1
-        self._health.record_poll_failure(f"{type(error).__name__}: {error}")
+    async def publish(self, event: PolymarketEvent) -> None: ...

@@ -28,13 +28,13 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 import yaml
 
-from polymarket_kafka.app import log_stopped
 from polymarket_kafka.config import KafkaConfig, PolymarketConfig
 from polymarket_kafka.kafka.publisher import open_kafka_publisher
 from polymarket_kafka.polymarket import open_polymarket_client
 from polymarket_kafka.polymarket.poller import MarketPoller
-from polymarket_kafka.service.pipeline import ServiceSettings, ServiceStats, run_service
+from polymarket_kafka.service.pipeline import run_service
 from polymarket_kafka.service.reloader import RulesHolder, default_rules_path
+from polymarket_kafka.service.stats import ServiceSettings, ServiceStats, log_stopped
 from polymarket_kafka.testing.cassette import CassetteTransport
 from polymarket_kafka.testing.local_broker import (
     BrokerStartError,
@@ -204,7 +204,11 @@ async def run_demo(
                 clock=clock,
                 rules=RulesHolder.from_path(rules_path),
             )
-        log_stopped(stats, publisher.stats)
+        log_stopped(
+            stats,
+            acknowledged=publisher.stats.delivered,
+            unacknowledged=publisher.stats.unacknowledged,
+        )
         messages = await anyio.to_thread.run_sync(
             lambda: read_events(
                 broker.bootstrap_servers,

@@ -25,7 +25,7 @@ Document = dict[str, Any]
 
 
 class InMemorySubscriptionStore:
-    """`SubscriptionStore` kept in process (the embedded demo, tests): no MongoDB needed.
+    """`service.ports.SubscriptionStore` kept in process (the demo, tests): no MongoDB needed.
 
     Same contracts as `MongoSubscriptionStore`; a lock makes each operation atomic even across
     threads. `seed` market ids start subscribed once each. Returned models are copies.

@@ -23,8 +23,9 @@ import pytest
 from polymarket_kafka.models import ConvictionDirection, PolymarketEvent
 from polymarket_kafka.polymarket import PolymarketHTTPError, open_polymarket_client
 from polymarket_kafka.polymarket.poller import MarketPoller
-from polymarket_kafka.service.pipeline import ServiceSettings, run_service
+from polymarket_kafka.service.pipeline import run_service
 from polymarket_kafka.service.reloader import RulesHolder
+from polymarket_kafka.service.stats import ServiceSettings
 from polymarket_kafka.testing.cassette_server import MISMATCH_STATUS, CassetteServer
 from polymarket_kafka.testing.demo import DEFAULT_CASSETTE, SteppingClock, demo_market_ids
 from polymarket_kafka.testing.memory_store import InMemorySubscriptionStore

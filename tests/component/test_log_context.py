@@ -23,8 +23,9 @@ from polymarket_kafka.models import PolymarketEvent
 from polymarket_kafka.polymarket import open_polymarket_client
 from polymarket_kafka.polymarket.poller import MarketPoller
 from polymarket_kafka.ruleset import load_rules_text
-from polymarket_kafka.service.pipeline import ServiceSettings, run_service
+from polymarket_kafka.service.pipeline import run_service
 from polymarket_kafka.service.reloader import RulesHolder
+from polymarket_kafka.service.stats import ServiceSettings
 from polymarket_kafka.testing.fake_polymarket import FakePolymarketServer
 from polymarket_kafka.testing.memory_store import InMemorySubscriptionStore
 from tests.unit.test_kafka_publisher_fake import EVENTS, Factory, Sent, publisher_for

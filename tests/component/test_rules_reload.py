@@ -23,8 +23,9 @@ from polymarket_kafka.models import PolymarketSubscription
 from polymarket_kafka.polymarket import open_polymarket_client
 from polymarket_kafka.polymarket.poller import MarketPoller, PollResult
 from polymarket_kafka.ruleset import RuleSet, load_rules
-from polymarket_kafka.service.pipeline import ServiceSettings, ServiceStats, run_service
+from polymarket_kafka.service.pipeline import run_service
 from polymarket_kafka.service.reloader import RulesHolder, default_rules_path, run_reloader
+from polymarket_kafka.service.stats import ServiceSettings, ServiceStats
 from polymarket_kafka.testing.fake_polymarket import FakePolymarketServer
 from polymarket_kafka.testing.memory_store import InMemorySubscriptionStore
 from tests.component.test_service import RecordingPublisher, ScriptedClock

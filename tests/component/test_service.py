@@ -20,17 +20,16 @@ from typing import Any
 import anyio
 import pytest
 
+from polymarket_kafka.detection import Detector
 from polymarket_kafka.models import ConvictionDirection, MarketSnapshot, PolymarketEvent
 from polymarket_kafka.polymarket import open_polymarket_client
 from polymarket_kafka.polymarket.poller import MarketPoller, PollResult
 from polymarket_kafka.ruleset import ResolvedRule, RuleSet, load_rules_text
-from polymarket_kafka.service.pipeline import (
-    ServiceSettings,
-    ServiceStats,
-    Stopper,
-    run_service,
-)
+from polymarket_kafka.service.pipeline import run_service
+from polymarket_kafka.service.ports import SubscriptionStore
 from polymarket_kafka.service.reloader import RulesHolder
+from polymarket_kafka.service.stages import Stopper
+from polymarket_kafka.service.stats import ServiceSettings, ServiceStats
 from polymarket_kafka.subscriptions import (
     ActiveSubscriptions,
     InvalidDocument,
@@ -83,7 +82,7 @@ async def run(
     clock: Callable[[], datetime],
     *,
     publisher: RecordingPublisher | None = None,
-    store: object | None = None,
+    store: SubscriptionStore | None = None,
     settings: ServiceSettings | None = None,
     rules: RulesHolder | None = None,
     stopper: Stopper | None = None,
@@ -92,7 +91,7 @@ async def run(
     markets = [m.condition_id for m in server.markets]
     async with open_polymarket_client(server.polymarket_config(max_retries=0)) as client:
         stats = await run_service(
-            store=store or InMemorySubscriptionStore(seed=markets),  # type: ignore[arg-type]
+            store=store or InMemorySubscriptionStore(seed=markets),
             poller=MarketPoller(client, metadata_refresh_seconds=3600),
             publisher=publisher,
             settings=settings
@@ -179,6 +178,102 @@ async def test_drain_grace_reports_undelivered_events(
     assert "event NOT delivered" in caplog.text
 
 
+async def test_max_cycles_with_a_stuck_publisher_ends_within_the_drain_grace(
+    server: FakePolymarketServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No stop request at all: the run ends by `max_cycles` while the "broker" never accepts.
+    The drain still has its deadline, and what is left is reported, not waited for."""
+    a, b = server.markets[0].condition_id, server.markets[1].condition_id
+    blocked = RecordingPublisher(gate=anyio.Event())
+    settings = ServiceSettings(
+        poll_interval_seconds=0.01, max_cycles=3, drain_grace_seconds=0.2, handle_signals=False
+    )
+    with anyio.fail_after(10):
+        stats, _ = await run(
+            server,
+            ScriptedClock(server, {1: {a: 0.70, b: 0.20}}),
+            publisher=blocked,
+            settings=settings,
+        )
+    assert blocked.events == []
+    assert stats.poll_cycles == 3
+    assert stats.events_detected == 2
+    # One event was inside publish() (the publisher's to account for), the other queued.
+    assert stats.events_undelivered == 1
+    assert "event NOT delivered" in caplog.text
+
+
+async def test_helpers_are_cancelled_once_the_pipeline_has_drained(
+    server: FakePolymarketServer,
+) -> None:
+    """A helper that would run forever (like the ops server) does not keep the service up."""
+    helper_cancelled = anyio.Event()
+
+    async def helper() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            helper_cancelled.set()
+
+    a = server.markets[0].condition_id
+    markets = [m.condition_id for m in server.markets]
+    publisher = RecordingPublisher()
+    async with open_polymarket_client(server.polymarket_config(max_retries=0)) as client:
+        with anyio.fail_after(10):
+            stats = await run_service(
+                store=InMemorySubscriptionStore(seed=markets),
+                poller=MarketPoller(client, metadata_refresh_seconds=3600),
+                publisher=publisher,
+                settings=ServiceSettings(
+                    poll_interval_seconds=0.01, max_cycles=3, handle_signals=False
+                ),
+                clock=ScriptedClock(server, {1: {a: 0.7}}),
+                rules=RulesHolder(ONE_POLL),
+                background=[helper],
+            )
+    assert helper_cancelled.is_set()
+    # It was cancelled after the pipeline drained: the event was delivered first.
+    assert [e.market_id for e in publisher.events] == [a]
+    assert stats.events_published == 1
+
+
+async def test_rules_that_cannot_be_adopted_keep_the_rules_in_force(
+    server: FakePolymarketServer,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An exception while adopting reloaded rules is isolated like a per-snapshot error:
+    logged once, counted, and detection goes on with the previous rules."""
+    a, b = server.markets[0].condition_id, server.markets[1].condition_id
+    holder = RulesHolder(ONE_POLL)
+    strict = "version: 1\ndefaults:\n  confirm: {polls: 1}\n  move: {abs: 0.50, log_odds: 5}\n"
+    broken = load_rules_text(strict, "broken.yaml")
+    adoptions: list[str] = []
+
+    def fail_to_adopt(detector: Detector, rules: object) -> list[object]:
+        adoptions.append(getattr(rules, "version", "?"))
+        raise RuntimeError("adoption exploded")
+
+    monkeypatch.setattr(Detector, "apply_rules", fail_to_adopt)
+
+    class Clock(ScriptedClock):
+        def __call__(self) -> datetime:
+            if self.cycle == 2:
+                holder.current = broken  # what a reload does, between two snapshots
+            return super().__call__()
+
+    settings = ServiceSettings(poll_interval_seconds=0.01, max_cycles=5, handle_signals=False)
+    stats, publisher = await run(
+        server, Clock(server, {1: {a: 0.7}, 3: {b: 0.7}}), settings=settings, rules=holder
+    )
+    # b's 20-point move fires under the rules in force (the broken set would need 50).
+    assert [e.market_id for e in publisher.events] == [a, b]
+    assert {e.rules_version for e in publisher.events} == {ONE_POLL.version}
+    assert adoptions == [broken.version]  # tried once, not once per snapshot
+    assert stats.rule_adoption_failures == 1
+    assert caplog.text.count("could not be adopted") == 1
+
+
 async def test_second_stop_request_stops_at_once(server: FakePolymarketServer) -> None:
     stopper = Stopper()
     blocked = RecordingPublisher(gate=anyio.Event())
@@ -210,18 +305,17 @@ async def test_store_failure_keeps_last_known_subscriptions(
     server: FakePolymarketServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     markets = [m.condition_id for m in server.markets]
-    inner = InMemorySubscriptionStore(seed=markets)
 
-    class FlakyStore:
+    class FlakyStore(InMemorySubscriptionStore):
         calls = 0
 
         async def active(self) -> ActiveSubscriptions:
             self.calls += 1
             if self.calls > 1:
                 raise ConnectionError("mongodb unreachable")
-            return await inner.active()
+            return await super().active()
 
-    store = FlakyStore()
+    store = FlakyStore(seed=markets)
     a = markets[0]
     settings = ServiceSettings(
         poll_interval_seconds=0.01,
@@ -285,7 +379,7 @@ async def test_unsubscribed_market_is_no_longer_polled(server: FakePolymarketSer
                 unsubscribed.set()
             return super().__call__()
 
-    class UnsubscribingStore:
+    class UnsubscribingStore(InMemorySubscriptionStore):
         async def active(self) -> ActiveSubscriptions:
             if unsubscribed.is_set() and a in (await store.active()).market_ids:
                 await store.unsubscribe(a)
@@ -308,10 +402,9 @@ async def test_invalid_subscription_documents_are_warned_about_once(
     server: FakePolymarketServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     markets = [m.condition_id for m in server.markets]
-    inner = InMemorySubscriptionStore(seed=markets)
     broken = "0x" + "e" * 64
 
-    class StoreWithBadDocuments:
+    class StoreWithBadDocuments(InMemorySubscriptionStore):
         refreshes = 0
 
         async def active(self) -> ActiveSubscriptions:
@@ -321,7 +414,7 @@ async def test_invalid_subscription_documents_are_warned_about_once(
                 bad.append(InvalidDocument("665f0d", None, "market_id: field required"))
             if self.refreshes >= 4:  # and the first one breaks differently
                 bad[0] = InvalidDocument("665f0c", broken, "ref_count: must be >= 0, got -1")
-            active = await inner.active()
+            active = await super().active()
             return ActiveSubscriptions(active.subscriptions, tuple(bad))
 
     settings = ServiceSettings(
@@ -330,7 +423,7 @@ async def test_invalid_subscription_documents_are_warned_about_once(
         max_cycles=8,
         handle_signals=False,
     )
-    store = StoreWithBadDocuments()
+    store = StoreWithBadDocuments(seed=markets)
     stats, _ = await run(server, ScriptedClock(server, {}), store=store, settings=settings)
     assert store.refreshes >= 5
     warnings = [r for r in caplog.records if r.getMessage().startswith("invalid subscription")]

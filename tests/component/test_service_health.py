@@ -20,13 +20,10 @@ from polymarket_kafka.models import PolymarketEvent
 from polymarket_kafka.ops.health import HealthReport, ServiceHealth, StageState
 from polymarket_kafka.polymarket import open_polymarket_client
 from polymarket_kafka.polymarket.poller import MarketPoller
-from polymarket_kafka.service.pipeline import (
-    ServiceSettings,
-    ServiceStats,
-    Stopper,
-    SubscriptionSource,
-    run_service,
-)
+from polymarket_kafka.service.pipeline import run_service
+from polymarket_kafka.service.ports import SubscriptionStore
+from polymarket_kafka.service.stages import Stopper
+from polymarket_kafka.service.stats import ServiceSettings, ServiceStats
 from polymarket_kafka.subscriptions import ActiveSubscriptions
 from polymarket_kafka.testing.fake_polymarket import FakePolymarketServer
 from polymarket_kafka.testing.memory_store import InMemorySubscriptionStore
@@ -48,19 +45,19 @@ class RecordingPublisher:
         self.events.append(event)
 
 
-@dataclass
-class FlakyStore:
-    """Fails its first `failures` refreshes, then serves `store`."""
+class FlakyStore(InMemorySubscriptionStore):
+    """Fails its first `failures` refreshes, then serves the `seed` markets."""
 
-    store: InMemorySubscriptionStore
-    failures: int
-    calls: int = 0
+    def __init__(self, seed: list[str], *, failures: int) -> None:
+        super().__init__(seed)
+        self.failures = failures
+        self.calls = 0
 
     async def active(self) -> ActiveSubscriptions:
         self.calls += 1
         if self.calls <= self.failures:
             raise ConnectionError(f"MongoDB down (attempt {self.calls})")
-        return await self.store.active()
+        return await super().active()
 
 
 @pytest.fixture
@@ -78,7 +75,7 @@ async def run(
     health: ServiceHealth,
     *,
     background: list[Callable[[], Awaitable[None]]],
-    store: SubscriptionSource | None = None,
+    store: SubscriptionStore | None = None,
     stopper: Stopper | None = None,
     max_cycles: int | None = None,
     stats: ServiceStats | None = None,
@@ -152,7 +149,7 @@ async def test_ready_after_the_first_poll_then_stopping_then_stopped(
 
 async def test_subscription_failures_then_recovery(server: FakePolymarketServer) -> None:
     markets = [m.condition_id for m in server.markets]
-    store = FlakyStore(InMemorySubscriptionStore(seed=markets[:2]), failures=1)
+    store = FlakyStore(markets[:2], failures=1)
     health = ServiceHealth()
     stopper = Stopper()
     seen: list[dict[str, object]] = []

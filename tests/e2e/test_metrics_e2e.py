@@ -25,8 +25,9 @@ from polymarket_kafka.ops.metrics import MetricSources, build_registry
 from polymarket_kafka.polymarket import ClientStats, RetryPolicy, open_polymarket_client
 from polymarket_kafka.polymarket.poller import MarketPoller, PollerStats
 from polymarket_kafka.ruleset import load_rules_text
-from polymarket_kafka.service.pipeline import ServiceSettings, ServiceStats, run_service
+from polymarket_kafka.service.pipeline import run_service
 from polymarket_kafka.service.reloader import RulesHolder
+from polymarket_kafka.service.stats import ServiceSettings, ServiceStats
 from polymarket_kafka.testing.fake_polymarket import FakePolymarketServer
 from polymarket_kafka.testing.local_broker import LocalBroker, read_events
 from polymarket_kafka.testing.memory_store import InMemorySubscriptionStore

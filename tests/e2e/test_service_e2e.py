@@ -25,7 +25,8 @@ from polymarket_kafka.kafka.publisher import open_kafka_publisher
 from polymarket_kafka.models import ConvictionDirection, PolymarketEvent
 from polymarket_kafka.polymarket import open_polymarket_client
 from polymarket_kafka.polymarket.poller import MarketPoller
-from polymarket_kafka.service.pipeline import ServiceSettings, run_service
+from polymarket_kafka.service.pipeline import run_service
+from polymarket_kafka.service.stats import ServiceSettings
 from polymarket_kafka.subscriptions import open_subscription_store
 from polymarket_kafka.testing.fake_polymarket import FakePolymarketServer
 from polymarket_kafka.testing.local_broker import LocalBroker, read_events

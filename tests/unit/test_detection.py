@@ -362,6 +362,35 @@ def test_a_resolved_market_closes_at_its_final_outcome_price(price: float, resol
     assert (final.price, final.snapshot.resolution) == (price, resolution)
 
 
+def test_closed_markets_are_remembered_up_to_the_bound_oldest_forgotten_first() -> None:
+    detector = Detector(max_closed=2)
+    rules = FixedRules(INSTANT)
+    markets = ["0x" + c * 64 for c in "abc"]
+    for market in markets:
+        detector.observe(snap(0.5, 0, market=market), rules, T0)
+    finals = [detector.observe(snap(0.9, 5, closed=True, market=m), rules, T0) for m in markets]
+    assert [len(f) for f in finals] == [1, 1, 1]
+    # The bound holds: the first market to close is forgotten, the two latest are kept.
+    assert [detector.is_closed(m) for m in markets] == [False, True, True]
+    assert detector.known() == frozenset(markets[1:])
+    # A forgotten closed market polled again re-enters as closed, with no second event.
+    assert detector.observe(snap(0.9, 10, closed=True, market=markets[0]), rules, T0) == []
+    assert detector.is_closed(markets[0]) and not detector.is_closed(markets[1])
+
+
+def test_known_markets_include_the_closed_ones_until_forgotten() -> None:
+    detector = Detector()
+    rules = FixedRules(INSTANT)
+    other = "0x" + "f" * 64
+    detector.observe(snap(0.5, 0), rules, T0)
+    detector.observe(snap(0.5, 0, market=other), rules, T0)
+    detector.observe(snap(0.9, 5, closed=True), rules, T0)
+    assert detector.tracked() == {other}
+    assert detector.known() == {MARKET, other}
+    detector.forget(MARKET)
+    assert detector.known() == {other}
+
+
 def test_market_closed_when_first_seen_emits_nothing() -> None:
     detector = Detector()
     assert detector.observe(snap(1.0, 0, closed=True), FixedRules(INSTANT), T0) == []

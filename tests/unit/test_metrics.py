@@ -20,8 +20,8 @@ from polymarket_kafka.ops.metrics import MetricSources, build_registry
 from polymarket_kafka.polymarket.poller import PollerStats
 from polymarket_kafka.polymarket.results import ClientStats
 from polymarket_kafka.ruleset import RuleSet
-from polymarket_kafka.service.pipeline import ServiceStats
 from polymarket_kafka.service.reloader import RulesHolder
+from polymarket_kafka.service.stats import ServiceStats
 
 #: Every metric the issue asks for (family names, as the text format types them).
 REQUIRED = {
@@ -90,6 +90,7 @@ def filled_sources() -> MetricSources:
         subscription_refreshes=9,
         subscription_failures=1,
         reload_requests=2,
+        rule_adoption_failures=1,
         last_poll_at=datetime(2024, 11, 5, 23, 0, tzinfo=UTC),
         markets_tracked=5,
         events_by_label=Counter(
@@ -211,6 +212,7 @@ def test_client_delivery_and_rules_metrics() -> None:
     assert value(samples, "rules_reloads_total", result="success") == 2
     assert value(samples, "rules_reloads_total", result="failure") == 1
     assert value(samples, "rules_reload_requests_total") == 2
+    assert value(samples, "rules_adoption_failures_total") == 1
     assert value(samples, "rules_last_reload_success_timestamp_seconds") == 1_700_000_000.0
     assert value(samples, "rules_info", version=RuleSet.builtin().version) == 1
     assert value(samples, "build_info", version=__version__) == 1

@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 from pymongo.errors import DuplicateKeyError, OperationFailure, ServerSelectionTimeoutError
 
 from polymarket_kafka.config import MongoConfig
+from polymarket_kafka.service.ports import SubscriptionStore
 from polymarket_kafka.subscriptions import (
     ActiveSubscriptions,
     MongoSubscriptionStore,
-    SubscriptionStore,
     SubscriptionStoreError,
     client_defaults,
     open_subscription_store,

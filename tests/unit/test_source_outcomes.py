@@ -6,8 +6,7 @@ from datetime import UTC, datetime
 
 from polymarket_kafka.ops.health import ServiceHealth
 from polymarket_kafka.polymarket.poller import PollResult
-from polymarket_kafka.service.pipeline import ServiceStats
-from polymarket_kafka.service.ports import SourceOutcomes
+from polymarket_kafka.service.stats import ServiceStats, SourceOutcomes
 
 T0 = datetime(2024, 11, 5, 23, 0, tzinfo=UTC)
 

@@ -1,0 +1,98 @@
+"""The supervision pieces of the pipeline: named stages, the stop request, the latest
+subscriptions.
+
+`run_stage` runs a long-lived task as a named stage of `ServiceHealth`, so `/health/live`
+knows which task ended and why; it is typed like anyio's `TaskGroup.start_soon`
+(`TypeVarTuple`), so mypy checks every stage's arguments. `Stopper` is how anything (a
+signal, a test, the demo) asks the service to stop: it owns the two cancel scopes the
+pipeline runs its sources and its drain in, and the pipeline only enters them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVarTuple, Unpack
+
+import anyio
+
+from polymarket_kafka.models import PolymarketSubscription
+from polymarket_kafka.ops.health import ServiceHealth
+
+__all__ = ["LatestSubscriptions", "Stopper", "run_stage", "task_name"]
+
+logger = logging.getLogger(__name__)
+
+Args = TypeVarTuple("Args")
+
+
+async def run_stage(
+    health: ServiceHealth,
+    name: str,
+    task: Callable[[Unpack[Args]], Awaitable[object]],
+    *args: *Args,
+) -> None:
+    """Run `task(*args)` as stage `name` of `health`."""
+    with health.stage(name):
+        await task(*args)
+
+
+def task_name(task: Callable[..., object]) -> str:
+    """The stage name of a background task: its function's name."""
+    # functools.partial has no __name__: name it after the function it wraps.
+    target = getattr(task, "func", task)
+    return str(getattr(target, "__name__", type(target).__name__))
+
+
+class LatestSubscriptions:
+    """A latest-value cell: the refresher writes the active set, the poller reads it."""
+
+    def __init__(self) -> None:
+        self._value: tuple[PolymarketSubscription, ...] = ()
+        self.loaded = anyio.Event()
+        self.version = 0
+
+    @property
+    def value(self) -> tuple[PolymarketSubscription, ...]:
+        return self._value
+
+    def set(self, value: tuple[PolymarketSubscription, ...]) -> None:
+        self._value = value
+        self.version += 1
+        self.loaded.set()
+
+    def market_ids(self) -> frozenset[str]:
+        return frozenset(s.market_id for s in self._value)
+
+
+class Stopper:
+    """Requests a stop. The first request cancels the sources and lets the pipeline drain
+    (bounded by `ServiceSettings.drain_grace_seconds`); a second one stops it at once.
+
+    The pipeline runs its sources inside `sources` and its whole drain inside `pipeline`;
+    `on_stop` callbacks run once, on the first request (the service marks its health as
+    stopping). Nothing else about a stop is shared.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.sources = anyio.CancelScope()
+        self.pipeline = anyio.CancelScope()
+        self._callbacks: list[Callable[[], object]] = []
+
+    def on_stop(self, callback: Callable[[], object]) -> None:
+        """Call `callback` on the first stop request (at once if one was already made)."""
+        if self.requested:
+            callback()
+        else:
+            self._callbacks.append(callback)
+
+    def stop(self) -> None:
+        if self.requested:
+            logger.warning("second stop request: stopping now without draining")
+            self.pipeline.cancel()
+            return
+        self.requested = True
+        for callback in self._callbacks:
+            callback()
+        self.sources.cancel()
