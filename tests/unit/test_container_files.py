@@ -15,7 +15,7 @@ import re
 import subprocess
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,7 +25,7 @@ import yaml
 from dotenv import dotenv_values
 
 from polymarket_kafka.cli import main
-from polymarket_kafka.config import load_config
+from polymarket_kafka.config import KafkaConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 RULES_MOUNT = "/etc/polymarket-kafka/rules"
@@ -303,16 +303,26 @@ def test_compose_runs_kafka_in_single_node_kraft_mode(compose: dict[str, Any]) -
     assert kafka["healthcheck"]["test"][0] == "CMD"
 
 
-def test_compose_creates_the_events_topic_once_kafka_is_healthy(
-    compose: dict[str, Any], example_env: dict[str, str]
+@pytest.mark.parametrize(
+    ("service", "topic_of"),
+    [
+        ("kafka-init", lambda kafka: kafka.full_topic),
+        ("kafka-init-dlq", lambda kafka: kafka.full_dead_letter_topic),
+    ],
+)
+def test_compose_creates_the_topics_once_kafka_is_healthy(
+    compose: dict[str, Any],
+    example_env: dict[str, str],
+    service: str,
+    topic_of: Callable[[KafkaConfig], str],
 ) -> None:
-    init = compose["services"]["kafka-init"]
+    init = compose["services"][service]
     assert depends(init) == {"kafka": "service_healthy"}
     assert init["entrypoint"] == ["/opt/kafka/bin/kafka-topics.sh"]
     args = init["command"]
     assert {"--create", "--if-not-exists"} <= set(args)
     assert args[args.index("--bootstrap-server") + 1] == "kafka:9092"
-    topic = load_config(example_env, env_file=None).kafka.full_topic
+    topic = topic_of(load_config(example_env, env_file=None).kafka)
     assert args[args.index("--topic") + 1] == topic
     assert init["restart"] == "no"
 
@@ -331,6 +341,7 @@ def test_compose_service_waits_for_its_dependencies(compose: dict[str, Any]) -> 
     assert depends(service) == {
         "kafka": "service_healthy",
         "kafka-init": "service_completed_successfully",
+        "kafka-init-dlq": "service_completed_successfully",
         "mongo": "service_healthy",
     }
     assert service["env_file"] == "app.env"

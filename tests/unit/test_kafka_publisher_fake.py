@@ -7,6 +7,7 @@ asserts on timing: tests wait (bounded) for a state, never for a duration.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import uuid
@@ -241,7 +242,7 @@ async def test_full_queue_applies_backpressure_and_loses_nothing(anyio_backend: 
         await wait_until(lambda: publisher.stats.published == len(EVENTS))
         assert await publisher.flush(5) == 0
     assert sent_ids(producer.delivered) == ids(EVENTS)
-    assert publisher.stats.delivered == len(EVENTS) and publisher.failed == []
+    assert publisher.stats.delivered == len(EVENTS) and not publisher.failed
 
 
 async def test_failed_delivery_is_retried_with_the_same_event_id(
@@ -270,7 +271,33 @@ async def test_failed_delivery_is_retried_with_the_same_event_id(
     assert any(EVENTS[1].event_id in m and "NOT_ENOUGH_REPLICAS" in m for m in warnings)
 
 
-async def test_exhausted_retries_are_reported_not_dropped(
+async def test_exhausted_retries_go_to_the_dead_letter_topic(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def outcome(sent: Sent) -> KafkaError | None:
+        if sent.event_id == EVENTS[1].event_id and sent.topic == CONFIG.full_topic:
+            return KafkaError(KafkaError.NOT_ENOUGH_REPLICAS)
+        return None
+
+    factory = Factory({"outcome": outcome})
+    async with publisher_for(factory, max_attempts=3) as publisher:
+        for event in EVENTS[:3]:
+            await publisher.publish(event)
+        assert await publisher.flush(5) == 0
+    (producer,) = factory.producers
+    assert sent_ids(producer.produced).count(EVENTS[1].event_id) == 4
+    (dead,) = [s for s in producer.delivered if s.topic == "t.polymarket-events.dlq"]
+    headers = dict(dead.headers)
+    assert dead.event_id == EVENTS[1].event_id and dead.key == EVENTS[1].kafka_key
+    assert b"NOT_ENOUGH_REPLICAS" in headers["dlq-reason"]
+    assert headers["dlq-original-topic"] == b"t.polymarket-events"
+    assert not publisher.failed
+    assert publisher.stats.dead_lettered == 1 and publisher.stats.delivered == 2
+    assert publisher.stats.unacknowledged == 1  # not on the events topic
+    assert EVENTS[1].event_id in errors_logged(caplog)
+
+
+async def test_exhausted_retries_that_the_dead_letter_topic_refuses_are_reported(
     anyio_backend: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     def outcome(sent: Sent) -> KafkaError | None:
@@ -284,13 +311,15 @@ async def test_exhausted_retries_are_reported_not_dropped(
             await publisher.publish(event)
         assert await publisher.flush(5) == 0
     (producer,) = factory.producers
-    assert sent_ids(producer.produced).count(EVENTS[1].event_id) == 3
+    # Three attempts on the events topic, three on the dead-letter topic.
+    assert sent_ids(producer.produced).count(EVENTS[1].event_id) == 6
     assert sent_ids(producer.delivered) == [EVENTS[0].event_id, EVENTS[2].event_id]
     (failed,) = publisher.failed
     assert isinstance(failed, FailedDelivery) and failed.attempts == 3
     assert failed.event == EVENTS[1].model_copy(update={"published_at": PUBLISHED_AT})
     assert "NOT_ENOUGH_REPLICAS" in failed.reason
-    assert (publisher.stats.failed, publisher.stats.delivered, publisher.stats.retried) == (1, 2, 2)
+    assert (publisher.stats.failed, publisher.stats.delivered) == (1, 2)
+    assert publisher.stats.dead_lettered == 0
     assert EVENTS[1].event_id in errors_logged(caplog)
 
 
@@ -452,3 +481,73 @@ def test_max_attempts_must_be_positive() -> None:
 
     with pytest.raises(ValueError, match="max_attempts"):
         anyio.run(main)
+
+
+async def test_publish_waits_while_max_in_flight_events_are_unacknowledged(
+    anyio_backend: str,
+) -> None:
+    """A broker that refuses everything with a retriable error (retried forever): publishing
+    blocks at the bound instead of piling events up in memory."""
+    factory = Factory({"outcome": lambda sent: KafkaError(KafkaError.NOT_ENOUGH_REPLICAS)})
+    config = dataclasses.replace(CONFIG, max_in_flight=50)
+    published = 0
+    async with open_kafka_publisher(
+        config, producer_factory=factory, clock=lambda: PUBLISHED_AT, retry_backoff_seconds=0.01
+    ) as publisher:
+
+        async def publish_many() -> None:
+            nonlocal published
+            for n in range(5000):
+                await publisher.publish(make_event(n))
+                published += 1
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(publish_many)
+            await wait_until(lambda: publisher.stats.in_flight_waits > 0)
+            await wait_until(lambda: publisher.stats.retried > 100)  # retries go on meanwhile
+            assert published == 50
+            assert len(publisher.pending_events()) == 50 == publisher.stats.pending
+            tg.cancel_scope.cancel()
+        factory.producers[0].outcome = lambda sent: None  # the broker recovers
+        assert await publisher.flush(5) == 0
+    assert publisher.stats.delivered == 50 and published == 50
+    # The publish cancelled while waiting for room never entered the ledger: nothing lost.
+    assert publisher.stats.published == 50 and not publisher.failed
+
+
+async def test_a_rejected_record_goes_to_the_dead_letter_topic(anyio_backend: str) -> None:
+    class Refusing(FakeProducer):
+        def produce(self, topic: str, **kw: Any) -> None:
+            if topic == CONFIG.full_topic:
+                raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too big"))
+            super().produce(topic, **kw)
+
+    class RefusingFactory(Factory):
+        def __call__(self, conf: dict[str, Any]) -> FakeProducer:
+            self.producers.append(Refusing(conf))
+            return self.producers[-1]
+
+    factory = RefusingFactory()
+    async with publisher_for(factory) as publisher:
+        await publisher.publish(EVENTS[0])
+        assert await publisher.flush(5) == 0
+    (dead,) = factory.producers[0].delivered
+    assert dead.topic == CONFIG.full_dead_letter_topic and dead.event_id == EVENTS[0].event_id
+    assert b"too big" in dict(dead.headers)["dlq-reason"]
+    assert publisher.stats.dead_lettered == 1 and not publisher.failed
+
+
+async def test_without_a_dead_letter_topic_exhausted_events_are_given_up(
+    anyio_backend: str,
+) -> None:
+    factory = Factory({"outcome": lambda sent: KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)})
+    config = dataclasses.replace(CONFIG, dead_letter_topic="")
+    async with open_kafka_publisher(
+        config, producer_factory=factory, clock=lambda: PUBLISHED_AT, retry_backoff_seconds=0.0
+    ) as publisher:
+        await publisher.publish(EVENTS[0])
+        assert await publisher.flush(5) == 0
+    # A permanent error: three attempts, then given up (there is nowhere else to put it).
+    assert sent_ids(factory.producers[0].produced) == [EVENTS[0].event_id] * 3
+    (failed,) = publisher.failed
+    assert "TOPIC_AUTHORIZATION_FAILED" in failed.reason and failed.attempts == 3

@@ -111,6 +111,8 @@ def filled_sources() -> MetricSources:
     delivery = DeliveryStats(
         delivered=11,
         failed=1,
+        dead_lettered=4,
+        in_flight_waits=6,
         retried=5,
         pending=2,
         producer_recreated=1,
@@ -204,6 +206,8 @@ def test_client_delivery_and_rules_metrics() -> None:
     assert value(samples, "polymarket_rate_limit_wait_seconds_total") == 0.75
     assert value(samples, "events_published_total") == 11
     assert value(samples, "events_publish_failed_total") == 1
+    assert value(samples, "events_dead_lettered_total") == 4
+    assert value(samples, "kafka_in_flight_waits_total") == 6
     assert value(samples, "events_publish_retries_total") == 5
     assert value(samples, "events_pending") == 2
     assert value(samples, "kafka_producer_recreated_total") == 1
