@@ -16,11 +16,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from dotenv import dotenv_values
 
 from polymarket_kafka.logs import LOG_FORMATS
+from polymarket_kafka.redact import redact_uri
 
 __all__ = [
     "VARIABLE_PREFIXES",
@@ -32,7 +33,6 @@ __all__ = [
     "check_env_file",
     "known_variables",
     "load_config",
-    "redact_uri",
     "requested_log_format",
     "require_sasl_credentials",
     "unknown_variable_warnings",
@@ -50,18 +50,6 @@ class ConfigError(ValueError):
     def __init__(self, variable: str, problem: str) -> None:
         self.variable = variable
         super().__init__(f"{variable}: {problem}")
-
-
-def redact_uri(uri: str) -> str:
-    """Replace the password (and user) of a URI's authority with `***`."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return "<unparseable uri>"
-    if "@" not in parts.netloc:
-        return uri
-    hosts = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"***:***@{hosts}"))
 
 
 @dataclass(frozen=True)

@@ -27,18 +27,18 @@ import contextlib
 import json
 import logging
 import math
-import re
 import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import Enum
 from types import TracebackType
 
+from polymarket_kafka.redact import Redactor
+
 __all__ = [
     "LOG_FORMATS",
     "JsonFormatter",
-    "Redactor",
     "TextFormatter",
     "configure_logging",
     "context_fields",
@@ -57,50 +57,9 @@ _STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), No
 _CORE_KEYS = frozenset({"timestamp", "level", "logger", "message", "exc_info", "stack_info"})
 # `scheme://userinfo@`: greedy up to the last `@` before a space, `/`, `?` or `#`, so a raw `@`
 # inside a password cannot end the match early and leave the rest of the password behind.
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/?#]*)@")
 # json.dumps leaves these unescaped, but str.splitlines() (and some log shippers) break on them.
 _LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 _MAX_DEPTH = 8
-
-
-class Redactor:
-    """Scrubs secrets from text.
-
-    Every non-empty value of `secrets` becomes `***`, whether written as is or escaped the way
-    `repr()` or JSON write it inside quotes (longest first, so a secret that contains another
-    is scrubbed whole); then the user-info of any URL becomes `***:***` (`***` when it has no
-    `:`). Calling it is pure and cannot raise.
-    """
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        forms = {form for secret in secrets if secret for form in _written_forms(secret)}
-        values = sorted(forms, key=len, reverse=True)
-        self._secrets = re.compile("|".join(map(re.escape, values))) if values else None
-
-    def __call__(self, text: str) -> str:
-        if self._secrets is not None:
-            text = self._secrets.sub("***", text)
-        return _USERINFO.sub(_hide_userinfo, text)
-
-
-def _written_forms(secret: str) -> set[str]:
-    """`secret` as it may appear in a line: verbatim, inside a `repr()` and inside JSON."""
-    # repr() escapes character by character, except `'`: escaped only when repr() chose `'`
-    # quotes, which depends on the whole string shown, so both forms. (A character followed
-    # by `"` is always shown in `'` quotes; [1:-2] drops the quotes and the `"`.)
-    escaped = [repr(char + '"')[1:-2] for char in secret]
-    return {
-        secret,
-        "".join(escaped),
-        "".join("'" if char == "'" else form for char, form in zip(secret, escaped, strict=True)),
-        json.dumps(secret)[1:-1],
-        json.dumps(secret, ensure_ascii=False)[1:-1],
-    }
-
-
-def _hide_userinfo(match: re.Match[str]) -> str:
-    hidden = "***:***" if ":" in match["userinfo"] else "***"
-    return f"{match['scheme']}{hidden}@"
 
 
 def _safe_str(value: object) -> str:

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 import anyio.lowlevel
@@ -57,8 +57,9 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from polymarket_kafka.clock import now_utc
-from polymarket_kafka.config import MongoConfig, redact_uri
+from polymarket_kafka.config import MongoConfig
 from polymarket_kafka.models import PolymarketSubscription, utc
+from polymarket_kafka.redact import Redactor, uri_credentials
 
 __all__ = [
     "ActiveSubscriptions",
@@ -206,28 +207,6 @@ def _partition(documents: Iterable[Document]) -> ActiveSubscriptions:
     return ActiveSubscriptions(tuple(valid), tuple(invalid))
 
 
-def _scrubber(uri: str | None) -> Callable[[str], str]:
-    """A function that removes the credentials of `uri` from a text."""
-    authority = (uri or "").partition("://")[2].split("/", 1)[0]
-    # A malformed URI (an unescaped "@") is ambiguous: hide both readings of its user info.
-    secrets: set[str] = set()
-    for userinfo in {authority.rpartition("@")[0], authority.partition("@")[0]} - {authority}:
-        password = userinfo.partition(":")[2]
-        secrets |= {userinfo, unquote(userinfo), password, unquote(password)}
-    secrets.discard("")
-    # The whole URI first (kept readable in its redacted form), then its parts, longest first
-    # so that no fragment survives inside a longer match.
-    replacements = [(uri, redact_uri(uri))] if uri and secrets else []
-    replacements += [(secret, "***") for secret in sorted(secrets, key=len, reverse=True)]
-
-    def scrub(text: str) -> str:
-        for secret, replacement in replacements:
-            text = text.replace(secret, replacement)
-        return text
-
-    return scrub
-
-
 class MongoSubscriptionStore:
     """`service.ports.SubscriptionStore` over one pymongo collection (see the module notes for
     the contracts).
@@ -242,7 +221,7 @@ class MongoSubscriptionStore:
     ) -> None:
         self._collection = collection
         self._clock = clock
-        self._scrub = _scrubber(uri)
+        self._scrub = Redactor(uri_credentials(uri), uris=[uri] if uri else [])
         # Set from worker threads; a race only costs one more (idempotent) createIndex.
         self._indexes_ready = False
         self._closed = False
@@ -392,7 +371,7 @@ async def open_subscription_store(
     timeout): the service, which only reads, learns about MongoDB from its first refresh and
     answers its health endpoint meanwhile. The CLI commands keep the probe and its warning.
     """
-    scrub = _scrubber(config.uri)
+    scrub = Redactor(uri_credentials(config.uri), uris=[config.uri])
 
     defaults = client_defaults(config.uri, server_selection_timeout_ms)
 

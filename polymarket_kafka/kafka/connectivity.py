@@ -32,10 +32,11 @@ of repeated lines goes through, then one per window, with how many were left out
 
 from __future__ import annotations
 
-import re
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Literal
+
+from polymarket_kafka.redact import hide_server_credentials
 
 __all__ = [
     "ALL_BROKERS_DOWN",
@@ -57,14 +58,8 @@ CONNECTION_ERRORS = frozenset(
 )
 
 _State = Literal["unknown", "up", "suspect", "down"]
-# `[scheme://]userinfo@` at the start of one entry of a server list, up to its last `@` (a
-# password may hold one); `_` is allowed in the scheme: Kafka's `SASL_SSL://` has one.
-_USERINFO = re.compile(r"^(?P<scheme>\s*(?:[A-Za-z][\w+.\-]*://)?).*@")
-
-
-def without_credentials(servers: str) -> str:
-    """A comma-separated server list with the user-info of every entry replaced by `***`."""
-    return ",".join(_USERINFO.sub(r"\g<scheme>***@", entry) for entry in servers.split(","))
+#: A comma-separated server list with the user-info of every entry replaced by `***`.
+without_credentials = hide_server_credentials
 
 
 def _seconds(value: float) -> str:

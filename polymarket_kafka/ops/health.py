@@ -15,7 +15,7 @@ and the HTTP server asks it two questions, passing the time in:
 Nothing here does I/O or reads a clock: `now` is monotonic seconds on the event loop's clock
 (`anyio.current_time()`), the same clock the service stamps poll cycles with, so transitions
 are tested with plain numbers. Every text that leaves through a report -- details and the
-strings inside `extra` -- goes through the log formatter's `logs.Redactor`: error messages
+strings inside `extra` -- goes through the log formatter's `redact.Redactor`: error messages
 (from a store, a broker, Polymarket, a crashed task) may quote a configured password or a URL
 with user-info.
 """
@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from polymarket_kafka.logs import Redactor
+from polymarket_kafka.redact import Redactor
 
 __all__ = ["ComponentStatus", "HealthReport", "ServiceHealth", "StageState"]
 
@@ -94,7 +94,7 @@ class ServiceHealth:
     Mutated on the event loop thread only (by `run_service` and its stages); read by the HTTP
     server on the same thread, so no locking is needed. `poll_interval_seconds` is set by
     `run_service` from its settings. `secrets` and the user-info of any URL are replaced by
-    `***` in every report (the same `logs.Redactor` as the log lines).
+    `***` in every report (the same `redact.Redactor` as the log lines).
     """
 
     def __init__(self, *, poll_interval_seconds: float = 30.0, secrets: Sequence[str] = ()) -> None:

@@ -16,11 +16,11 @@ from polymarket_kafka.config import (
     check_env_file,
     known_variables,
     load_config,
-    redact_uri,
     requested_log_format,
     unknown_variable_warnings,
 )
 from polymarket_kafka.logs import LOG_FORMATS
+from polymarket_kafka.redact import redact_uri
 
 FULL_ENV = {
     "POLYMARKET_BASE_URL": "https://clob.example.test/",

@@ -24,12 +24,12 @@ import pytest
 
 from polymarket_kafka.logs import (
     JsonFormatter,
-    Redactor,
     TextFormatter,
     configure_logging,
     context_fields,
 )
 from polymarket_kafka.models import ConvictionDirection
+from polymarket_kafka.redact import Redactor
 
 SASL_PASSWORD = "kafka-s3cret!"
 MONGO_URI = "mongodb://alice:hunter2%40x@db.example.test:27017/?authSource=admin"
