@@ -12,14 +12,14 @@ from __future__ import annotations
 import difflib
 import functools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 from dotenv import dotenv_values
 
+from polymarket_kafka.env_reader import ConfigError, EnvReader
 from polymarket_kafka.logs import LOG_FORMATS
 from polymarket_kafka.redact import redact_uri
 
@@ -38,18 +38,9 @@ __all__ = [
     "unknown_variable_warnings",
 ]
 
-T = TypeVar("T")
 
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
-
-
-class ConfigError(ValueError):
-    """A configuration variable is missing or malformed. `str()` is a single line."""
-
-    def __init__(self, variable: str, problem: str) -> None:
-        self.variable = variable
-        super().__init__(f"{variable}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -186,73 +177,6 @@ def require_sasl_credentials(config: KafkaConfig) -> None:
             raise ConfigError(variable, f"required when protocol is {config.security_protocol}")
 
 
-class _Reader:
-    """Typed access to one merged environment, with errors naming the variable."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
-        #: Every variable asked for, so the set of known names has one definition.
-        self.names: set[str] = set()
-
-    def _raw(self, name: str) -> str | None:
-        self.names.add(name)
-        value = self._env.get(name)
-        if value is None:
-            return None
-        value = value.strip()
-        return value or None
-
-    def text(self, name: str, default: str) -> str:
-        return self._raw(name) or default
-
-    def optional_str(self, name: str) -> str | None:
-        return self._raw(name)
-
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.text(name, default)
-        normalised = {c.upper(): c for c in choices}.get(value.upper())
-        if normalised is None:
-            raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
-        return normalised
-
-    def _convert(self, name: str, default: T, parse: Callable[[str], T], kind: str) -> T:
-        raw = self._raw(name)
-        if raw is None:
-            return default
-        try:
-            return parse(raw)
-        except ValueError:
-            raise ConfigError(name, f"must be {kind}, got {raw!r}") from None
-
-    def number(self, name: str, default: float, *, minimum: float = 0.0, strict: bool) -> float:
-        value = self._convert(name, default, float, "a number")
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(name, f"must be a finite number, got {value!r}")
-        if (strict and value <= minimum) or (not strict and value < minimum):
-            relation = ">" if strict else ">="
-            raise ConfigError(name, f"must be {relation} {minimum:g}, got {value:g}")
-        return value
-
-    def integer(self, name: str, default: int, *, minimum: int) -> int:
-        value = self._convert(name, default, int, "an integer")
-        if value < minimum:
-            raise ConfigError(name, f"must be >= {minimum}, got {value}")
-        return value
-
-    def port(self, name: str, default: int) -> int:
-        value = self.integer(name, default, minimum=0)
-        if value > 65535:
-            raise ConfigError(name, f"must be <= 65535, got {value}")
-        return value
-
-    def url(self, name: str, default: str) -> str:
-        value = self.text(name, default).rstrip("/")
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(name, f"must be an http(s) URL, got {value!r}")
-        return value
-
-
 def _merged_env(environ: Mapping[str, str] | None, env_file: Path | None) -> dict[str, str]:
     """`.env` values first, then the process environment on top (the environment wins)."""
     merged: dict[str, str] = {}
@@ -272,7 +196,7 @@ def requested_log_format(
     pipeline expecting JSON should get its line as JSON.
     """
     try:
-        return _Reader(_merged_env(environ, env_file)).choice(
+        return EnvReader(_merged_env(environ, env_file)).choice(
             "LOG_FORMAT", AppConfig.log_format, LOG_FORMATS
         )
     except ConfigError:
@@ -287,7 +211,7 @@ def load_config(
     A missing `env_file` is skipped (the CLI refuses one named explicitly, see
     `check_env_file`).
     """
-    return _build(_Reader(_merged_env(environ, env_file)))
+    return _build(EnvReader(_merged_env(environ, env_file)))
 
 
 def check_env_file(path: Path) -> None:
@@ -304,7 +228,7 @@ VARIABLE_PREFIXES = ("POLYMARKET_", "KAFKA_", "MONGODB_", "POLL_")
 @functools.cache
 def known_variables() -> frozenset[str]:
     """Every variable `load_config` reads (recorded from a run on an empty environment)."""
-    reader = _Reader({})
+    reader = EnvReader({})
     _build(reader)
     return frozenset(reader.names)
 
@@ -328,7 +252,7 @@ def unknown_variable_warnings(
     return warnings
 
 
-def _build(r: _Reader) -> AppConfig:
+def _build(r: EnvReader) -> AppConfig:
 
     polymarket = PolymarketConfig(
         base_url=r.url("POLYMARKET_BASE_URL", PolymarketConfig.base_url),

@@ -1,5 +1,9 @@
 """Conviction-change detection: a pure state machine over market snapshots.
 
+Why this file is over 400 lines: one state machine (observe, confirm, glitch, close, reload)
+over one per-market state; its parts share that state's invariants, and issue 12 rewrites it
+whole.
+
 The detector never reads a clock, never logs and never does I/O. The caller feeds it
 snapshots with `observe(snapshot, rules, now)` and gets back the conviction changes to publish
 (a list, usually empty). The same code runs in the service and in `replay`, so a replay of a

@@ -39,11 +39,8 @@ Why it is built this way:
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -58,8 +55,17 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from polymarket_kafka.clock import now_utc
 from polymarket_kafka.config import MongoConfig
-from polymarket_kafka.models import PolymarketSubscription, utc
+from polymarket_kafka.models import PolymarketSubscription
 from polymarket_kafka.redact import Redactor, uri_credentials
+from polymarket_kafka.subscription_records import (
+    MARKET_ID,
+    ActiveSubscriptions,
+    Clock,
+    InvalidDocument,
+    SubscriptionChange,
+    store_timestamp,
+    validate_market_id,
+)
 
 __all__ = [
     "ActiveSubscriptions",
@@ -77,25 +83,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Document = dict[str, Any]
-Clock = Callable[[], datetime]
 # Kept out of signatures: the project's coverage excludes any line containing an ellipsis.
 ClientFactory = Callable[..., MongoClient[Document]]
-
-_MARKET_ID = re.compile(r"0x[0-9a-fA-F]{64}")
-
-
-def validate_market_id(market_id: object) -> str:
-    """Return a Polymarket condition id (`0x` + 64 hex digits) in lower case.
-
-    Raises `ValueError` naming the offending value otherwise. Lower-casing keeps one document
-    per market whatever case a caller used (Polymarket's APIs return lower case).
-    """
-    if not isinstance(market_id, str) or _MARKET_ID.fullmatch(market_id) is None:
-        raise ValueError(
-            f"invalid market_id {market_id!r}: expected a Polymarket condition id "
-            "(0x followed by 64 hex digits)"
-        )
-    return market_id.lower()
 
 
 class SubscriptionStoreError(Exception):
@@ -107,68 +96,6 @@ class SubscriptionStoreError(Exception):
     def __init__(self, message: str, *, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
-
-
-@dataclass(frozen=True)
-class InvalidDocument:
-    """A stored document that is not a valid subscription; skipped, reported, never fatal."""
-
-    document_id: str
-    market_id: str | None
-    error: str
-
-    def describe(self) -> str:
-        """How to find the document: its market_id when it has one, and its `_id`."""
-        if self.market_id is None:
-            return f"_id={self.document_id}"
-        return f"market_id={self.market_id} (_id={self.document_id})"
-
-
-@dataclass(frozen=True)
-class ActiveSubscriptions:
-    """Valid subscriptions sorted by `market_id`, and the documents that failed validation."""
-
-    subscriptions: tuple[PolymarketSubscription, ...]
-    invalid: tuple[InvalidDocument, ...] = ()
-
-    @property
-    def market_ids(self) -> frozenset[str]:
-        """The market ids of the valid subscriptions."""
-        return frozenset(s.market_id for s in self.subscriptions)
-
-
-@dataclass(frozen=True)
-class SubscriptionChange:
-    """What one `subscribe`/`unsubscribe` call did, and the document read back after it.
-
-    `delta` is what this call did to `ref_count`: +1 (subscribe), -1 (unsubscribe) or 0 (an
-    `unsubscribe` of an unknown market or of one already at zero). `created` is True when
-    `subscribe` inserted the document. `subscription` is the document read back after the
-    write -- it may already include other writers' changes -- or None when it could not be
-    read or did not validate; `read_error` then says why. A failed read-back never undoes or
-    hides the write.
-    """
-
-    market_id: str
-    delta: int
-    created: bool = False
-    subscription: PolymarketSubscription | None = None
-    read_error: str | None = None
-
-    @property
-    def applied(self) -> bool:
-        """True when this call changed `ref_count`."""
-        return self.delta != 0
-
-    @property
-    def ref_count(self) -> int | None:
-        """The read-back `ref_count`, None when the document could not be read back."""
-        return None if self.subscription is None else self.subscription.ref_count
-
-
-def store_timestamp(clock: Clock) -> datetime:
-    now = utc(clock())
-    return now.replace(microsecond=now.microsecond - now.microsecond % 1000)
 
 
 def _check(document: Document) -> PolymarketSubscription | str:
@@ -187,7 +114,7 @@ def _check(document: Document) -> PolymarketSubscription | str:
         )
     if subscription.ref_count < 0:
         return f"ref_count: must be >= 0, got {subscription.ref_count}"
-    if _MARKET_ID.fullmatch(subscription.market_id) is None:
+    if MARKET_ID.fullmatch(subscription.market_id) is None:
         return "market_id: not a Polymarket condition id (0x followed by 64 hex digits)"
     return subscription
 

@@ -1,5 +1,9 @@
 """The Polymarket HTTP client: batched midpoints (CLOB) and market metadata (Gamma).
 
+Why this file is over 400 lines: one client class whose two endpoints share the pooled
+connection, the rate limiter, the retry policy and the bisection of bad batches; the pure
+parts are in `parsing`, `retry`, `ratelimit` and `results`.
+
 One pooled `httpx.AsyncClient` serves both hosts; `open_polymarket_client` owns it. Every
 request goes through the same path: the rate limiter, the request, the retry policy.
 

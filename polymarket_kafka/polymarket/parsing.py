@@ -1,5 +1,9 @@
 """Pure parsers for Gamma `/markets` items and CLOB `POST /midpoints` responses (no I/O).
 
+Why this file is over 400 lines: every rule about Polymarket's payload shapes (Gamma's ids
+by protocol version, JSON-in-strings, outcome prices, resolutions, CLOB midpoints) in one
+pure module, so a change of the API is read and tested in one place.
+
 Polymarket's payloads are loose (see shared/polymarket-api.md §2.1 and §5): numbers arrive as
 strings or as JSON numbers, `outcomes`/`clobTokenIds`/`outcomePrices` are JSON arrays *inside a
 string*, and fields that are zero or not applicable are simply missing. So every field is

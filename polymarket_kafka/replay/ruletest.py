@@ -1,5 +1,8 @@
 """Rule unit tests in YAML, in the spirit of `promtool test rules` (`polymarket-kafka rules test`).
 
+Why this file is over 400 lines: one feature (`rules test`): the YAML test-file format, its
+validation with line-precise errors, the run and the report; they change together.
+
 A test file describes synthetic markets as compact price series, the events the rules must
 produce on them, and nothing else: the runner feeds the series through the production
 `Detector` (as `replay` does, `now = taken_at`) and compares the events it got with the

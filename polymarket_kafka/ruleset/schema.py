@@ -1,5 +1,8 @@
 """Pydantic models of the YAML rules file: the single source of its syntax and JSON Schema.
 
+Why this file is over 400 lines: the single source of the rules file's syntax: every model
+of the YAML document and its JSON Schema, which must stay one definition.
+
 Every mapping forbids unknown keys and every value is strictly typed and finite (YAML already
 gives us numbers, booleans and strings; a quoted `"0.03"` where a number belongs is a mistake
 worth reporting, not coercing). An explicit `null` is refused everywhere: an empty `move:` is far

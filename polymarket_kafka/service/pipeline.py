@@ -32,7 +32,6 @@ left to do.
 from __future__ import annotations
 
 import logging
-import math
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
@@ -44,23 +43,20 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from polymarket_kafka.detection import Detector, RuleSource
 from polymarket_kafka.events import build_event
-from polymarket_kafka.models import MarketSnapshot, PolymarketEvent
+from polymarket_kafka.models import PolymarketEvent
 from polymarket_kafka.ops.health import ServiceHealth
-from polymarket_kafka.service.ports import Poller, PollOutcome, Publisher, SubscriptionStore
+from polymarket_kafka.service.polling import Polled, poll_markets
+from polymarket_kafka.service.ports import Poller, Publisher, SubscriptionStore
 from polymarket_kafka.service.reloader import RulesHolder, run_reloader
 from polymarket_kafka.service.stages import LatestSubscriptions, Stopper, run_stage, task_name
 from polymarket_kafka.service.stats import ServiceSettings, ServiceStats, SourceOutcomes
 
 if TYPE_CHECKING:
-    from polymarket_kafka.subscriptions import InvalidDocument
+    from polymarket_kafka.subscription_records import InvalidDocument
 
-__all__ = ["next_poll_tick", "run_service"]
+__all__ = ["run_service"]
 
 logger = logging.getLogger(__name__)
-
-
-#: A snapshot and the monotonic time (`anyio.current_time()`) it left the poller.
-_Polled = tuple[MarketSnapshot, float]
 
 
 async def run_service(
@@ -98,7 +94,7 @@ async def run_service(
     stopper.on_stop(health.mark_stopping)
     outcomes = SourceOutcomes(stats, health)
     subscriptions = LatestSubscriptions()
-    snap_send, snap_recv = anyio.create_memory_object_stream[_Polled](settings.snapshot_buffer)
+    snap_send, snap_recv = anyio.create_memory_object_stream[Polled](settings.snapshot_buffer)
     event_send, event_recv = anyio.create_memory_object_stream[PolymarketEvent](
         settings.event_buffer
     )
@@ -156,7 +152,7 @@ async def _run_sources(
     health: ServiceHealth,
     refresh: _Refresh,
     polling: tuple[
-        MemoryObjectSendStream[_Polled],
+        MemoryObjectSendStream[Polled],
         Poller,
         LatestSubscriptions,
         ServiceSettings,
@@ -169,7 +165,7 @@ async def _run_sources(
     async with anyio.create_task_group() as sources:
         sources.start_soon(run_stage, health, "refresh_subscriptions", *refresh)
         with health.stage("poll_markets"):
-            await _poll_markets(*polling)
+            await poll_markets(*polling)
         sources.cancel_scope.cancel()
 
 
@@ -239,98 +235,8 @@ def _warn_invalid_documents(
     return current
 
 
-async def _poll_markets(
-    snapshots: MemoryObjectSendStream[_Polled],
-    poller: Poller,
-    subscriptions: LatestSubscriptions,
-    settings: ServiceSettings,
-    clock: Callable[[], datetime],
-    outcomes: SourceOutcomes,
-) -> None:
-    async with snapshots:
-        await subscriptions.loaded.wait()
-        next_tick = anyio.current_time()
-        cycles = 0
-        while settings.max_cycles is None or cycles < settings.max_cycles:
-            cycles += 1
-            now = clock()
-            started = anyio.current_time()
-            try:
-                result = await poller.poll_once(subscriptions.value, now)
-            except Exception as exc:
-                outcomes.poll_failed(exc, anyio.current_time() - started)
-                logger.exception(
-                    "poll cycle %d failed; retrying on the next tick",
-                    cycles,
-                    extra={"cycle": cycles},
-                )
-            else:
-                if outcomes.polled(result, now, anyio.current_time() - started):
-                    _log_skipped(cycles, result)
-                else:
-                    logger.warning(
-                        "cycle %d: Polymarket unavailable, %d market(s) not priced: %s",
-                        cycles,
-                        len(result.skipped),
-                        result.unavailable,
-                        extra={"cycle": cycles},
-                    )
-                for snapshot in result.snapshots:
-                    await snapshots.send((snapshot, anyio.current_time()))
-            now_monotonic = anyio.current_time()
-            interval = settings.poll_interval_seconds
-            next_tick, missed = next_poll_tick(next_tick, interval, now_monotonic)
-            if missed:
-                outcomes.ticks_skipped(missed)
-                logger.warning(
-                    "cycle %d took %.1fs, longer than the poll interval (%gs): %d tick(s) "
-                    "skipped, next cycle in %.1fs",
-                    cycles,
-                    now_monotonic - started,
-                    interval,
-                    missed,
-                    max(0.0, next_tick - now_monotonic),
-                    extra={"cycle": cycles},
-                )
-            await anyio.sleep(max(0.0, next_tick - now_monotonic))
-
-
-def next_poll_tick(previous: float, interval: float, now: float) -> tuple[float, int]:
-    """The tick of the next poll cycle after the one due at `previous`, and how many ticks
-    were skipped because they were already past at `now` (monotonic seconds).
-
-    Ticks stay on the grid `previous + k * interval`. After a cycle that overran, the next
-    one runs on the first tick not yet past -- at once when `now` is on it -- instead of
-    running every missed tick back to back (a burst of requests that only repeats the same
-    prices, and pressure on Polymarket's rate limits).
-    """
-    tick = previous + interval
-    if now <= tick:
-        return tick, 0
-    # The small tolerance keeps a tick that `now` reached exactly (give or take float
-    # rounding) from being counted as missed.
-    missed = math.ceil((now - tick) / interval - 1e-9)
-    return tick + missed * interval, missed
-
-
-def _log_skipped(cycle: int, result: PollOutcome) -> None:
-    """The one line of each skipped market in a cycle (the poller itself logs none)."""
-    for market_id, reason in result.skipped.items():
-        logger.warning(
-            "cycle %d: skipped market %s: %s",
-            cycle,
-            market_id,
-            reason,
-            extra={
-                "cycle": cycle,
-                "market_id": market_id,
-                "skip_reason": result.skip_kinds.get(market_id, "other"),
-            },
-        )
-
-
 async def _detect(
-    snapshots: MemoryObjectReceiveStream[_Polled],
+    snapshots: MemoryObjectReceiveStream[Polled],
     events: MemoryObjectSendStream[PolymarketEvent],
     rules: RulesHolder,
     subscriptions: LatestSubscriptions,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from polymarket_kafka.models import MarketSnapshot, PolymarketEvent, PolymarketSubscription
 
 if TYPE_CHECKING:
-    from polymarket_kafka.subscriptions import ActiveSubscriptions, SubscriptionChange
+    from polymarket_kafka.subscription_records import ActiveSubscriptions, SubscriptionChange
 
 __all__ = ["PollOutcome", "Poller", "Publisher", "SubscriptionStore"]
 

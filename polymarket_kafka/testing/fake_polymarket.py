@@ -1,5 +1,9 @@
 """A fake Polymarket (CLOB `POST /midpoints` + Gamma `GET /markets`) on real loopback HTTP.
 
+Why this file is over 400 lines: a test helper: one scriptable fake of both Polymarket
+endpoints (state, handler, server, CLI entry point) that tests and the benchmark drive as
+one object.
+
 For end-to-end tests and benchmarks: the service talks real HTTP to 127.0.0.1 on a free port,
 through the same client code as in production, with the response shapes of the live API
 (shared/polymarket-api.md §1.5, §2.1): Gamma's JSON-arrays-inside-strings and string volumes,

@@ -11,7 +11,7 @@ import anyio.lowlevel
 
 from polymarket_kafka.clock import now_utc
 from polymarket_kafka.models import PolymarketSubscription
-from polymarket_kafka.subscriptions import (
+from polymarket_kafka.subscription_records import (
     ActiveSubscriptions,
     Clock,
     SubscriptionChange,

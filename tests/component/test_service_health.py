@@ -280,7 +280,7 @@ async def test_polymarket_down_fails_the_cycles_until_it_answers_again(
 
     with (
         anyio.fail_after(30),
-        caplog.at_level(logging.WARNING, "polymarket_kafka.service.pipeline"),
+        caplog.at_level(logging.WARNING, "polymarket_kafka.service"),
     ):
         await run(server, health, background=[probe], max_cycles=5, stats=stats)
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from polymarket_kafka.service.pipeline import next_poll_tick
+from polymarket_kafka.service.polling import next_poll_tick
 
 
 def test_a_cycle_within_the_interval_runs_on_the_next_tick() -> None:
