@@ -36,7 +36,7 @@ demo: $(VENV)/.demo-installed
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy polymarket_kafka
+	$(BIN)/mypy polymarket_kafka tests bench scripts
 	$(BIN)/hadolint Containerfile
 	$(BIN)/python -m pytest --cov --cov-report=term-missing
 

@@ -67,7 +67,10 @@ def raw(config: KafkaConfig, batch: list[PolymarketEvent], *, serialise: bool) -
     started = time.perf_counter()
     for i, event in enumerate(batch):
         value = event.to_kafka_value() if values is None else values[i]
-        headers = [("event_id", event.event_id.encode()), ("content-type", b"application/json")]
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("event_id", event.event_id.encode()),
+            ("content-type", b"application/json"),
+        ]
         while True:
             try:
                 producer.produce(

@@ -23,8 +23,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import anyio
-
 from polymarket_kafka import __version__
 from polymarket_kafka.cli_offline import OFFLINE_COMMANDS, add_offline_commands, run_offline
 from polymarket_kafka.config import (
@@ -145,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config.log_level, config.log_format, config.secret_values())
     for warning in unknown_variable_warnings(env_file=args.env_file):
         logger.warning("configuration: %s", warning)
+    import anyio  # here, not at the top: `healthcheck` and `--help` never need it
+
     try:
         return anyio.run(_dispatch, args, config, backend=args.backend)
     except KeyboardInterrupt:  # pragma: no cover - signals are handled inside the service
@@ -231,7 +231,16 @@ async def _serve(config: AppConfig) -> int:
 
 
 def _healthcheck(args: argparse.Namespace) -> int:
-    """One request, one line of output; never 2 (container engines reserve that status)."""
+    """One request, one line of output; never 2 (container engines reserve that status).
+
+    It runs every 15 s in the container: it reads the configuration and makes the request
+    with the standard library only (no pydantic, yaml, httpx or anyio: `bench/cli_startup.py`,
+    and a test that checks what it imports). A direct connection: no proxy from the
+    environment relays a loopback request.
+    """
+    import http.client
+    from urllib.parse import urlsplit
+
     base: str | None = args.url
     if base is None:
         try:
@@ -239,23 +248,26 @@ def _healthcheck(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"polymarket-kafka: configuration error: {exc}", file=sys.stderr)
             return EXIT_FAILURE
-        from polymarket_kafka.ops.http_server import url_host
-
-        # A wildcard bind address answers on loopback.
+        # A wildcard bind address answers on loopback; IPv6 literals go in brackets.
         host = "127.0.0.1" if config.http_host in ("0.0.0.0", "::") else config.http_host  # noqa: S104
-        base = f"http://{url_host(host)}:{config.http_port}"
+        base = f"http://{f'[{host}]' if ':' in host else host}:{config.http_port}"
     url = base.rstrip("/") + ("/health/live" if args.live else "/health/ready")
-
-    import httpx  # here, not at the top: a healthcheck runs every few seconds
-
+    parts = urlsplit(url)
+    connection_class = (
+        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    )
+    connection = connection_class(parts.hostname or "", parts.port, timeout=args.timeout)
     try:
-        # trust_env=False: a proxy from the environment must not relay a loopback request.
-        response = httpx.get(url, timeout=args.timeout, trust_env=False)
-    except httpx.HTTPError as exc:
+        connection.request("GET", parts.path or "/")
+        response = connection.getresponse()
+        status, text = response.status, response.read().decode("utf-8", errors="replace")
+    except (OSError, http.client.HTTPException) as exc:
         print(f"polymarket-kafka: {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"HTTP {response.status_code} {' '.join(response.text.splitlines())}".strip())
-    return EXIT_OK if response.status_code == 200 else EXIT_FAILURE
+    finally:
+        connection.close()
+    print(f"HTTP {status} {' '.join(text.splitlines())}".strip())
+    return EXIT_OK if status == 200 else EXIT_FAILURE
 
 
 async def _demo(args: argparse.Namespace) -> int:

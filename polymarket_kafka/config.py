@@ -24,6 +24,7 @@ from polymarket_kafka.logs import LOG_FORMATS
 from polymarket_kafka.redact import redact_uri
 
 __all__ = [
+    "DEFAULT_RULES_PATH",
     "VARIABLE_PREFIXES",
     "AppConfig",
     "ConfigError",
@@ -37,6 +38,9 @@ __all__ = [
     "require_sasl_credentials",
     "unknown_variable_warnings",
 ]
+
+#: The rules file used when `RULES_PATH` is not set and this file exists (else built-ins).
+DEFAULT_RULES_PATH = Path("rules/default.yaml")
 
 
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")

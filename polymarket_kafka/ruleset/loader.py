@@ -22,11 +22,12 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from polymarket_kafka.config import DEFAULT_RULES_PATH
 from polymarket_kafka.ruleset.compiled import RuleSet
 from polymarket_kafka.ruleset.errors import RuleIssue, RulesError
 from polymarket_kafka.ruleset.schema import SEMANTIC_ERROR, RulesDocument
 
-__all__ = ["load_document", "load_rules", "load_rules_text"]
+__all__ = ["DEFAULT_RULES_PATH", "load_document", "load_rules", "load_rules_text"]
 
 Path_ = tuple[Any, ...]
 Position = tuple[int, int]
@@ -36,7 +37,6 @@ _PLAIN_COLLECTIONS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
 #: The rules file used when none is configured (relative to the working directory).
-DEFAULT_RULES_PATH = Path("rules/default.yaml")
 
 
 def default_rules_path(configured: Path | None) -> Path | None:

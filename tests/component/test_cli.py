@@ -83,7 +83,8 @@ def test_a_subscribe_that_cannot_read_its_document_back_still_counts_once(
     (warning,) = captured.err.splitlines()
     assert warning.startswith(f"polymarket-kafka: warning: {MARKET}: the write was applied, ")
     assert "the document is invalid: owner: " in warning
-    assert collection.find_one({"market_id": MARKET})["ref_count"] == 2
+    document = collection.find_one({"market_id": MARKET})
+    assert document is not None and document["ref_count"] == 2
 
 
 def test_a_failed_subscribe_says_the_count_is_unchanged(

@@ -11,6 +11,8 @@ import errno
 import logging
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -120,7 +122,7 @@ async def test_closed_port_is_exit_1_with_one_line(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith(
-        f"polymarket-kafka: http://127.0.0.1:{port}/health/ready: ConnectError: "
+        f"polymarket-kafka: http://127.0.0.1:{port}/health/ready: ConnectionRefusedError: "
     )
     assert captured.err.count("\n") == 1
 
@@ -163,3 +165,27 @@ def test_run_with_the_ops_port_taken_fails_in_one_line(
         f"{os.strerror(errno.EADDRINUSE)} (HTTP_HOST/HTTP_PORT)"
     )
     assert record.exc_info is None  # no traceback through the task groups
+
+
+HEAVY = ("pydantic", "yaml", "httpx", "confluent_kafka", "pymongo", "anyio", "trio", "hypercorn")
+
+
+@pytest.mark.parametrize("command", [["healthcheck", "--url", "http://127.0.0.1:9"], ["--help"]])
+def test_healthcheck_and_help_import_nothing_heavy(command: list[str]) -> None:
+    """They run every 15 s in the container: only the standard library and the light modules
+    of the package (bench/cli_startup.py measures the CPU this saves)."""
+    code = (
+        "import sys\n"
+        "from polymarket_kafka.cli import main\n"
+        "try:\n"
+        f"    main({command!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(','.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    loaded = set(result.stdout.strip().splitlines()[-1].split(","))
+    assert loaded & set(HEAVY) == set()
+    assert "polymarket_kafka" in loaded

@@ -124,7 +124,7 @@ def test_the_labelled_plot_of_real_histories(results: list[ReplayResult], tmp_pa
     ]
     card = score(read_labels(REAL / "labels.csv"), facts)
     figure = build_figure(chosen, card, keys)
-    FigureCanvasAgg(figure).draw()  # tick labels exist only once drawn
+    FigureCanvasAgg(figure).draw()  # type: ignore[no-untyped-call]  # tick labels exist once drawn
 
     charts = [ax for ax in figure.axes if ax.get_gid() == "chart"]
     assert len(charts) == len(chosen)

@@ -169,6 +169,8 @@ def test_the_reloaded_rules_are_the_bundled_ones_with_a_larger_move(
     edited = live.edited_rules(bundled)
     before, after = load_rules_text(bundled, "a.yaml"), load_rules_text(edited, "b.yaml")
     assert before.version != after.version
+    assert before.document.defaults.move is not None
+    assert after.document.defaults.move is not None
     assert before.document.defaults.move.abs == 0.04
     assert after.document.defaults.move.abs == 0.05
     other = after.document.model_copy(

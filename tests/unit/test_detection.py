@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,7 +46,7 @@ def snap(price: float, minutes: float, *, market: str = MARKET, **extra: Any) ->
 
 
 def feed(
-    prices: list[tuple[float, float]],
+    prices: Sequence[tuple[float, float]],
     params: DetectionParams = INSTANT,
     detector: Detector | None = None,
     **extra: Any,

@@ -25,8 +25,10 @@ def test_the_ci_profile_replays_the_same_examples_every_run() -> None:
 
 
 def test_the_loaded_profile_is_one_of_them() -> None:
-    assert settings.default.deadline is None
-    assert HealthCheck.too_slow in settings.default.suppress_health_check
+    loaded = settings.default
+    assert loaded is not None
+    assert loaded.deadline is None
+    assert HealthCheck.too_slow in loaded.suppress_health_check
 
 
 @settings(max_examples=2)

@@ -62,7 +62,8 @@ def test_an_outage_is_one_transition_once_confirmed() -> None:
         pending=3,
         never_connected=False,
     )
-    assert t.state == "down" and t.outages == 1
+    state: str = t.state
+    assert state == "down" and t.outages == 1
     assert down.message() == (
         "Kafka unreachable for 10.0s: all brokers down (bootstrap servers broker:9092); "
         f"last error: {REFUSED}; 3 events pending, kept and re-sent once it is back "
@@ -286,8 +287,8 @@ def test_flapping_slower_than_the_confirmation_logs_each_flap_once() -> None:
             t.statistics(0, 1, now)
             if (x := t.tick(now, 0)) is not None:
                 log.append(type(x))
-        if (x := t.statistics(1, 1, start + 30.0)) is not None:
-            log.append(type(x))
+        if (back := t.statistics(1, 1, start + 30.0)) is not None:
+            log.append(type(back))
         for second in range(31, 100):  # then up for a while
             t.statistics(1, 1, start + second)
             assert t.tick(start + second, 0) is None

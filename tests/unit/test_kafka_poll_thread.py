@@ -56,7 +56,7 @@ class StopsWhenFoundEmpty(deque[object]):
 def test_a_producer_retired_just_before_stop_is_still_closed() -> None:
     thread = PollThread(lambda: None)
     producer = Producer()
-    thread.serve(producer, 0)  # type: ignore[arg-type]
+    thread.serve(producer, 0)
     thread._retiring = StopsWhenFoundEmpty(thread)  # type: ignore[assignment]
     thread._poll_forever()  # returns once stopped
     assert producer.calls == ["purge", "flush", "close"]
@@ -67,8 +67,8 @@ def test_producers_retired_while_running_are_closed_and_not_polled_again() -> No
     drained: list[int] = []
     thread = PollThread(lambda: drained.append(1))
     first, second = Producer(), Producer()
-    thread.serve(first, 0)  # type: ignore[arg-type]
-    thread.serve(second, 1)  # type: ignore[arg-type]
+    thread.serve(first, 0)
+    thread.serve(second, 1)
     thread.serve(None, 2)
     thread.stop()
     thread._poll_forever()

@@ -335,7 +335,8 @@ def test_a_secret_in_a_repr_or_traceback_is_scrubbed(
 
 
 def test_json_scrubs_context_keys_too() -> None:
-    line = as_json(JsonFormatter(SECRETS).format(record("x", **{SASL_PASSWORD: 1})))
+    extra: dict[str, Any] = {SASL_PASSWORD: 1}
+    line = as_json(JsonFormatter(SECRETS).format(record("x", **extra)))
     assert line["***"] == 1
 
 
@@ -440,7 +441,9 @@ def test_configure_logging_routes_warnings_and_uncaught_exceptions_through_the_h
         _RaisesWhenCollected()  # collected at once: sys.unraisablehook
         # The hook's arguments without a thread, an object or an exception.
         threading.excepthook(
-            SimpleNamespace(exc_type=RuntimeError, exc_value=None, exc_traceback=None, thread=None)
+            SimpleNamespace(  # type: ignore[arg-type]  # the hook's args type is not public
+                exc_type=RuntimeError, exc_value=None, exc_traceback=None, thread=None
+            )
         )
         sys.unraisablehook(SimpleNamespace(err_msg=None, object=None, exc_value=None))
         sys.unraisablehook(SimpleNamespace(err_msg="Lost", object=_BrokenRepr(), exc_value=None))

@@ -142,7 +142,9 @@ def test_subscription_contract() -> None:
     assert sub.model_copy(update={"ref_count": 2}).is_active()
     assert sub.subscription_key() == f"polymarket:{MARKET}"
     with pytest.raises(ValidationError) as caught:
-        PolymarketSubscription(market_id=MARKET, created_at=T0, updated_at=T0, other=1)
+        PolymarketSubscription.model_validate(
+            {"market_id": MARKET, "created_at": T0, "updated_at": T0, "other": 1}
+        )
     assert problems(caught.value) == [("extra_forbidden", ("other",))]
 
 

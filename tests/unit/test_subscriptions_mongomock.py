@@ -416,7 +416,7 @@ def test_seed_with_a_malformed_id_is_rejected() -> None:
 
 def test_in_memory_store_is_atomic_across_threads() -> None:
     store = InMemorySubscriptionStore([MARKET_A] * 100)
-    subscribed: list[int] = []
+    subscribed: list[int | None] = []
     unsubscribed: list[int | None] = []
 
     async def churn(subscribe: bool) -> None:
