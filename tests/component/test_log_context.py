@@ -146,8 +146,12 @@ async def test_kafka_retry_and_give_up_name_event_market_rule_and_attempt(
         await publisher.publish(event)
         assert await publisher.flush(5) == 0
     expected = {"market_id": event.market_id, "event_id": event.event_id, "rule": event.rule}
-    assert context(only(caplog, f"delivery of event_id={event.event_id} failed")) == {
-        **expected,
-        "attempt": 1,
-    }
+    retries = [
+        context(r)
+        for r in caplog.records
+        if r.getMessage().startswith(f"delivery failed: event_id={event.event_id}")
+    ]
+    # One retry on the events topic, then one on the dead-letter topic (refused as well).
+    assert retries == [{**expected, "attempt": 1}, {**expected, "attempt": 1}]
+    assert context(only(caplog, "refused for good, routing to")) == {**expected, "attempt": 2}
     assert context(only(caplog, "event NOT delivered to")) == {**expected, "attempt": 2}
