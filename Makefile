@@ -38,7 +38,7 @@ test: $(VENV)/.dev-installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy polymarket_kafka tests bench scripts
 	$(BIN)/hadolint Containerfile
-	$(BIN)/python -m pytest --cov --cov-report=term-missing
+	$(BIN)/python -m pytest --numprocesses=auto --maxprocesses=4 --cov --cov-report=term-missing
 
 ## Re-resolve the lock after editing the dependencies in pyproject.toml or requirements/tools.in:
 ## pins that still fit are kept; `make lock UPGRADE=1` moves everything to the newest releases.

@@ -217,9 +217,13 @@ class KafkaPublisher:
         self.stats.pending = len(self._ledger)
         try:
             # Fast path: nobody is waiting for the producer, so producing now keeps the order.
-            fast = self._replace_reason is None and not self._swap.locked()
-            if fast and self._try_produce(entry) in ("accepted", "rejected"):
-                return
+            if self._replace_reason is None and not self._swap.locked():
+                outcome = self._try_produce(entry)
+                if outcome in ("accepted", "rejected"):
+                    return
+                if outcome == "full":  # counted with the refusal, then the slow path
+                    self.stats.buffer_full_waits += 1
+                    await self._wait_for_progress()
             while True:
                 # The lock is fair: under backpressure, publishers go on in arrival order.
                 async with self._swap:

@@ -14,6 +14,7 @@ import functools
 import os
 import signal
 from contextlib import ExitStack
+from pathlib import Path
 
 import anyio
 import pytest
@@ -41,6 +42,20 @@ async def own_broker(
         functools.partial(create_topic, broker.bootstrap_servers, topic, partitions=1)
     )
     return broker, KafkaConfig(bootstrap_servers=broker.bootstrap_servers, topic=topic)
+
+
+def thread_states(pid: int) -> set[str]:
+    """The scheduler state of every thread of process `pid` (/proc: `T` is stopped)."""
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    return {(task / "stat").read_text().rpartition(")")[2].split()[0] for task in tasks}
+
+
+async def stopped(pid: int) -> None:
+    """Wait until every thread of process `pid` is stopped."""
+    with anyio.fail_after(20):
+        # The kernel stops the threads one by one: nothing to await on but their state.
+        while await anyio.to_thread.run_sync(thread_states, pid) != {"T"}:  # noqa: ASYNC110
+            await anyio.sleep(0.01)
 
 
 async def wait_for(publisher: KafkaPublisher, *, connected: bool) -> None:
@@ -92,6 +107,7 @@ async def test_a_hung_broker_looks_up_but_the_stalled_backlog_makes_kafka_unread
 
             os.kill(broker.process.pid, signal.SIGSTOP)
             try:
+                await stopped(broker.process.pid)  # a busy machine may take a moment
                 await publisher.publish(make_event(MARKET, 2))
                 clock.now += publisher.delivery_timeout_seconds + 1
                 await wait_for(publisher, connected=True)  # fresh statistics: still "UP"
