@@ -474,5 +474,6 @@ async def test_a_slow_cycle_skips_the_missed_ticks_instead_of_bursting(
     gaps = [b - a for a, b in itertools.pairwise(started)]
     assert len(gaps) == 3 and gaps[0] >= 5.5 * interval, gaps
     assert min(gaps[1:]) >= interval / 2, gaps
-    (warning,) = [r for r in caplog.records if "tick(s) skipped" in r.getMessage()]
+    # The slow cycle is reported (a busy machine may make a later one overrun too).
+    warning = next(r for r in caplog.records if "tick(s) skipped" in r.getMessage())
     assert warning.levelno == logging.WARNING and getattr(warning, "cycle", None) == 1
