@@ -271,11 +271,12 @@ async def test_failed_delivery_is_retried_with_the_same_event_id(
     assert any(EVENTS[1].event_id in m and "NOT_ENOUGH_REPLICAS" in m for m in warnings)
 
 
-async def test_exhausted_retries_go_to_the_dead_letter_topic(
-    anyio_backend: str, caplog: pytest.LogCaptureFixture
-) -> None:
+async def refuse_the_second_of_three(*, topics: set[str]) -> tuple[KafkaPublisher, FakeProducer]:
+    """Publish three events with `max_attempts=3`; the second is refused (not enough
+    replicas) on `topics`. Returns the closed publisher and its producer."""
+
     def outcome(sent: Sent) -> KafkaError | None:
-        if sent.event_id == EVENTS[1].event_id and sent.topic == CONFIG.full_topic:
+        if sent.event_id == EVENTS[1].event_id and sent.topic in topics:
             return KafkaError(KafkaError.NOT_ENOUGH_REPLICAS)
         return None
 
@@ -285,6 +286,13 @@ async def test_exhausted_retries_go_to_the_dead_letter_topic(
             await publisher.publish(event)
         assert await publisher.flush(5) == 0
     (producer,) = factory.producers
+    return publisher, producer
+
+
+async def test_exhausted_retries_go_to_the_dead_letter_topic(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    publisher, producer = await refuse_the_second_of_three(topics={CONFIG.full_topic})
     assert sent_ids(producer.produced).count(EVENTS[1].event_id) == 4
     (dead,) = [s for s in producer.delivered if s.topic == "t.polymarket-events.dlq"]
     headers = dict(dead.headers)
@@ -300,17 +308,8 @@ async def test_exhausted_retries_go_to_the_dead_letter_topic(
 async def test_exhausted_retries_that_the_dead_letter_topic_refuses_are_reported(
     anyio_backend: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def outcome(sent: Sent) -> KafkaError | None:
-        if sent.event_id == EVENTS[1].event_id:
-            return KafkaError(KafkaError.NOT_ENOUGH_REPLICAS)
-        return None
-
-    factory = Factory({"outcome": outcome})
-    async with publisher_for(factory, max_attempts=3) as publisher:
-        for event in EVENTS[:3]:
-            await publisher.publish(event)
-        assert await publisher.flush(5) == 0
-    (producer,) = factory.producers
+    both = {CONFIG.full_topic, CONFIG.full_dead_letter_topic}
+    publisher, producer = await refuse_the_second_of_three(topics=both)
     # Three attempts on the events topic, three on the dead-letter topic.
     assert sent_ids(producer.produced).count(EVENTS[1].event_id) == 6
     assert sent_ids(producer.delivered) == [EVENTS[0].event_id, EVENTS[2].event_id]
