@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from dotenv import dotenv_values
-
 from polymarket_kafka.env_reader import ConfigError, EnvReader
 from polymarket_kafka.logs import LOG_FORMATS
 from polymarket_kafka.redact import redact_uri
@@ -185,6 +183,8 @@ def _merged_env(environ: Mapping[str, str] | None, env_file: Path | None) -> dic
     """`.env` values first, then the process environment on top (the environment wins)."""
     merged: dict[str, str] = {}
     if env_file is not None and env_file.is_file():
+        from dotenv import dotenv_values  # only with a file: the healthcheck rarely has one
+
         merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
     merged.update(os.environ if environ is None else environ)
     return merged
