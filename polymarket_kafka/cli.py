@@ -4,7 +4,7 @@ Exit status: 0 on success (including a clean stop on SIGINT/SIGTERM), 1 when the
 failed at run time, 2 for a configuration or usage error (one line on stderr, naming the
 variable or argument at fault), 69 (sysexits' EX_UNAVAILABLE) for `demo` in an installation
 without it, such as the container image (one line: what is missing, what to run instead).
-The offline commands (`rules check|explain|test`, `replay`) live in `cli_rules` and never
+The offline commands (`rules check|explain|test`, `replay`) live in `cli_offline` and never
 read the service configuration; 1 there means bad input.
 
 What `run` writes on stderr goes through the logger once logging is configured, so with

@@ -3,7 +3,7 @@
 Why not `prometheus_client.Histogram`: the components count in plain dataclasses that know
 nothing about Prometheus (no global registry, nothing to unregister between tests), and the
 metrics layer reads them at scrape time. This is the plain-data equivalent, exported by
-`metrics` as a Prometheus histogram via `cumulative()`.
+`ops.metrics` as a Prometheus histogram via `cumulative()`.
 
 Buckets follow Prometheus' `le` semantics: a value equal to an upper bound falls in that
 bucket, and the last bucket (`+Inf`) catches everything above the largest bound. Pure data,

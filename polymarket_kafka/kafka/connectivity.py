@@ -14,7 +14,7 @@ logs or does I/O:
   at start-up when none can be reached). `_TRANSPORT`, `_RESOLVE`, `_AUTHENTICATION`, `_SSL`
   and `_TIMED_OUT` are the failure of one connection attempt to one broker: they say *why*
   (the latest is quoted), not *whether* -- in a cluster another broker may be up.
-* the brokers `UP` in each statistics document of the current producer (`kafka_health`);
+* the brokers `UP` in each statistics document of the current producer (`statistics`);
 * successful delivery reports: the broker acknowledged, so it is reachable.
 
 States: `unknown` (nothing seen yet), `up`, `suspect` (evidence of an outage, not confirmed)

@@ -58,7 +58,7 @@ _PERMANENT_CODES = frozenset(
 
 @dataclass
 class DeliveryStats:
-    """Plain counters of the publisher (`metrics` exports them at scrape time)."""
+    """Plain counters of the publisher (`ops.metrics` exports them at scrape time)."""
 
     published: int = 0
     delivered: int = 0

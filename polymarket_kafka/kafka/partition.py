@@ -1,7 +1,7 @@
 """Which partition a key lands on: Kafka's murmur2 partitioner, as a pure function.
 
 The Java client's default partitioner, kafka-python's and librdkafka's `murmur2_random` (the
-producer setting of this service, `kafka_config.PARTITIONER`) all place a keyed message on
+producer setting of this service, `settings.PARTITIONER`) all place a keyed message on
 `(murmur2(key) & 0x7fffffff) % partitions`. librdkafka's own default (`consistent_random`,
 CRC32) does not, which is why the producer sets `murmur2_random`: a market's events land on
 the same partition whichever client computes it. This module lets tests (and, later, shard

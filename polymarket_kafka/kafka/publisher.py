@@ -9,7 +9,7 @@ over several files. Everything that can stand alone already does: the decisions
 Why it is shaped like this:
 
 * confluent-kafka runs callbacks only inside the blocking `poll()`: one worker thread
-  (`kafka_thread.PollThread`) polls, the callbacks only queue records, and the thread hands
+  (`poll_thread.PollThread`) polls, the callbacks only queue records, and the thread hands
   them to the event loop. All bookkeeping -- pending events, retries, stats -- therefore
   happens on the event loop thread, without locks; only the poll thread closes producers.
 * `produce()` is called on the event loop thread: it never blocks, it raises `BufferError`
@@ -36,13 +36,13 @@ Why it is shaped like this:
   it emits every `statistics_interval_ms` from the poll thread. They take the same road as
   delivery reports (parsed in the callback, handed over through the deque), so the latest
   statistics are event loop state too. How they are judged, and what else readiness looks at
-  (`delivery_backlog`: the age of the oldest pending event): `kafka_health`.
+  (`delivery_backlog`: the age of the oldest pending event): `statistics`.
 * A broker outage is logged as transitions, not as a stream of errors: connection errors from
   `error_cb`, the statistics and the delivery reports feed a pure `ConnectivityTracker`
-  (`kafka_connectivity`): one WARNING when Kafka is unreachable (confirmed after two
+  (`connectivity`): one WARNING when Kafka is unreachable (confirmed after two
   statistics intervals, at least 2 s), a WARNING reminder every `outage_reminder_seconds`
   (60 s) while it stays so, one INFO when it is back; each connection error is at DEBUG.
-  librdkafka's own lines go through `kafka_log.LibrdkafkaLog` (its connection failures at
+  librdkafka's own lines go through `librdkafka_log.LibrdkafkaLog` (its connection failures at
   DEBUG, repeats limited), which is closed once the poll thread has ended: nothing from the
   publisher or librdkafka is logged after `open_kafka_publisher` exits.
 * Every duration (delivery latency, pending age, statistics age) is measured on one injected
@@ -587,7 +587,7 @@ async def open_kafka_publisher(
 
     A broker outage is logged once at WARNING when confirmed (no broker back within two
     statistics intervals, at least 2 s), then every `outage_reminder_seconds` while it lasts,
-    and once at INFO when Kafka is back (`kafka_connectivity`). Once this exits, neither the
+    and once at INFO when Kafka is back (`connectivity`). Once this exits, neither the
     publisher nor librdkafka logs anything more.
     """
     publisher = KafkaPublisher(

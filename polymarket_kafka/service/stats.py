@@ -46,7 +46,7 @@ class ServiceSettings:
 
 @dataclass
 class ServiceStats:
-    """Plain counters of what the pipeline did (`metrics` exports them at scrape time)."""
+    """Plain counters of what the pipeline did (`ops.metrics` exports them at scrape time)."""
 
     #: Poll cycles by outcome: ok, Polymarket unavailable (`PollResult.unavailable`), raised.
     poll_cycles: int = 0

@@ -1,6 +1,6 @@
 """A threaded HTTP server on a free loopback port: the lifecycle the test servers share.
 
-`testing.FakePolymarketServer` (synthetic markets) and `cassette_server.CassetteServer`
+`fake_polymarket.FakePolymarketServer` (synthetic markets) and `cassette_server.CassetteServer`
 (recorded answers) differ only in what they answer; starting, stopping, the `with` block and
 the base URL a `PolymarketConfig` points at are this class.
 """

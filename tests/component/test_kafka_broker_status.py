@@ -2,7 +2,7 @@
 that goes away or hangs.
 
 Each test starts its own broker (not the session one), because it stops it. What librdkafka
-reports here is what `kafka_health` is written against: the bootstrap broker is replaced by
+reports here is what `kafka.statistics` is written against: the bootstrap broker is replaced by
 the learned one in state `UP`; once the broker is gone only a bootstrap entry in `INIT` is
 left, while `eos.idemp_state` stays `Assigned`. A hung broker (SIGSTOP) keeps its connection
 open, so librdkafka goes on reporting it `UP` while nothing is acknowledged.
