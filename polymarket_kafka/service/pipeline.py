@@ -245,8 +245,6 @@ async def _detect(
     detector = Detector(stats=stats.detector)
     seen_version = -1
     in_force = rules.current
-    #: Rules whose adoption failed: not retried until the next reload.
-    refused: RuleSource | None = None
     async with snapshots, events:
         async for snapshot, polled_at in snapshots:
             if subscriptions.version != seen_version:
@@ -254,13 +252,15 @@ async def _detect(
                 active = subscriptions.market_ids()
                 for market_id in detector.known() - active:
                     detector.forget(market_id)
-            if rules.current is not in_force and rules.current is not refused:
+            if rules.current is not in_force:
                 # A reload swapped the rules between two snapshots: adopt them here, so every
-                # snapshot is judged by exactly one rule set.
+                # snapshot is judged by exactly one rule set. Rules that cannot be adopted are
+                # handed back (`reject`): the holder names the rules in force again, so they
+                # are not retried before the next reload.
                 if _adopt(detector, rules.current, stats):
                     in_force = rules.current
                 else:
-                    refused = rules.current
+                    rules.reject(rules.current, in_force)
             stats.snapshots += 1
             try:
                 # The snapshot's age is how long it waited in the pipeline, on the monotonic
@@ -299,7 +299,11 @@ async def _detect(
 
 
 def _adopt(detector: Detector, rules: RuleSource, stats: ServiceStats) -> bool:
-    """Adopt reloaded rules; False (logged, counted, the rules in force kept) if that fails."""
+    """Adopt reloaded rules; False (logged, counted, the rules in force kept) if that fails.
+
+    Markets that a failed adoption had already reset start afresh under the rules in force,
+    as any reset market does: no event is lost or made up by it.
+    """
     try:
         resets = detector.apply_rules(rules)
     except Exception:

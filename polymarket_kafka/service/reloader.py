@@ -8,6 +8,10 @@ is logged with its file, line and key, and the failure is counted. Because the s
 between two snapshots, an event already detected is delivered exactly once, built under
 the rules it was detected with.
 
+A rule set that compiles but that the detector cannot adopt (resolving a tracked market
+raises) is handed back by the detect stage (`reject`): the rules in force stay, and
+`current` names them again.
+
 SIGHUPs coalesce: the signal handler only *requests* a reload. However many requests arrive
 while a reload runs, exactly one more reload follows, and it reads the file as it is then.
 """
@@ -96,6 +100,14 @@ class RulesHolder:
         else:
             logger.info("rules reloaded from %s: version %s -> %s", path, old.version, new.version)
         return True
+
+    def reject(self, rules: RuleSet, in_force: RuleSet) -> None:
+        """The detector could not adopt `rules` and keeps `in_force`: `current` (and the
+        `rules_version` metric) name `in_force` again, unless a newer reload has replaced
+        `rules` meanwhile. The reload itself stays counted as a success: the file was valid."""
+        if self.current is rules:
+            self.current = in_force
+            self.metrics.version = in_force.version
 
     def _failed(self, message: str) -> None:
         self.metrics.reload_total["failure"] += 1

@@ -104,6 +104,26 @@ async def test_valid_reload_swaps_and_counts(tmp_path: Path) -> None:
     assert holder.metrics.last_reload_success_timestamp == clock.now.timestamp()
 
 
+async def test_rejected_rules_hand_the_holder_back_to_the_rules_in_force(tmp_path: Path) -> None:
+    path = rules_file(tmp_path, ONE_POLL)
+    holder = RulesHolder.from_path(path)
+    in_force = holder.current
+    path.write_text(STRICT)
+    assert await holder.reload() is True
+    rejected = holder.current
+    holder.reject(rejected, in_force)  # what the detect stage does when adoption fails
+    assert holder.current is in_force
+    assert holder.metrics.version == in_force.version
+    assert holder.metrics.reload_total == {"success": 1, "failure": 0}  # the file was valid
+    # A reload that came in meanwhile is not undone by rejecting an older set.
+    path.write_text(TWO_POLLS)
+    assert await holder.reload() is True
+    newer = holder.current
+    holder.reject(rejected, in_force)
+    assert holder.current is newer
+    assert holder.metrics.version == newer.version
+
+
 async def test_invalid_reload_keeps_old_rules_and_logs_location(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -258,8 +258,8 @@ async def test_rules_that_cannot_be_adopted_keep_the_rules_in_force(
 
     class Clock(ScriptedClock):
         def __call__(self) -> datetime:
-            if self.cycle == 2:
-                holder.current = broken  # what a reload does, between two snapshots
+            if self.cycle == 2:  # what a reload does, between two snapshots
+                holder.current, holder.metrics.version = broken, broken.version
             return super().__call__()
 
     settings = ServiceSettings(poll_interval_seconds=0.01, max_cycles=5, handle_signals=False)
@@ -272,6 +272,9 @@ async def test_rules_that_cannot_be_adopted_keep_the_rules_in_force(
     assert adoptions == [broken.version]  # tried once, not once per snapshot
     assert stats.rule_adoption_failures == 1
     assert caplog.text.count("could not be adopted") == 1
+    # The holder (and the rules_version metric) name the rules actually in force.
+    assert holder.current is ONE_POLL
+    assert holder.metrics.version == ONE_POLL.version
 
 
 async def test_second_stop_request_stops_at_once(server: FakePolymarketServer) -> None:
