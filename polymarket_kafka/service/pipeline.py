@@ -1,32 +1,33 @@
-"""The service: one task group running refresh → poll → detect → deliver.
+"""The service: helpers around a nested task group running refresh → poll → detect → deliver.
 
 ```
  store ──refresh──► LatestSubscriptions ──► poll ──(snapshots)──► detect ──(events)──► deliver
-                                   signals: SIGINT/SIGTERM stop the sources, SIGHUP reloads rules
+ helpers: signals (SIGINT/SIGTERM stop the sources, SIGHUP reloads rules), reloader, ops server
 ```
 
-Ownership and shutdown follow trio's structured-concurrency rules. `run_service` opens one
-task group; the stages talk only through bounded memory object streams, so a slow broker
-applies backpressure up to the poller instead of growing memory. Shutdown flows downstream:
-a stop request cancels the *sources* (subscription refresh and polling) only; the poller
-closes its send side, `detect` drains what is queued and closes its own, `deliver` drains the
-rest, and the caller's publisher then flushes under a shielded, bounded scope. Nothing that
-was detected is dropped by a shutdown.
+Ownership and shutdown follow trio's structured-concurrency rules. The pipeline (sources,
+detect, deliver) runs in its own task group nested in the service's; the helpers run in the
+outer one, and once the pipeline has ended its owner cancels them. No stage cancels anything
+above itself. The stages talk only through bounded memory object streams, so a slow broker
+applies backpressure up to the poller instead of growing memory.
 
-The pipeline (sources, detect, deliver) runs in its own task group nested in the service's:
-the helpers (signal handler, rules reloader, the ops server) run in the outer one. However
-the sources end -- a stop request, `max_cycles` -- the rest of the pipeline gets at most
-`drain_grace_seconds` to drain (whatever is left is logged and counted as not delivered);
-once it has, the owner cancels the helpers. No stage cancels anything above itself.
+Shutdown flows downstream: a stop request cancels the *sources* (subscription refresh and
+polling) only; the poller closes its send side, `detect` drains what is queued and closes its
+own, `deliver` drains the rest, and the caller's publisher then flushes under a shielded,
+bounded scope. However the sources end -- a stop request, `max_cycles` -- the rest gets at
+most `drain_grace_seconds`; a second stop request ends it at once. An event is never lost
+between two stages: whatever is left when the drain is cut short is logged and counted as
+not delivered, by the stage holding it (`detect` sends shielded, so an event in a full
+channel is either taken by `deliver` or still its own).
 
 Every error has a home: a malformed market is skipped by the poller; an exception while
 detecting one snapshot, or while adopting reloaded rules, is logged and counted (the rules
-in force stay); a failing poll cycle or
-subscription refresh is logged, counted and retried on the next tick (the last known
-subscriptions stay in force). A cycle in which Polymarket did not answer
-(`PollResult.unavailable`) is counted apart and logged once, not once per market. Only the
-publisher may stop the service: if it cannot accept events any more, there is nothing safe
-left to do.
+in force stay); a failing poll cycle or subscription refresh is logged, counted and retried
+on the next tick (the last known subscriptions stay in force). A cycle in which Polymarket
+did not answer (`PollResult.unavailable`) is counted apart and logged once, not once per
+market. A stage or helper that raises anyway (the publisher that cannot accept events any
+more, the ops server that cannot listen) stops the service at once, as an error cancels a
+task group: what is queued is logged and counted as not delivered, and the error propagates.
 """
 
 from __future__ import annotations
@@ -125,6 +126,11 @@ async def run_service(
                     logger.info("stop requested: sources stopped, draining the pipeline")
                 # However the sources ended, what is queued gets a bounded time to drain.
                 pipeline.cancel_scope.deadline = anyio.current_time() + settings.drain_grace_seconds
+            if pipeline.cancel_scope.cancelled_caught:
+                logger.warning(
+                    "the pipeline did not drain within %gs: what was left in it is NOT delivered",
+                    settings.drain_grace_seconds,
+                )
         # The pipeline has drained: the helpers have nothing left to serve.
         helpers.cancel_scope.cancel()
     logger.info(
@@ -277,25 +283,37 @@ async def _detect(
                 )
                 continue
             for event in built:
-                stats.events_detected += 1
-                label = (event.rule, event.severity or "none", event.direction.value)
-                stats.events_by_label[label] += 1
-                logger.info(
-                    "conviction change %s %s %.4f -> %.4f (%s, %s) event_id=%s",
-                    event.market_id,
-                    event.direction.value,
-                    event.baseline_yes_price,
-                    event.yes_price,
-                    event.rule,
-                    event.severity,
-                    event.event_id,
-                    extra={
-                        "market_id": event.market_id,
-                        "event_id": event.event_id,
-                        "rule": event.rule,
-                    },
-                )
-                await events.send(event)
+                _record_detected(event, stats)
+            for sent, event in enumerate(built):
+                try:
+                    # Shielded, so that an event is never lost between two stages: with the
+                    # channel full, the send ends when `deliver` takes the event (a stopped
+                    # `deliver` takes and reports everything queued) or when it is gone.
+                    with anyio.CancelScope(shield=True):
+                        await events.send(event)
+                except anyio.BrokenResourceError:
+                    # `deliver` has ended (stopped, or failed: its error is the one that
+                    # stops the service): this snapshot's events not sent are left behind.
+                    for event_left in built[sent:]:
+                        _record_undelivered(event_left, stats)
+                    return
+
+
+def _record_detected(event: PolymarketEvent, stats: ServiceStats) -> None:
+    stats.events_detected += 1
+    label = (event.rule, event.severity or "none", event.direction.value)
+    stats.events_by_label[label] += 1
+    logger.info(
+        "conviction change %s %s %.4f -> %.4f (%s, %s) event_id=%s",
+        event.market_id,
+        event.direction.value,
+        event.baseline_yes_price,
+        event.yes_price,
+        event.rule,
+        event.severity,
+        event.event_id,
+        extra={"market_id": event.market_id, "event_id": event.event_id, "rule": event.rule},
+    )
 
 
 def _adopt(detector: Detector, rules: RuleSource, stats: ServiceStats) -> bool:
@@ -347,24 +365,22 @@ async def _deliver(
                 stats.events_published += 1
                 if on_published is not None:
                     await on_published(event)
-        except anyio.get_cancelled_exc_class():
-            # The drain ran out of time (or a forced stop): name every event left behind.
-            _report_undelivered(events, stats)
+        except BaseException:
+            # The drain ran out of time, a forced stop, or the publisher (or `on_published`)
+            # failed: name every event left behind before closing the channel.
+            while True:
+                try:
+                    _record_undelivered(events.receive_nowait(), stats)
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
             raise
 
 
-def _report_undelivered(
-    events: MemoryObjectReceiveStream[PolymarketEvent], stats: ServiceStats
-) -> None:
-    while True:
-        try:
-            event = events.receive_nowait()
-        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-            return
-        stats.events_undelivered += 1
-        logger.error(
-            "event NOT delivered (stopped before publishing): market %s event_id=%s",
-            event.market_id,
-            event.event_id,
-            extra={"market_id": event.market_id, "event_id": event.event_id, "rule": event.rule},
-        )
+def _record_undelivered(event: PolymarketEvent, stats: ServiceStats) -> None:
+    stats.events_undelivered += 1
+    logger.error(
+        "event NOT delivered (stopped before publishing): market %s event_id=%s",
+        event.market_id,
+        event.event_id,
+        extra={"market_id": event.market_id, "event_id": event.event_id, "rule": event.rule},
+    )

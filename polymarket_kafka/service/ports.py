@@ -74,7 +74,9 @@ class Publisher(Protocol):
     """Accepts events for delivery (see `kafka.publisher.KafkaPublisher`).
 
     `publish` returns once the event is the publisher's to deliver (it may wait: backpressure).
-    A publish cancelled before that is the publisher's to account for as not delivered.
+    A publish cancelled (or failing) before that is the publisher's to account for as not
+    delivered; the service's last line counts every detected event Kafka did not acknowledge
+    (`ServiceStats.events_not_delivered`), so none is missed whichever side counts it.
     """
 
     async def publish(self, event: PolymarketEvent) -> None: ...

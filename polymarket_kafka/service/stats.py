@@ -40,7 +40,8 @@ class ServiceSettings:
     max_cycles: int | None = None
     #: Install SIGINT/SIGTERM/SIGHUP handlers (only possible in the main thread).
     handle_signals: bool = True
-    #: After a stop request, how long detect + deliver may take to drain what is queued.
+    #: Once the sources stop (a stop request, or `max_cycles` reached), how long detect and
+    #: deliver may take to drain what is queued (`SHUTDOWN_GRACE_SECONDS`).
     drain_grace_seconds: float = 10.0
 
 
@@ -59,7 +60,9 @@ class ServiceStats:
     events_detected: int = 0
     #: Handed to the publisher (accepted by the producer's queue): not yet "delivered".
     events_published: int = 0
-    #: Left in the pipeline, never handed to the publisher (the drain ran out of time).
+    #: Left in the pipeline, never handed to the publisher (the drain ran out of time, a
+    #: forced stop, or a stage failed). An event whose `publish` was cancelled is the
+    #: publisher's to count (`ports.Publisher`); `events_not_delivered` counts every loss.
     events_undelivered: int = 0
     #: Acknowledged by Kafka, and handed over but NOT acknowledged (given up, or still pending
     #: when the producer closed). Known only once the publisher has closed: its owner records
@@ -94,9 +97,17 @@ class ServiceStats:
         self.events_unacknowledged = unacknowledged
 
     @property
+    def events_not_delivered(self) -> int:
+        """Detected events Kafka did not acknowledge, however they were lost: left in the
+        pipeline, inside a `publish` that was cancelled, given up, dead-lettered, or pending
+        when the publisher closed. Counted as the difference, so that no way of losing an
+        event can be missed. Final once `record_delivery` was called."""
+        return max(0, self.events_detected - self.events_acknowledged)
+
+    @property
     def everything_delivered(self) -> bool:
         """True when every detected event was acknowledged by Kafka (exit status 0)."""
-        return self.events_undelivered == 0 and self.events_unacknowledged == 0
+        return self.events_not_delivered == 0
 
 
 class SourceOutcomes:
@@ -161,7 +172,7 @@ def log_stopped(stats: ServiceStats, *, acknowledged: int, unacknowledged: int) 
     is then an ERROR (the CLI exits 1).
     """
     stats.record_delivery(acknowledged, unacknowledged)
-    missing = stats.events_undelivered + stats.events_unacknowledged
+    missing = stats.events_not_delivered
     summary = (
         f"service stopped after {stats.poll_cycles} poll cycles: {stats.events_detected} "
         f"events detected, {stats.events_acknowledged} acknowledged by Kafka"
