@@ -85,54 +85,60 @@ async def run_app(
     rules = rules if rules is not None else load_initial_rules(config)
     stats = ServiceStats()
     health = ServiceHealth(secrets=config.secret_values())
-    async with (
-        open_subscription_store(config.mongodb, clock=now_utc, probe=False) as store,
-        open_polymarket_client(config.polymarket) as client,
-        open_kafka_publisher(
-            config.kafka,
-            clock=now_utc,
-            grace_seconds=config.shutdown_grace_seconds,
-            statistics_interval_ms=kafka_statistics_interval_ms,
-        ) as publisher,
-    ):
-        poller = MarketPoller(
-            client, metadata_refresh_seconds=config.polymarket.metadata_refresh_seconds
-        )
-        health.add_check("kafka", kafka_check(publisher))
-        registry = build_registry(
-            MetricSources(
-                service=stats,
-                client=client.stats,
-                poller=poller.stats,
-                delivery=publisher.stats,
-                rules=rules,
+    opened: KafkaPublisher | None = None
+    try:
+        async with (
+            open_subscription_store(config.mongodb, clock=now_utc, probe=False) as store,
+            open_polymarket_client(config.polymarket) as client,
+            open_kafka_publisher(
+                config.kafka,
+                clock=now_utc,
+                grace_seconds=config.shutdown_grace_seconds,
+                statistics_interval_ms=kafka_statistics_interval_ms,
+            ) as publisher,
+        ):
+            opened = publisher
+            poller = MarketPoller(
+                client, metadata_refresh_seconds=config.polymarket.metadata_refresh_seconds
             )
-        )
-        serve = partial(
-            serve_ops, config.http_host, config.http_port, health=health, registry=registry
-        )
+            health.add_check("kafka", kafka_check(publisher))
+            registry = build_registry(
+                MetricSources(
+                    service=stats,
+                    client=client.stats,
+                    poller=poller.stats,
+                    delivery=publisher.stats,
+                    rules=rules,
+                )
+            )
+            serve = partial(
+                serve_ops, config.http_host, config.http_port, health=health, registry=registry
+            )
 
-        async def http_server() -> None:
-            async with anyio.create_task_group() as tg:
-                port = await tg.start(serve)
-                if on_listening is not None:
-                    on_listening(port)
+            async def http_server() -> None:
+                async with anyio.create_task_group() as tg:
+                    port = await tg.start(serve)
+                    if on_listening is not None:
+                        on_listening(port)
 
-        await run_service(
-            store=store,
-            poller=poller,
-            publisher=publisher,
-            settings=settings_from_config(config),
-            clock=now_utc,
-            rules=rules,
-            stats=stats,
-            health=health,
-            background=[http_server],
-        )
-    # The publisher has flushed and closed: only now is it known what Kafka acknowledged.
-    log_stopped(
-        stats,
-        acknowledged=publisher.stats.delivered,
-        unacknowledged=publisher.stats.unacknowledged,
-    )
+            await run_service(
+                store=store,
+                poller=poller,
+                publisher=publisher,
+                settings=settings_from_config(config),
+                clock=now_utc,
+                rules=rules,
+                stats=stats,
+                health=health,
+                background=[http_server],
+            )
+    finally:
+        # However the service ended (a stop, or a stage that failed), the publisher has
+        # flushed and closed: only now is it known what Kafka acknowledged.
+        if opened is not None:
+            log_stopped(
+                stats,
+                acknowledged=opened.stats.delivered,
+                unacknowledged=opened.stats.unacknowledged,
+            )
     return stats

@@ -418,7 +418,9 @@ def test_a_crashed_stage_is_logged_with_its_traceback_and_exits_1(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A stage that raises takes the service down: one CRITICAL record with the traceback
-    (a JSON line in the container, see test_log_redaction_e2e), not the interpreter's dump."""
+    (a JSON line in the container, see test_log_redaction_e2e), not the interpreter's dump.
+    The delivery summary is still written once the publisher has closed, just before it."""
+    caplog.set_level(logging.INFO, logger="polymarket_kafka")
 
     async def broken_reloader(rules: object) -> None:
         raise RuntimeError("reloader broke")
@@ -432,3 +434,8 @@ def test_a_crashed_stage_is_logged_with_its_traceback_and_exits_1(
     assert record.getMessage() == "stopped by an unexpected error: RuntimeError: reloader broke"
     assert record.exc_info is not None
     assert "broken_reloader" in logging.Formatter().formatException(record.exc_info)
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("polymarket_kafka")]
+    assert ours[-2:] == [
+        "service stopped after 0 poll cycles: 0 events detected, 0 acknowledged by Kafka",
+        record.getMessage(),
+    ]
