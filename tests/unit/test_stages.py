@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import anyio
 import pytest
 
 from polymarket_kafka.ops.health import ServiceHealth, StageState
@@ -52,3 +53,23 @@ def test_task_name_of_a_partial_is_its_function() -> None:
 
     assert task_name(serve) == "serve"
     assert task_name(functools.partial(serve, 1)) == "serve"
+
+
+async def test_the_arguments_of_a_stage_are_type_checked() -> None:
+    """mypy checks every stage start against the stage's function, as anyio's `start_soon`
+    does: the two wrong calls below are flagged, and since mypy runs strict over the tests
+    (an unused `type: ignore` is an error), `make test` fails if that checking is ever lost.
+    At run time they do what such mistakes do."""
+    health = ServiceHealth()
+    received: list[tuple[int, str]] = []
+
+    async def stage(number: int, word: str) -> None:
+        received.append((number, word))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run_stage, health, "right", stage, 7, "seven")
+        group.start_soon(run_stage, health, "swapped", stage, "seven", 7)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        await run_stage(health, "missing", stage, 7)  # type: ignore[arg-type]
+    assert sorted(received, key=str) == [("seven", 7), (7, "seven")]
+    assert health.stages["missing"] is StageState.CRASHED
