@@ -16,19 +16,22 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import timedelta
 
 import anyio
 import pytest
 
-from polymarket_kafka.models import PolymarketEvent
+from polymarket_kafka.models import MarketSnapshot, PolymarketEvent
 from polymarket_kafka.polymarket import open_polymarket_client
 from polymarket_kafka.polymarket.poller import MarketPoller
-from polymarket_kafka.service.pipeline import run_service
+from polymarket_kafka.service.pipeline import _detect, run_service
+from polymarket_kafka.service.polling import Polled
 from polymarket_kafka.service.reloader import RulesHolder
+from polymarket_kafka.service.stages import LatestSubscriptions
 from polymarket_kafka.service.stats import ServiceSettings, ServiceStats, log_stopped
 from polymarket_kafka.testing.fake_polymarket import FakePolymarketServer
 from polymarket_kafka.testing.memory_store import InMemorySubscriptionStore
-from tests.component.test_service import ONE_POLL, ScriptedClock
+from tests.component.test_service import ONE_POLL, T0, ScriptedClock
 
 pytestmark = pytest.mark.anyio
 
@@ -218,3 +221,29 @@ async def test_a_failing_publisher_stops_at_once_and_names_what_it_left(
     assert (publisher.interrupted, stats.events_undelivered) == (1, MARKETS - 2)
     assert caplog.text.count("event NOT delivered (stopped before publishing)") == MARKETS - 2
     assert_last_line(caplog, stats)
+
+
+async def test_detect_names_the_events_it_could_not_hand_over_when_deliver_is_gone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The other side of the shielded send: `deliver` ended (it failed) before `detect` sent
+    its event. Driven directly, since in a full service the order depends on the scheduler."""
+    market = "0x" + "a" * 64
+    snapshots, received = anyio.create_memory_object_stream[Polled](2)
+    events, gone = anyio.create_memory_object_stream[PolymarketEvent](1)
+    gone.close()
+    subscriptions = LatestSubscriptions()
+    stats = ServiceStats()
+    for hour, price in ((0, 0.50), (1, 0.80)):  # a baseline, then a move that fires
+        taken_at = T0 + timedelta(hours=hour)
+        snapshot = MarketSnapshot(
+            market_id=market, question="q", yes_price=price, taken_at=taken_at
+        )
+        snapshots.send_nowait((snapshot, anyio.current_time()))
+    snapshots.close()
+
+    with anyio.fail_after(SAFETY_NET):
+        await _detect(received, events, RulesHolder(ONE_POLL), subscriptions, stats)
+
+    assert (stats.events_detected, stats.events_undelivered) == (1, 1)
+    assert f"event NOT delivered (stopped before publishing): market {market}" in caplog.text
