@@ -411,6 +411,25 @@ def test_a_configuration_error_is_a_json_line_when_log_format_is_json(
     assert record["timestamp"].endswith("Z")
 
 
+def test_a_service_that_never_started_writes_no_delivery_summary(
+    anyio_backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    """MongoDB's client cannot be made (pymongo refuses this URI): the service stops before
+    the publisher opens, so there is no delivery to sum up, only the error."""
+    caplog.set_level(logging.INFO, logger="polymarket_kafka")
+    uri = "mongodb://127.0.0.1:1,127.0.0.1:2/?directConnection=true"
+    monkeypatch.setenv("MONGODB_URI", uri)
+    monkeypatch.setenv("HTTP_PORT", "0")
+    env = empty_env_file(tmp_path)
+    assert main(["--backend", anyio_backend, "--env-file", str(env), "run"]) == 1
+    (record,) = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert "cannot create a MongoDB client" in record.getMessage()
+    assert "service stopped after" not in caplog.text
+
+
 def test_a_crashed_stage_is_logged_with_its_traceback_and_exits_1(
     anyio_backend: str,
     env: Path,
