@@ -135,7 +135,7 @@ async def run_app(
     finally:
         # However the service ended (a stop, or a stage that failed), the publisher has
         # flushed and closed: only now is it known what Kafka acknowledged.
-        if opened is not None:
+        if opened is not None:  # pragma: no branch - always set when the body returned
             log_stopped(
                 stats,
                 acknowledged=opened.stats.delivered,
