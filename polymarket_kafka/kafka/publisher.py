@@ -206,9 +206,17 @@ class KafkaPublisher:
         """
         # No checkpoint on the fast path (it costs as much as the produce): the caller's loop
         # yields on its own channel; a wait below is where cancellation is delivered.
-        while not self._ledger.has_room() and not self._closed:
-            self.stats.in_flight_waits += 1
-            await self._settled.wait()
+        try:
+            while not self._ledger.has_room() and not self._closed:
+                self.stats.in_flight_waits += 1
+                await self._settled.wait()
+        except anyio.get_cancelled_exc_class():
+            # Handed to us, never accepted: counted and named like any event given up.
+            self.stats.published += 1
+            reason = "publish cancelled while waiting for room (KAFKA_MAX_IN_FLIGHT)"
+            entry = Entry(-1, event, b"", self._monotonic())
+            self._execute([GaveUp(entry, reason)])
+            raise
         if self._closed:
             raise RuntimeError("the Kafka publisher is closed")
         stamped = event.model_copy(update={"published_at": self._clock()})

@@ -510,8 +510,11 @@ async def test_publish_waits_while_max_in_flight_events_are_unacknowledged(
         factory.producers[0].outcome = lambda sent: None  # the broker recovers
         assert await publisher.flush(5) == 0
     assert publisher.stats.delivered == 50 and published == 50
-    # The publish cancelled while waiting for room never entered the ledger: nothing lost.
-    assert publisher.stats.published == 50 and not publisher.failed
+    # The publish cancelled while waiting for room is counted and named, never silent.
+    (cancelled,) = publisher.failed
+    assert cancelled.event.event_id == make_event(50).event_id
+    assert "waiting for room" in cancelled.reason
+    assert publisher.stats.published == 51 and publisher.stats.unacknowledged == 1
 
 
 async def test_a_rejected_record_goes_to_the_dead_letter_topic(anyio_backend: str) -> None:
