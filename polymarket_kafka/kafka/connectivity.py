@@ -47,7 +47,6 @@ __all__ = [
     "StillDown",
     "Transition",
     "WentDown",
-    "without_credentials",
 ]
 
 #: librdkafka's verdict that no broker is connected.
@@ -58,8 +57,6 @@ CONNECTION_ERRORS = frozenset(
 )
 
 _State = Literal["unknown", "up", "suspect", "down"]
-#: A comma-separated server list with the user-info of every entry replaced by `***`.
-without_credentials = hide_server_credentials
 
 
 def _seconds(value: float) -> str:
@@ -149,7 +146,7 @@ class ConnectivityTracker:
     Call `connection_error`, `statistics` and `delivered` as the inputs arrive, and `tick`
     regularly (the publisher ticks after every batch of reports: at least once per statistics
     interval). `brokers` (the bootstrap servers) is quoted in the messages, with any user-info
-    hidden (`without_credentials`). `outages` counts the confirmed outages.
+    hidden (`redact.hide_server_credentials`). `outages` counts the confirmed outages.
     """
 
     def __init__(self, brokers: str, *, confirm_seconds: float, reminder_seconds: float) -> None:
@@ -157,7 +154,7 @@ class ConnectivityTracker:
             raise ValueError("confirm_seconds must be >= 0")
         if reminder_seconds <= 0:
             raise ValueError("reminder_seconds must be > 0")
-        self.brokers = without_credentials(brokers)
+        self.brokers = hide_server_credentials(brokers)
         self.confirm_seconds = confirm_seconds
         self.reminder_seconds = reminder_seconds
         self.outages = 0

@@ -217,15 +217,10 @@ class DeliveryLedger:
             return []  # a superseded copy failed (e.g. purged with its producer): not news
         if outcome.failure is Failure.PRODUCER:
             return [ReplaceProducer(outcome.generation, outcome.reason)]
-        exhausted = outcome.failure is Failure.PERMANENT and (
-            entry.attempts >= self._permanent_attempts
-        )
-        if self._max_attempts is not None and entry.attempts >= self._max_attempts:
-            exhausted = True
-        if exhausted:
-            if entry.dead_letter is not None:
-                del self._entries[entry.seq]
-                return [GaveUp(entry, f"{entry.dead_letter}; dead-letter write: {outcome.reason}")]
+        permanent = outcome.failure is Failure.PERMANENT
+        if (permanent and entry.attempts >= self._permanent_attempts) or (
+            self._max_attempts is not None and entry.attempts >= self._max_attempts
+        ):
             return self._route_to_dead_letter(entry, outcome.reason)
         return [self._schedule(entry, outcome.reason, now)]
 
@@ -234,6 +229,8 @@ class DeliveryLedger:
         return self._schedule(entry, reason, now)
 
     def _route_to_dead_letter(self, entry: Entry, reason: str) -> list[Action]:
+        """Out of budget: to the dead-letter topic, or given up when there is none or this
+        was the dead-letter write itself."""
         if entry.dead_letter is not None or not self._dead_letter:
             del self._entries[entry.seq]
             if entry.dead_letter is not None:

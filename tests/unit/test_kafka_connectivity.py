@@ -14,8 +14,8 @@ from polymarket_kafka.kafka.connectivity import (
     RepeatLimiter,
     StillDown,
     WentDown,
-    without_credentials,
 )
+from polymarket_kafka.redact import hide_server_credentials
 
 CONFIRM = 10.0
 REMINDER = 60.0
@@ -155,7 +155,7 @@ def test_the_broker_list_is_quoted_without_credentials() -> None:
     ],
 )
 def test_server_lists_lose_their_credentials(servers: str, shown: str) -> None:
-    assert without_credentials(servers) == shown
+    assert hide_server_credentials(servers) == shown
 
 
 def test_errors_that_are_not_about_connectivity_are_left_to_the_caller() -> None:
