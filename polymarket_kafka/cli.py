@@ -17,7 +17,6 @@ configuration error comes before logging exists: it is made a JSON line here whe
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,28 +24,23 @@ from typing import TYPE_CHECKING
 
 from polymarket_kafka import __version__
 from polymarket_kafka.cli_offline import OFFLINE_COMMANDS, add_offline_commands, run_offline
-from polymarket_kafka.config import (
-    AppConfig,
-    ConfigError,
-    check_env_file,
-    load_config,
-    requested_log_format,
-    unknown_variable_warnings,
-)
-from polymarket_kafka.logs import JsonFormatter, configure_logging
+from polymarket_kafka.env_reader import ConfigError, EnvReader, http_address
+from polymarket_kafka.environment import check_env_file, merged_env
+from polymarket_kafka.paths import DEFAULT_ENV_FILE
 
 if TYPE_CHECKING:
+    import logging
+
+    from polymarket_kafka.config import AppConfig
     from polymarket_kafka.subscriptions import SubscriptionChange
 
 __all__ = ["main"]
 
-logger = logging.getLogger("polymarket_kafka")
+#: The logger of this module's lines (`logging` is imported by the commands that log).
+LOGGER_NAME = "polymarket_kafka"
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EXIT_UNAVAILABLE = 69
-
-#: Read when present; `--env-file` names another file, which must then exist.
-DEFAULT_ENV_FILE = Path(".env")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -130,10 +124,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "healthcheck":
             print(f"polymarket-kafka: configuration error: {exc}", file=sys.stderr)
             return EXIT_FAILURE  # never 2 from a healthcheck: container engines reserve it
+        from polymarket_kafka.config import requested_log_format
+
         print(_configuration_error_line(exc, requested_log_format(env_file=None)), file=sys.stderr)
         return EXIT_USAGE
     if args.command == "healthcheck":
         return _healthcheck(args)
+    return _configured_command(args)
+
+
+def _configured_command(args: argparse.Namespace) -> int:
+    """`run`, `demo` and the subscription commands: the configuration and logging, then the
+    command on the event loop. Imported here, not at the top: `healthcheck` and `--help`
+    never need them (tests/unit/test_cli_imports.py, bench/cli_startup.py)."""
+    import anyio
+
+    from polymarket_kafka.config import load_config, requested_log_format, unknown_variable_warnings
+    from polymarket_kafka.logs import configure_logging
+
     try:
         config = load_config(env_file=args.env_file)
     except ConfigError as exc:
@@ -142,9 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     configure_logging(config.log_level, config.log_format, config.secret_values())
     for warning in unknown_variable_warnings(env_file=args.env_file):
-        logger.warning("configuration: %s", warning)
-    import anyio  # here, not at the top: `healthcheck` and `--help` never need it
-
+        _logger().warning("configuration: %s", warning)
     try:
         return anyio.run(_dispatch, args, config, backend=args.backend)
     except KeyboardInterrupt:  # pragma: no cover - signals are handled inside the service
@@ -156,9 +162,13 @@ def _configuration_error_line(exc: ConfigError, log_format: str) -> str:
     message = f"configuration error: {exc}"
     if log_format != "json":
         return f"polymarket-kafka: {message}"
+    import logging
+
+    from polymarket_kafka.logs import JsonFormatter
+
     record = logging.makeLogRecord(
         {
-            "name": logger.name,
+            "name": LOGGER_NAME,
             "levelno": logging.CRITICAL,
             "levelname": "CRITICAL",
             "msg": message,
@@ -181,6 +191,7 @@ async def _run(config: AppConfig) -> int:
     """`_serve`, with any error it raises logged (not printed by the interpreter) as exit 1."""
     from polymarket_kafka.ops.http_server import OpsServerError
 
+    logger = _logger()
     try:
         return await _serve(config)
     except Exception as exc:
@@ -208,6 +219,7 @@ async def _serve(config: AppConfig) -> int:
     from polymarket_kafka.app import load_initial_rules, run_app
     from polymarket_kafka.ruleset import RulesError
 
+    logger = _logger()
     try:
         rules = load_initial_rules(config)
     except RulesError as exc:
@@ -244,13 +256,13 @@ def _healthcheck(args: argparse.Namespace) -> int:
     base: str | None = args.url
     if base is None:
         try:
-            config = load_config(env_file=args.env_file)
+            host, port = http_address(EnvReader(merged_env(None, args.env_file)))
         except ConfigError as exc:
             print(f"polymarket-kafka: configuration error: {exc}", file=sys.stderr)
             return EXIT_FAILURE
         # A wildcard bind address answers on loopback; IPv6 literals go in brackets.
-        host = "127.0.0.1" if config.http_host in ("0.0.0.0", "::") else config.http_host  # noqa: S104
-        base = f"http://{f'[{host}]' if ':' in host else host}:{config.http_port}"
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+        base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     url = base.rstrip("/") + ("/health/live" if args.live else "/health/ready")
     parts = urlsplit(url)
     connection_class = (
@@ -354,3 +366,9 @@ def _print_change(change: SubscriptionChange) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
+
+
+def _logger() -> logging.Logger:
+    import logging
+
+    return logging.getLogger(LOGGER_NAME)

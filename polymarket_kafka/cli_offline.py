@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from polymarket_kafka.config import DEFAULT_RULES_PATH
+from polymarket_kafka.paths import DEFAULT_RULES_PATH
 
 if TYPE_CHECKING:
     from polymarket_kafka.replay.engine import ReplayResult

@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import difflib
 import functools
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from polymarket_kafka.env_reader import ConfigError, EnvReader
+from polymarket_kafka.env_reader import (
+    DEFAULT_HTTP_HOST,
+    DEFAULT_HTTP_PORT,
+    ConfigError,
+    EnvReader,
+    http_address,
+)
+from polymarket_kafka.environment import check_env_file, merged_env
 from polymarket_kafka.logs import LOG_FORMATS
+from polymarket_kafka.paths import DEFAULT_ENV_FILE, DEFAULT_RULES_PATH
 from polymarket_kafka.redact import redact_uri
 
 __all__ = [
@@ -36,9 +43,6 @@ __all__ = [
     "require_sasl_credentials",
     "unknown_variable_warnings",
 ]
-
-#: The rules file used when `RULES_PATH` is not set and this file exists (else built-ins).
-DEFAULT_RULES_PATH = Path("rules/default.yaml")
 
 
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -148,8 +152,8 @@ class AppConfig:
     #: `text` (readable, for terminals) or `json` (one object per line, for log pipelines).
     log_format: str = "text"
     #: Bind address and port of the health/metrics HTTP server (port 0: any free port).
-    http_host: str = "127.0.0.1"
-    http_port: int = 9464
+    http_host: str = DEFAULT_HTTP_HOST
+    http_port: int = DEFAULT_HTTP_PORT
 
     def secret_values(self) -> tuple[str, ...]:
         """Every configured password, verbatim: the SASL one and the MongoDB URI's (as written
@@ -179,19 +183,8 @@ def require_sasl_credentials(config: KafkaConfig) -> None:
             raise ConfigError(variable, f"required when protocol is {config.security_protocol}")
 
 
-def _merged_env(environ: Mapping[str, str] | None, env_file: Path | None) -> dict[str, str]:
-    """`.env` values first, then the process environment on top (the environment wins)."""
-    merged: dict[str, str] = {}
-    if env_file is not None and env_file.is_file():
-        from dotenv import dotenv_values  # only with a file: the healthcheck rarely has one
-
-        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-    merged.update(os.environ if environ is None else environ)
-    return merged
-
-
 def requested_log_format(
-    environ: Mapping[str, str] | None = None, *, env_file: Path | None = Path(".env")
+    environ: Mapping[str, str] | None = None, *, env_file: Path | None = DEFAULT_ENV_FILE
 ) -> str:
     """The `LOG_FORMAT` that `environ` (default: `os.environ`) over an optional `.env` asks
     for, `text` when it is unset or invalid.
@@ -200,7 +193,7 @@ def requested_log_format(
     pipeline expecting JSON should get its line as JSON.
     """
     try:
-        return EnvReader(_merged_env(environ, env_file)).choice(
+        return EnvReader(merged_env(environ, env_file)).choice(
             "LOG_FORMAT", AppConfig.log_format, LOG_FORMATS
         )
     except ConfigError:
@@ -208,21 +201,14 @@ def requested_log_format(
 
 
 def load_config(
-    environ: Mapping[str, str] | None = None, *, env_file: Path | None = Path(".env")
+    environ: Mapping[str, str] | None = None, *, env_file: Path | None = DEFAULT_ENV_FILE
 ) -> AppConfig:
     """Build an `AppConfig` from `environ` (default: `os.environ`) over an optional `.env`.
 
     A missing `env_file` is skipped (the CLI refuses one named explicitly, see
     `check_env_file`).
     """
-    return _build(EnvReader(_merged_env(environ, env_file)))
-
-
-def check_env_file(path: Path) -> None:
-    """Raise `ConfigError` unless `path` is a readable file (for an explicit `--env-file`)."""
-    if not path.is_file():
-        problem = "is a directory" if path.is_dir() else "no such file"
-        raise ConfigError("--env-file", f"{problem}: {path}")
+    return _build(EnvReader(merged_env(environ, env_file)))
 
 
 #: Prefixes of this service's variables: an unknown name with one of them is likely a typo.
@@ -238,7 +224,7 @@ def known_variables() -> frozenset[str]:
 
 
 def unknown_variable_warnings(
-    environ: Mapping[str, str] | None = None, *, env_file: Path | None = Path(".env")
+    environ: Mapping[str, str] | None = None, *, env_file: Path | None = DEFAULT_ENV_FILE
 ) -> list[str]:
     """One line per variable that carries one of our prefixes but that nothing reads.
 
@@ -247,7 +233,7 @@ def unknown_variable_warnings(
     """
     known = known_variables()
     warnings = []
-    for name in sorted(_merged_env(environ, env_file)):
+    for name in sorted(merged_env(environ, env_file)):
         if not name.startswith(VARIABLE_PREFIXES) or name in known:
             continue
         close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
@@ -311,6 +297,7 @@ def _build(r: EnvReader) -> AppConfig:
     )
 
     rules = r.optional_str("RULES_PATH")
+    http_host, http_port = http_address(r)
     return AppConfig(
         kafka=kafka,
         polymarket=polymarket,
@@ -325,6 +312,6 @@ def _build(r: EnvReader) -> AppConfig:
         rules_path=Path(rules) if rules else None,
         log_level=r.choice("LOG_LEVEL", AppConfig.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
         log_format=r.choice("LOG_FORMAT", AppConfig.log_format, LOG_FORMATS),
-        http_host=r.text("HTTP_HOST", AppConfig.http_host),
-        http_port=r.port("HTTP_PORT", AppConfig.http_port),
+        http_host=http_host,
+        http_port=http_port,
     )

@@ -1,8 +1,14 @@
 """Typed access to one merged environment, with errors that name the variable.
 
-`EnvReader` reads text, choices, numbers, integers, ports and URLs, raising `ConfigError`
-(`str()` one line: the variable and the problem) and recording every name it was asked
-for, so the set of known variables has one definition (`config.known_variables`).
+`EnvReader` reads text, choices, numbers, integers, ports and URLs from a mapping (the
+environment `environment.merged_env` builds), raising `ConfigError` (`str()` one line: the
+variable and the problem) and recording every name it was asked for, so the set of known
+variables has one definition (`config.known_variables`). `http_address` reads the ops
+server's address, for `AppConfig` and for `healthcheck`.
+
+Pure and standard library only: `healthcheck` runs every 15 s in the container and reads its
+two variables here without loading the configuration (dataclasses, logging;
+bench/cli_startup.py measures it).
 """
 
 from __future__ import annotations
@@ -11,7 +17,17 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-__all__ = ["ConfigError", "EnvReader"]
+__all__ = [
+    "DEFAULT_HTTP_HOST",
+    "DEFAULT_HTTP_PORT",
+    "ConfigError",
+    "EnvReader",
+    "http_address",
+]
+
+#: `HTTP_HOST` and `HTTP_PORT` when unset (the defaults of `AppConfig.http_host`/`http_port`).
+DEFAULT_HTTP_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 9464
 
 T = TypeVar("T")
 
@@ -89,3 +105,11 @@ class EnvReader:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(name, f"must be an http(s) URL, got {value!r}")
         return value
+
+
+def http_address(reader: EnvReader) -> tuple[str, int]:
+    """`HTTP_HOST` and `HTTP_PORT`: where the ops server (health, metrics) listens."""
+    return (
+        reader.text("HTTP_HOST", DEFAULT_HTTP_HOST),
+        reader.port("HTTP_PORT", DEFAULT_HTTP_PORT),
+    )

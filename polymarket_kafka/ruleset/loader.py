@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from polymarket_kafka.config import DEFAULT_RULES_PATH
+from polymarket_kafka.paths import DEFAULT_RULES_PATH
 from polymarket_kafka.ruleset.compiled import RuleSet
 from polymarket_kafka.ruleset.errors import RuleIssue, RulesError
 from polymarket_kafka.ruleset.schema import SEMANTIC_ERROR, RulesDocument

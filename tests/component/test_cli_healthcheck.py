@@ -138,6 +138,23 @@ async def test_a_configuration_error_is_exit_1_not_2(
     )
 
 
+async def test_the_address_comes_from_the_env_file_and_nothing_else_is_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The probe reads HTTP_HOST/HTTP_PORT only (it runs every 15 s and must stay cheap): a
+    variable the service itself would refuse does not stop it from asking the service, which
+    is the one to say whether it runs."""
+    monkeypatch.delenv("HTTP_HOST", raising=False)
+    monkeypatch.delenv("HTTP_PORT", raising=False)
+    monkeypatch.setenv("KAFKA_MAX_IN_FLIGHT", "many")  # `run` would exit 2 on this
+    with anyio.fail_after(30):
+        async with serving(ready_health()) as port:
+            env_file = tmp_path / "ops.env"
+            env_file.write_text(f"HTTP_HOST=0.0.0.0\nHTTP_PORT={port}\n")
+            assert await cli("--env-file", str(env_file), "healthcheck", "--live") == 0
+    assert capsys.readouterr().out.startswith("HTTP 200 ")
+
+
 @pytest.mark.mongo_server
 def test_run_with_the_ops_port_taken_fails_in_one_line(
     anyio_backend: str,
@@ -168,12 +185,23 @@ def test_run_with_the_ops_port_taken_fails_in_one_line(
 
 
 HEAVY = ("pydantic", "yaml", "httpx", "confluent_kafka", "pymongo", "anyio", "trio", "hypercorn")
+#: What loading the configuration costs (`dataclasses` pulls in `inspect`): not for a probe.
+CONFIGURATION = ("polymarket_kafka.config", "polymarket_kafka.logs", "dataclasses", "logging")
 
 
-@pytest.mark.parametrize("command", [["healthcheck", "--url", "http://127.0.0.1:9"], ["--help"]])
-def test_healthcheck_and_help_import_nothing_heavy(command: list[str]) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [["healthcheck", "--url", "http://127.0.0.1:9"], ["healthcheck"], ["--help"]],
+    ids=["healthcheck-url", "healthcheck-config", "help"],
+)
+def test_healthcheck_and_help_import_nothing_heavy(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """They run every 15 s in the container: only the standard library and the light modules
-    of the package (bench/cli_startup.py measures the CPU this saves)."""
+    of the package, not even the configuration (bench/cli_startup.py measures the CPU this
+    saves). `healthcheck` reads HTTP_HOST/HTTP_PORT through `env_reader` alone."""
+    monkeypatch.chdir(tmp_path)  # no .env of the checkout
+    monkeypatch.setenv("HTTP_PORT", "9")  # the discard port: refused on loopback
     code = (
         "import sys\n"
         "from polymarket_kafka.cli import main\n"
@@ -181,11 +209,12 @@ def test_healthcheck_and_help_import_nothing_heavy(command: list[str]) -> None:
         f"    main({command!r})\n"
         "except SystemExit:\n"
         "    pass\n"
-        "print(','.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+        "print(','.join(sorted(sys.modules)))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     loaded = set(result.stdout.strip().splitlines()[-1].split(","))
-    assert loaded & set(HEAVY) == set()
-    assert "polymarket_kafka" in loaded
+    assert {name.split(".")[0] for name in loaded} & set(HEAVY) == set()
+    assert loaded & set(CONFIGURATION) == set()
+    assert "polymarket_kafka.cli" in loaded
