@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import signal
 from contextlib import ExitStack
 from pathlib import Path
@@ -85,7 +86,11 @@ async def test_connected_while_the_broker_runs_and_not_after_it_stopped(
 
             await anyio.to_thread.run_sync(stack.close)  # the broker stops
             await wait_for(publisher, connected=False)
-            assert publisher.broker_status().detail == "all brokers down (0/1 brokers up)"
+            # For a moment librdkafka lists both the learned broker (down) and the bootstrap
+            # entry it falls back to, then the bootstrap entry alone: 0/2, then 0/1.
+            assert re.fullmatch(
+                r"all brokers down \(0/[12] brokers up\)", publisher.broker_status().detail
+            )
             assert publisher.stats.brokers_up == 0
 
 
