@@ -180,8 +180,9 @@ class PolymarketEvent(BaseModel):
         return None if value is None else value.isoformat()
 
     def to_kafka_value(self) -> bytes:
-        """The UTF-8 JSON bytes published as the Kafka message value."""
-        return self.model_dump_json().encode("utf-8")
+        """The UTF-8 JSON bytes published as the Kafka message value (`model_dump_json`,
+        as bytes straight from the serializer: no decode and encode again)."""
+        return self.__pydantic_serializer__.to_json(self)
 
     @property
     def kafka_key(self) -> bytes:

@@ -22,10 +22,10 @@ Why it is shaped like this:
   it (logged at ERROR, counted, the latest kept in `failed`): never dropped silently.
 * Bounded: `publish` waits while `KafkaConfig.max_in_flight` events are pending, so a broker
   that refuses everything slows the pipeline down (backpressure) instead of filling memory.
-* Fast: an event is stamped and serialised once; while nothing waits for the producer, a
-  `publish` produces without taking the lock or yielding to the scheduler; the poll thread
-  hands the delivery reports over in batches (one hand-off per `poll`) and waiting
-  publishers are woken once per batch.
+* Fast: an event is stamped and serialised once, without a copy (`value.stamped_value`);
+  while nothing waits for the producer, a `publish` produces without taking the lock or
+  yielding to the scheduler; the poll thread hands the delivery reports over in batches (one
+  hand-off per `poll`) and waiting publishers are woken once per batch.
 * An idempotent producer can get stuck for good: after a fatal error, or when the broker lost
   its producer state (UNKNOWN_PRODUCER_ID). A Tansu restart with memory storage does exactly
   that: librdkafka bumps its epoch in a loop and every message times out. Retrying on the
@@ -107,6 +107,7 @@ from polymarket_kafka.kafka.statistics import (
     StatisticsBridge,
     StatisticsReport,
 )
+from polymarket_kafka.kafka.value import stamped_value
 from polymarket_kafka.models import PolymarketEvent
 
 __all__ = [
@@ -219,8 +220,8 @@ class KafkaPublisher:
             raise
         if self._closed:
             raise RuntimeError("the Kafka publisher is closed")
-        stamped = event.model_copy(update={"published_at": self._clock()})
-        entry = self._ledger.add(stamped, stamped.to_kafka_value(), self._monotonic())
+        value = stamped_value(event, self._clock())  # serialised once, without a copy
+        entry = self._ledger.add(event, value, self._monotonic())
         self.stats.published += 1
         self.stats.pending = len(self._ledger)
         try:
@@ -254,7 +255,8 @@ class KafkaPublisher:
         return len(self._ledger)
 
     def pending_events(self) -> list[PolymarketEvent]:
-        """The events not acknowledged yet, in publish order."""
+        """The events not acknowledged yet, in publish order, as they were handed to `publish`
+        (`published_at` is in their Kafka value only)."""
         return [entry.event for entry in self._ledger]
 
     def broker_status(self) -> BrokerStatus:
@@ -359,7 +361,7 @@ class KafkaPublisher:
             elif isinstance(action, GaveUp):
                 self.stats.failed += 1
                 entry = action.entry
-                self.failed.append(FailedDelivery(entry.event, action.reason, entry.attempts))
+                self.failed.append(FailedDelivery(_as_sent(entry), action.reason, entry.attempts))
                 message = f"event NOT delivered to {self.topic}"
                 log_event(logging.ERROR, message, entry, action.reason, entry.attempts)
                 settled = True
@@ -567,6 +569,14 @@ class KafkaPublisher:
         self._maintenance.cancel()
         self._set_producer(None)
         self._thread.stop()
+
+
+def _as_sent(entry: Entry) -> PolymarketEvent:
+    """The event as its Kafka value has it (with `published_at`), for `failed`: read back
+    from the bytes on this rare path, so the common one never copies the event."""
+    if not entry.value:  # never serialised: given up before it was accepted
+        return entry.event
+    return PolymarketEvent.model_validate_json(entry.value)
 
 
 @asynccontextmanager
