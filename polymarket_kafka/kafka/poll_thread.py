@@ -17,6 +17,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import anyio
 from confluent_kafka import KafkaError, KafkaException
@@ -31,10 +32,10 @@ logger = logging.getLogger(__name__)
 _POLL_SECONDS = 0.1
 
 
-@dataclass(frozen=True)
-class DeliveryReport:
+class DeliveryReport(NamedTuple):
     """The outcome of `produce()` number `token` of pending event `seq`, by producer
-    `generation`, received at monotonic time `at`."""
+    `generation`, received at monotonic time `at`. A named tuple: one is made per event in
+    the poll thread, at a third of a frozen dataclass's cost."""
 
     seq: int
     token: int

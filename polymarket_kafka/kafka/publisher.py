@@ -413,31 +413,31 @@ class KafkaPublisher:
         self._reports.append(report)
 
     def _drain_reports(self) -> None:
-        now = self._monotonic()
+        now, loop_now = self._monotonic(), self._now()  # once per batch, not per report
         actions: list[Action] = []
+        delivery_noted = False  # the connectivity tracker hears of deliveries once per run
         while self._reports:
             report = self._reports.popleft()
             if isinstance(report, StatisticsReport):
+                delivery_noted = False
                 if self._statistics.accept(report, self._generation):  # not a retired producer's
                     self.stats.brokers_up = up = report.statistics.brokers_up
                     total = report.statistics.brokers_total
                     self._log_transition(self._connectivity.statistics(up, total, now))
             elif isinstance(report, ClientErrorReport):
+                delivery_noted = False
                 self._handle_client_error(report, now)
             else:
-                if report.error is None:
+                error = report.error
+                if error is None and not delivery_noted:
                     # Whichever copy, and whether or not still pending: Kafka acknowledged it.
                     self._log_transition(self._connectivity.delivered(now))
-                failure = None if report.error is None else classify(report.error)
+                    delivery_noted = True
+                failure = None if error is None else classify(error)
                 outcome = Outcome(
-                    report.seq,
-                    report.token,
-                    report.generation,
-                    failure,
-                    str(report.error),
-                    report.at,
+                    report.seq, report.token, report.generation, failure, str(error), report.at
                 )
-                actions += self._ledger.on_outcome(outcome, self._generation, self._now())
+                actions += self._ledger.on_outcome(outcome, self._generation, loop_now)
         self._execute(actions)  # waiting publishers are woken once per batch
         self._log_transition(self._connectivity.tick(now, len(self._ledger)))
 
