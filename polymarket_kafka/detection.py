@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from polymarket_kafka.detector_state import ClosedMarket, MarketState, PendingMove
 from polymarket_kafka.models import ConvictionDirection, MarketSnapshot
 from polymarket_kafka.ruleset.params import DetectionParams, ResolvedRule
 
@@ -407,6 +408,62 @@ class Detector:
                 )
             )
         return resets
+
+    def export_state(self, market_id: str) -> MarketState | ClosedMarket | None:
+        """What the detector holds about `market_id`, as plain data (`detector_state`), or
+        None when it holds nothing. A copy: later observations do not change it."""
+        if market_id in self._closed:
+            return ClosedMarket(market_id)
+        state = self._markets.get(market_id)
+        if state is None:
+            return None
+        pending = state.pending
+        return MarketState(
+            market_id=market_id,
+            state_key=state.state_key,
+            history=tuple(state.history),
+            last_snapshot=state.last_snapshot,
+            cooldown_until=state.cooldown_until,
+            pending=None
+            if pending is None
+            else PendingMove(
+                pending.baseline_at,
+                pending.baseline_price,
+                pending.first_at,
+                pending.first_move,
+                pending.polls,
+            ),
+            last_event=state.last_event,
+        )
+
+    def restore_state(self, state: MarketState | ClosedMarket) -> None:
+        """Take over `state` (from `export_state`, possibly of another process), replacing
+        whatever the detector held about that market. A restored market is observed exactly
+        as if the detector had never stopped."""
+        market_id = state.market_id
+        self.forget(market_id)
+        if isinstance(state, ClosedMarket):
+            self._closed[market_id] = None
+            while len(self._closed) > self.max_closed:
+                del self._closed[next(iter(self._closed))]
+            return
+        pending = state.pending
+        self._markets[market_id] = _MarketState(
+            history=deque(state.history),
+            last_snapshot=state.last_snapshot,
+            state_key=state.state_key,
+            cooldown_until=state.cooldown_until,
+            pending=None
+            if pending is None
+            else _Pending(
+                pending.baseline_at,
+                pending.baseline_price,
+                pending.first_at,
+                pending.first_move,
+                pending.polls,
+            ),
+            last_event=state.last_event,
+        )
 
     def forget(self, market_id: str) -> None:
         """Drop all state of a market (unsubscribed): a later snapshot starts afresh."""
