@@ -82,6 +82,11 @@ class KafkaConfig:
     #: acknowledged (`publish` waits at it) and the topic of events that cannot be delivered.
     max_in_flight: int = 10_000
     dead_letter_topic: str = "polymarket-events.dlq"
+    #: Added: the compacted topic holding each market's detector state (restored at start).
+    #: Empty (the default in this version) keeps no state: a restart starts afresh.
+    state_topic: str = ""
+    #: Partitions the state topic is created with (when the service creates it).
+    state_partitions: int = 12
 
     @property
     def full_topic(self) -> str:
@@ -93,6 +98,11 @@ class KafkaConfig:
         """`{KAFKA_TOPIC_PREFIX}{KAFKA_DEAD_LETTER_TOPIC}`; empty when there is none."""
         return f"{self.topic_prefix}{self.dead_letter_topic}" if self.dead_letter_topic else ""
 
+    @property
+    def full_state_topic(self) -> str:
+        """`{KAFKA_TOPIC_PREFIX}{KAFKA_STATE_TOPIC}`; empty when state is not kept."""
+        return f"{self.topic_prefix}{self.state_topic}" if self.state_topic else ""
+
     def __repr__(self) -> str:
         password = "''" if not self.sasl_password else "'***'"
         return (
@@ -100,7 +110,8 @@ class KafkaConfig:
             f"topic_prefix={self.topic_prefix!r}, security_protocol={self.security_protocol!r}, "
             f"sasl_mechanisms={self.sasl_mechanisms!r}, sasl_username={self.sasl_username!r}, "
             f"sasl_password={password}, client_id={self.client_id!r}, "
-            f"max_in_flight={self.max_in_flight!r}, dead_letter_topic={self.dead_letter_topic!r})"
+            f"max_in_flight={self.max_in_flight!r}, dead_letter_topic={self.dead_letter_topic!r}, "
+            f"state_topic={self.state_topic!r}, state_partitions={self.state_partitions!r})"
         )
 
 
@@ -154,6 +165,8 @@ class AppConfig:
     #: Bind address and port of the health/metrics HTTP server (port 0: any free port).
     http_host: str = DEFAULT_HTTP_HOST
     http_port: int = DEFAULT_HTTP_PORT
+    #: Added: how often the detector state of changed markets is written to the state topic.
+    state_checkpoint_seconds: float = 60.0
 
     def secret_values(self) -> tuple[str, ...]:
         """Every configured password, verbatim: the SASL one and the MongoDB URI's (as written
@@ -279,6 +292,10 @@ def _build(r: EnvReader) -> AppConfig:
         client_id=r.text("KAFKA_CLIENT_ID", KafkaConfig.client_id),
         max_in_flight=r.integer("KAFKA_MAX_IN_FLIGHT", KafkaConfig.max_in_flight, minimum=1),
         dead_letter_topic=r.text("KAFKA_DEAD_LETTER_TOPIC", KafkaConfig.dead_letter_topic),
+        state_topic=r.text("KAFKA_STATE_TOPIC", KafkaConfig.state_topic),
+        state_partitions=r.integer(
+            "KAFKA_STATE_PARTITIONS", KafkaConfig.state_partitions, minimum=1
+        ),
     )
     require_sasl_credentials(kafka)
 
@@ -314,4 +331,7 @@ def _build(r: EnvReader) -> AppConfig:
         log_format=r.choice("LOG_FORMAT", AppConfig.log_format, LOG_FORMATS),
         http_host=http_host,
         http_port=http_port,
+        state_checkpoint_seconds=r.number(
+            "STATE_CHECKPOINT_SECONDS", AppConfig.state_checkpoint_seconds, strict=True
+        ),
     )
