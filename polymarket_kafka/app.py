@@ -12,27 +12,46 @@ Until both are there, `/health/live` is 200 and `/health/ready` says what is mis
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import anyio
+from confluent_kafka import KafkaException
 
 from polymarket_kafka.clock import now_utc
 from polymarket_kafka.config import AppConfig
+from polymarket_kafka.detector_state import ClosedMarket, MarketState, StateFormatError, decode
 from polymarket_kafka.kafka.publisher import KafkaPublisher, open_kafka_publisher
+from polymarket_kafka.kafka.state_topic import (
+    StateTopicError,
+    StateWriter,
+    ensure_state_topic,
+    read_state,
+)
 from polymarket_kafka.kafka.statistics import kafka_readiness
 from polymarket_kafka.ops.health import ComponentStatus, ServiceHealth
 from polymarket_kafka.ops.http_server import serve_ops
 from polymarket_kafka.ops.metrics import MetricSources, build_registry
 from polymarket_kafka.polymarket import open_polymarket_client
 from polymarket_kafka.polymarket.poller import MarketPoller
-from polymarket_kafka.service.pipeline import run_service
+from polymarket_kafka.service.pipeline import DurableState, run_service
 from polymarket_kafka.service.reloader import RulesHolder, default_rules_path
 from polymarket_kafka.service.stats import ServiceSettings, ServiceStats, log_stopped
 from polymarket_kafka.subscriptions import open_subscription_store
 
-__all__ = ["kafka_check", "load_initial_rules", "run_app", "settings_from_config"]
+__all__ = [
+    "KafkaStateSink",
+    "kafka_check",
+    "load_initial_rules",
+    "restore_states",
+    "run_app",
+    "settings_from_config",
+]
+
+#: Restoring the state topic is retried (Kafka may not be up yet) with this backoff, capped.
+RESTORE_RETRY_SECONDS = (1.0, 30.0)
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +88,59 @@ def kafka_check(publisher: KafkaPublisher) -> Callable[[], ComponentStatus]:
     return check
 
 
+class KafkaStateSink:
+    """The pipeline's `StateSink`: a `StateWriter` run in a worker thread, and the markets
+    with events the publisher has not had acknowledged."""
+
+    def __init__(self, writer: StateWriter, publisher: KafkaPublisher, timeout: float) -> None:
+        self._writer = writer
+        self._publisher = publisher
+        self._timeout = timeout
+
+    async def write(self, records: Sequence[tuple[str, bytes | None]]) -> list[str]:
+        return await anyio.to_thread.run_sync(self._writer.write, records, self._timeout)
+
+    def unacknowledged(self) -> set[str]:
+        return {event.market_id for event in self._publisher.pending_events()}
+
+
+async def _close_writer(writer: StateWriter) -> None:
+    # Shielded: a stop must not cut the flush of the last checkpoint short.
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(writer.close)
+
+
+async def restore_states(config: AppConfig) -> list[MarketState | ClosedMarket]:
+    """Create the state topic if missing and read every market's state back, retrying
+    (logged) until Kafka answers. A record that cannot be read is skipped with a warning:
+    that market starts afresh."""
+    delay, cap = RESTORE_RETRY_SECONDS
+    topic = config.kafka.full_state_topic
+    while True:
+        try:
+            if await anyio.to_thread.run_sync(ensure_state_topic, config.kafka):
+                logger.info("state topic %s created (compacted)", topic)
+            records = await anyio.to_thread.run_sync(read_state, config.kafka)
+            break
+        except (StateTopicError, KafkaException) as exc:
+            logger.warning("cannot restore detector state (%s); retrying in %.0fs", exc, delay)
+            await anyio.sleep(delay)
+            delay = min(2 * delay, cap)
+    states: list[MarketState | ClosedMarket] = []
+    for market_id, record in sorted(records.items()):
+        try:
+            states.append(decode(record))
+        except StateFormatError as exc:
+            logger.warning(
+                "state of market %s in %s not restored, it starts afresh: %s",
+                market_id,
+                topic,
+                exc,
+                extra={"market_id": market_id},
+            )
+    return states
+
+
 async def run_app(
     config: AppConfig,
     rules: RulesHolder | None = None,
@@ -96,6 +168,7 @@ async def run_app(
                 grace_seconds=config.shutdown_grace_seconds,
                 statistics_interval_ms=kafka_statistics_interval_ms,
             ) as publisher,
+            contextlib.AsyncExitStack() as stack,
         ):
             opened = publisher
             poller = MarketPoller(
@@ -121,7 +194,18 @@ async def run_app(
                     if on_listening is not None:
                         on_listening(port)
 
+            durable = None
+            if config.kafka.full_state_topic:
+                restored = await restore_states(config)
+                writer = await anyio.to_thread.run_sync(StateWriter, config.kafka)
+                stack.push_async_callback(_close_writer, writer)
+                durable = DurableState(
+                    restored,
+                    KafkaStateSink(writer, publisher, timeout=config.shutdown_grace_seconds),
+                    config.state_checkpoint_seconds,
+                )
             await run_service(
+                durable=durable,
                 store=store,
                 poller=poller,
                 publisher=publisher,

@@ -478,6 +478,10 @@ class Detector:
         """Every market the detector holds anything about: tracked or remembered as closed."""
         return frozenset(self._markets) | frozenset(self._closed)
 
+    def knows(self, market_id: str) -> bool:
+        """True while the detector holds anything about the market (`known`, for one)."""
+        return market_id in self._markets or market_id in self._closed
+
     def is_closed(self, market_id: str) -> bool:
         """True once a market's final event was emitted (it will not be tracked again)."""
         return market_id in self._closed

@@ -167,6 +167,16 @@ def _service_metrics(stats: ServiceStats, poller: PollerStats | None) -> Iterato
         "Detected events not handed to the publisher because the drain ran out of time.",
         {(): stats.events_undelivered},
     )
+    yield _counter(
+        "state_records_written_total",
+        "Detector state records (and tombstones) written to the state topic.",
+        {(): stats.state_records_written},
+    )
+    yield _counter(
+        "state_write_failures_total",
+        "State records not written (retried at the next checkpoint).",
+        {(): stats.state_write_failures},
+    )
     depth = GaugeMetricFamily(
         PREFIX + "channel_depth", "Items waiting in a pipeline channel.", labels=["channel"]
     )

@@ -46,16 +46,27 @@ from polymarket_kafka.detection import Detector, RuleSource
 from polymarket_kafka.events import build_event
 from polymarket_kafka.models import PolymarketEvent
 from polymarket_kafka.ops.health import ServiceHealth
+from polymarket_kafka.service.checkpoints import StateBook
+from polymarket_kafka.service.durable import (
+    DurableState,
+    Records,
+    forget_dropped,
+    restore_into,
+    send_checkpoint,
+    take_checkpoint,
+    write_checkpoints,
+)
 from polymarket_kafka.service.polling import Polled, poll_markets
 from polymarket_kafka.service.ports import Poller, Publisher, SubscriptionStore
+from polymarket_kafka.service.refresh import refresh_subscriptions
 from polymarket_kafka.service.reloader import RulesHolder, run_reloader
 from polymarket_kafka.service.stages import LatestSubscriptions, Stopper, run_stage, task_name
 from polymarket_kafka.service.stats import ServiceSettings, ServiceStats, SourceOutcomes
 
 if TYPE_CHECKING:
-    from polymarket_kafka.subscription_records import InvalidDocument
+    pass
 
-__all__ = ["run_service"]
+__all__ = ["DurableState", "run_service"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +84,7 @@ async def run_service(
     on_published: Callable[[PolymarketEvent], Awaitable[None]] | None = None,
     health: ServiceHealth | None = None,
     background: Sequence[Callable[[], Awaitable[None]]] = (),
+    durable: DurableState | None = None,
     task_status: TaskStatus[Stopper] = anyio.TASK_STATUS_IGNORED,
 ) -> ServiceStats:
     """Run the pipeline until stopped (signal, `Stopper.stop()`, or `max_cycles`), drained.
@@ -86,6 +98,10 @@ async def run_service(
     `background` tasks (e.g. the health/metrics server) run in the service's task group as
     stages named after the callable, from start-up until the pipeline has drained; an
     exception in one stops the service like any stage's.
+
+    `durable` (optional): the detector starts from the restored states (rules that changed
+    since are applied as by a reload), and the state of markets that changed is written every
+    `checkpoint_seconds` and once more when `detect` has drained, by a `checkpoint` stage.
     """
     rules = rules or RulesHolder()
     stats = stats or ServiceStats()
@@ -100,6 +116,9 @@ async def run_service(
         settings.event_buffer
     )
     stats.channels.update(snapshots=snap_recv.statistics, events=event_recv.statistics)
+    now = anyio.current_time()
+    book = None if durable is None else StateBook.starting(durable.checkpoint_seconds, now)
+    state_send, state_recv = anyio.create_memory_object_stream[Records](1)
 
     async with anyio.create_task_group() as helpers:
         for task in background:
@@ -114,11 +133,17 @@ async def run_service(
         with stopper.pipeline:
             async with anyio.create_task_group() as pipeline:
                 detect = (_detect, snap_recv, event_send, rules, subscriptions, stats)
-                pipeline.start_soon(run_stage, health, "detect", *detect)
-                deliver = (_deliver, event_recv, publisher, stats, on_published)
+                keeping = (durable, book, state_send)
+                pipeline.start_soon(run_stage, health, "detect", *detect, *keeping)
+                deliver = (_deliver, event_recv, publisher, stats, on_published, book)
                 pipeline.start_soon(run_stage, health, "deliver", *deliver)
+                if durable is not None and book is not None:
+                    checkpoint = (write_checkpoints, state_recv, durable.sink, book, stats)
+                    pipeline.start_soon(run_stage, health, "checkpoint", *checkpoint)
+                else:
+                    state_recv.close()
                 with stopper.sources:
-                    refresh = (_refresh_subscriptions, store, subscriptions, settings, outcomes)
+                    refresh = (refresh_subscriptions, store, subscriptions, settings, outcomes)
                     polling = (snap_send, poller, subscriptions, settings, clock, outcomes)
                     await _run_sources(health, refresh, polling)
                 health.mark_stopping()
@@ -193,78 +218,45 @@ async def _handle_signals(
                 stopper.stop()
 
 
-async def _refresh_subscriptions(
-    store: SubscriptionStore,
-    subscriptions: LatestSubscriptions,
-    settings: ServiceSettings,
-    outcomes: SourceOutcomes,
-) -> None:
-    warned: frozenset[tuple[str, str]] = frozenset()
-    while True:
-        try:
-            active = await store.active()
-        except Exception as exc:  # noqa: BLE001 - any store failure keeps the last set
-            failures = outcomes.refresh_failed(exc)
-            # Keep polling the last known set; retry sooner than a full interval at first.
-            delay = min(settings.subscription_refresh_seconds, 2.0 ** min(failures, 6))
-            logger.warning(
-                "subscription refresh failed (%s); keeping %d known markets, retry in %.0fs",
-                exc,
-                len(subscriptions.value),
-                delay,
-            )
-            await anyio.sleep(delay)
-            continue
-        if active.subscriptions != subscriptions.value or not subscriptions.loaded.is_set():
-            logger.info("active subscriptions: %d markets", len(active.subscriptions))
-        warned = _warn_invalid_documents(active.invalid, warned)
-        subscriptions.set(active.subscriptions)
-        outcomes.refreshed(len(subscriptions.market_ids()), len(active.invalid))
-        await anyio.sleep(settings.subscription_refresh_seconds)
-
-
-def _warn_invalid_documents(
-    invalid: Sequence[InvalidDocument], warned: frozenset[tuple[str, str]]
-) -> frozenset[tuple[str, str]]:
-    """Warn once about each invalid document (and again if its error changes); return what
-    is now known. Only the documents of the latest refresh are remembered: the set is bounded
-    by the collection, and a document that was fixed and breaks again is reported again."""
-    current = frozenset((document.document_id, document.error) for document in invalid)
-    for document in invalid:
-        if (document.document_id, document.error) not in warned:
-            logger.warning(
-                "invalid subscription document %s skipped: %s",
-                document.describe(),
-                document.error,
-                extra={} if document.market_id is None else {"market_id": document.market_id},
-            )
-    return current
-
-
 async def _detect(
     snapshots: MemoryObjectReceiveStream[Polled],
     events: MemoryObjectSendStream[PolymarketEvent],
     rules: RulesHolder,
     subscriptions: LatestSubscriptions,
     stats: ServiceStats,
+    durable: DurableState | None = None,
+    book: StateBook | None = None,
+    checkpoints: MemoryObjectSendStream[Records] | None = None,
 ) -> None:
+    if checkpoints is None:  # no durable state: a closed channel nobody reads
+        checkpoints, unread = anyio.create_memory_object_stream[Records](1)
+        unread.close()
     detector = Detector(stats=stats.detector)
     seen_version = -1
     in_force = rules.current
-    async with snapshots, events:
+    if durable is not None and durable.restored:
+        # Rules that changed while the service was down apply as a reload's would.
+        restore_into(detector, durable.restored, stats)
+        _adopt(detector, in_force, stats)
+        forget_dropped(book, frozenset(state.market_id for state in durable.restored), detector)
+    async with snapshots, events, checkpoints:
         async for snapshot, polled_at in snapshots:
             if subscriptions.version != seen_version:
                 seen_version = subscriptions.version
                 active = subscriptions.market_ids()
                 for market_id in detector.known() - active:
                     detector.forget(market_id)
+                    if book is not None:
+                        book.forgotten(market_id)
             if rules.current is not in_force:
                 # A reload swapped the rules between two snapshots: adopt them here, so every
                 # snapshot is judged by exactly one rule set. Rules that cannot be adopted are
                 # handed back (`reject`): the holder names the rules in force again, so they
                 # are not retried before the next reload.
+                before = detector.known() if book is not None else frozenset()
                 if _adopt(detector, rules.current, stats):
                     in_force = rules.current
+                    forget_dropped(book, before, detector)
                 else:
                     rules.reject(rules.current, in_force)
             stats.snapshots += 1
@@ -272,8 +264,14 @@ async def _detect(
                 # The snapshot's age is how long it waited in the pipeline, on the monotonic
                 # clock (the injected wall clock may be a scripted one).
                 waited = timedelta(seconds=anyio.current_time() - polled_at)
+                held = book is not None and detector.knows(snapshot.market_id)
                 changes = detector.observe(snapshot, in_force, snapshot.taken_at + waited)
                 built = [build_event(change) for change in changes]
+                if book is not None:
+                    if detector.knows(snapshot.market_id):
+                        book.touched(snapshot.market_id)
+                    elif held:
+                        book.forgotten(snapshot.market_id)
             except Exception:
                 stats.detection_errors += 1
                 logger.exception(
@@ -284,6 +282,8 @@ async def _detect(
                 continue
             for event in built:
                 _record_detected(event, stats)
+                if book is not None:
+                    book.hold(event.market_id)
             for sent, event in enumerate(built):
                 try:
                     # Shielded, so that an event is never lost between two stages: with the
@@ -297,6 +297,13 @@ async def _detect(
                     for event_left in built[sent:]:
                         _record_undelivered(event_left, stats)
                     return
+            if durable is not None and book is not None and book.due(anyio.current_time()):
+                send_checkpoint(detector, book, durable, checkpoints)
+        if durable is not None and book is not None:
+            # Drained: the last checkpoint, waited for (the `checkpoint` stage writes it).
+            records = take_checkpoint(detector, book, durable)
+            if records[0]:
+                await checkpoints.send(records)
 
 
 def _record_detected(event: PolymarketEvent, stats: ServiceStats) -> None:
@@ -355,6 +362,7 @@ async def _deliver(
     publisher: Publisher,
     stats: ServiceStats,
     on_published: Callable[[PolymarketEvent], Awaitable[None]] | None,
+    book: StateBook | None = None,
 ) -> None:
     async with events:
         try:
@@ -362,6 +370,8 @@ async def _deliver(
                 # A publish cancelled before Kafka's client accepted the event is the
                 # publisher's to report (`Publisher`): it counts it as not acknowledged.
                 await publisher.publish(event)
+                if book is not None:  # the publisher's now: `unacknowledged` covers it
+                    book.release(event.market_id)
                 stats.events_published += 1
                 if on_published is not None:
                     await on_published(event)
@@ -378,6 +388,8 @@ async def _deliver(
 
 def _record_undelivered(event: PolymarketEvent, stats: ServiceStats) -> None:
     stats.events_undelivered += 1
+    # Left behind: its market stays held, so its state (the new baseline) is never written
+    # and a restart finds the move again.
     logger.error(
         "event NOT delivered (stopped before publishing): market %s event_id=%s",
         event.market_id,

@@ -7,7 +7,7 @@ tests pass fakes). One Protocol per contract; the data they return is the adapte
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
@@ -16,7 +16,7 @@ from polymarket_kafka.models import MarketSnapshot, PolymarketEvent, PolymarketS
 if TYPE_CHECKING:
     from polymarket_kafka.subscription_records import ActiveSubscriptions, SubscriptionChange
 
-__all__ = ["PollOutcome", "Poller", "Publisher", "SubscriptionStore"]
+__all__ = ["PollOutcome", "Poller", "Publisher", "StateSink", "SubscriptionStore"]
 
 
 class PollOutcome(Protocol):
@@ -80,3 +80,17 @@ class Publisher(Protocol):
     """
 
     async def publish(self, event: PolymarketEvent) -> None: ...
+
+
+class StateSink(Protocol):
+    """Where detector state records go (`kafka.state_topic.StateWriter`, run in a thread)."""
+
+    async def write(self, records: Sequence[tuple[str, bytes | None]]) -> Collection[str]:
+        """Write `(market id, record or None for a tombstone)`; return the market ids NOT
+        written (they are tried again at the next checkpoint). Never raises for a refused
+        or unacknowledged record."""
+        ...
+
+    def unacknowledged(self) -> Collection[str]:
+        """Markets with an event the publisher has not had acknowledged by Kafka."""
+        ...

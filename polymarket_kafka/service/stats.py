@@ -78,6 +78,12 @@ class ServiceStats:
     rule_resets: int = 0
     #: Reloaded rule sets the detector could not adopt (the rules in force stayed).
     rule_adoption_failures: int = 0
+    #: Durable state (`KAFKA_STATE_TOPIC`): markets restored at start, records written to the
+    #: state topic (states and tombstones), and records that could not be written (retried at
+    #: the next checkpoint).
+    state_markets_restored: int = 0
+    state_records_written: int = 0
+    state_write_failures: int = 0
     last_poll_at: datetime | None = None
     #: What the detector dropped: glitches, stale and thin-book snapshots, unwatched markets.
     detector: DetectorStats = field(default_factory=DetectorStats)

@@ -25,7 +25,7 @@ from polymarket_kafka.models import ConvictionDirection, MarketSnapshot, Polymar
 from polymarket_kafka.polymarket import open_polymarket_client
 from polymarket_kafka.polymarket.poller import MarketPoller, PollResult
 from polymarket_kafka.ruleset import ResolvedRule, RuleSet, load_rules_text
-from polymarket_kafka.service.pipeline import run_service
+from polymarket_kafka.service.pipeline import DurableState, run_service
 from polymarket_kafka.service.ports import SubscriptionStore
 from polymarket_kafka.service.reloader import RulesHolder
 from polymarket_kafka.service.stages import Stopper
@@ -86,6 +86,7 @@ async def run(
     settings: ServiceSettings | None = None,
     rules: RulesHolder | None = None,
     stopper: Stopper | None = None,
+    durable: DurableState | None = None,
 ) -> tuple[ServiceStats, RecordingPublisher]:
     publisher = publisher or RecordingPublisher()
     markets = [m.condition_id for m in server.markets]
@@ -99,6 +100,7 @@ async def run(
             clock=clock,
             rules=rules or RulesHolder(ONE_POLL),
             stopper=stopper,
+            durable=durable,
         )
     return stats, publisher
 

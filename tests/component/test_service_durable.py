@@ -1,0 +1,159 @@
+"""The pipeline with durable state: restore at start, checkpoints, the `checkpoint` stage.
+
+The state sink is a recording double (the real state topic is in tests/e2e); Polymarket is
+the fake server and the publisher the recording double of test_service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import anyio
+import pytest
+
+from polymarket_kafka.detector_state import MarketState, decode
+from polymarket_kafka.ruleset import load_rules_text
+from polymarket_kafka.service.pipeline import DurableState
+from polymarket_kafka.service.reloader import RulesHolder
+from polymarket_kafka.service.stats import ServiceSettings
+from polymarket_kafka.testing.fake_polymarket import FakePolymarketServer
+from polymarket_kafka.testing.memory_store import InMemorySubscriptionStore
+from tests.component.test_service import T0, ScriptedClock, run, server  # noqa: F401
+
+pytestmark = pytest.mark.anyio
+
+
+@dataclass
+class RecordingSink:
+    """`StateSink` double: records every write; fails the ids in `refuse` once each."""
+
+    writes: list[list[tuple[str, bytes | None]]] = field(default_factory=list)
+    refuse: set[str] = field(default_factory=set)
+    pending: set[str] = field(default_factory=set)
+    slow: float = 0.0
+
+    async def write(self, records: Sequence[tuple[str, bytes | None]]) -> Collection[str]:
+        await anyio.sleep(self.slow)
+        failed = [market_id for market_id, _ in records if market_id in self.refuse]
+        self.refuse -= set(failed)
+        self.writes.append([r for r in records if r[0] not in failed])
+        return failed
+
+    def unacknowledged(self) -> Collection[str]:
+        return self.pending
+
+    def latest(self) -> dict[str, bytes | None]:
+        return {market_id: value for batch in self.writes for market_id, value in batch}
+
+
+#: Four hourly cycles from T0 (ScriptedClock).
+LAST_POLL = T0 + timedelta(hours=3)
+SETTINGS = ServiceSettings(poll_interval_seconds=0.01, max_cycles=4, handle_signals=False)
+
+
+async def test_every_market_is_checkpointed_and_a_refused_record_is_written_later(
+    server: FakePolymarketServer,  # noqa: F811
+) -> None:
+    a, b, c = (m.condition_id for m in server.markets)
+    sink = RecordingSink(refuse={a})
+    durable = DurableState((), sink, checkpoint_seconds=0.0)  # due at every snapshot
+    stats, _ = await run(server, ScriptedClock(server, {}), settings=SETTINGS, durable=durable)
+    latest = sink.latest()
+    assert set(latest) == {a, b, c}
+    for market_id, value in latest.items():
+        state = decode(value or b"")
+        assert isinstance(state, MarketState) and state.market_id == market_id
+        assert state.history[-1][0] == LAST_POLL  # the final checkpoint has the last poll
+    assert stats.state_write_failures == 1
+    assert stats.state_records_written == sum(len(batch) for batch in sink.writes)
+
+
+async def test_a_market_whose_event_is_unacknowledged_keeps_its_old_record(
+    server: FakePolymarketServer,  # noqa: F811
+) -> None:
+    a = server.markets[0].condition_id
+    sink = RecordingSink(pending={a})  # Kafka never acknowledges a's events
+    durable = DurableState((), sink, checkpoint_seconds=0.0)
+    _, publisher = await run(
+        server, ScriptedClock(server, {2: {a: 0.9}}), settings=SETTINGS, durable=durable
+    )
+    assert [e.market_id for e in publisher.events] == [a]
+    assert sink.latest().get(a) is None  # never written: a restart measures from 0.50
+
+
+async def test_a_slow_sink_never_holds_detection_up(
+    server: FakePolymarketServer,  # noqa: F811
+) -> None:
+    sink = RecordingSink(slow=0.2)
+    durable = DurableState((), sink, checkpoint_seconds=0.0)
+    stats, _ = await run(server, ScriptedClock(server, {}), settings=SETTINGS, durable=durable)
+    assert stats.snapshots == 12
+    # One write at a time: the checkpoints that came due meanwhile waited in the book; the
+    # final one has every market's latest state.
+    assert len(sink.writes) < 12
+    for value in sink.latest().values():
+        state = decode(value or b"")
+        assert isinstance(state, MarketState) and state.history[-1][0] == LAST_POLL
+
+
+async def test_restored_states_are_resumed_and_unsubscribed_ones_deleted(
+    server: FakePolymarketServer,  # noqa: F811
+) -> None:
+    a, b, c = (m.condition_id for m in server.markets)
+    first = RecordingSink()
+    await run(
+        server,
+        ScriptedClock(server, {}),
+        settings=SETTINGS,
+        durable=DurableState((), first, checkpoint_seconds=3600.0),
+    )
+    restored = [decode(value or b"") for value in first.latest().values()]
+    # Restart with b unsubscribed; a moves at once: measured from the restored 0.50.
+    second = RecordingSink()
+    clock = ScriptedClock(server, {10: {a: 0.9}})
+    clock.cycle = 10  # the restart, hours later
+    stats, publisher = await run(
+        server,
+        clock,
+        settings=ServiceSettings(poll_interval_seconds=0.01, max_cycles=1, handle_signals=False),
+        store=InMemorySubscriptionStore(seed=[a, c]),
+        durable=DurableState(restored, second, checkpoint_seconds=3600.0),
+    )
+    assert stats.state_markets_restored == 3
+    assert [(e.market_id, e.baseline_yes_price) for e in publisher.events] == [(a, 0.5)]
+    assert second.latest()[b] is None  # tombstone
+
+
+async def test_restored_states_that_new_rules_reset_are_deleted(
+    server: FakePolymarketServer,  # noqa: F811
+) -> None:
+    first = RecordingSink()
+    await run(
+        server,
+        ScriptedClock(server, {}),
+        settings=SETTINGS,
+        durable=DurableState((), first, checkpoint_seconds=3600.0),
+    )
+    restored = [decode(value or b"") for value in first.latest().values()]
+    wider = RulesHolder(
+        load_rules_text(
+            "version: 1\ndefaults:\n  confirm: {polls: 1}\n  window: 4h\n", "wider.yaml"
+        )
+    )
+    second = RecordingSink()
+    clock = ScriptedClock(server, {})
+    clock.cycle = 10
+    stats, _ = await run(
+        server,
+        clock,
+        settings=ServiceSettings(poll_interval_seconds=0.01, max_cycles=1, handle_signals=False),
+        rules=wider,
+        durable=DurableState(restored, second, checkpoint_seconds=3600.0),
+    )
+    assert stats.rule_resets == 3
+    # Reset, then observed afresh: the final checkpoint holds the new one-point states.
+    for value in second.latest().values():
+        state = decode(value or b"")
+        assert isinstance(state, MarketState) and len(state.history) == 1
