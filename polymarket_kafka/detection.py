@@ -424,15 +424,7 @@ class Detector:
             history=tuple(state.history),
             last_snapshot=state.last_snapshot,
             cooldown_until=state.cooldown_until,
-            pending=None
-            if pending is None
-            else PendingMove(
-                pending.baseline_at,
-                pending.baseline_price,
-                pending.first_at,
-                pending.first_move,
-                pending.polls,
-            ),
+            pending=None if pending is None else PendingMove(**vars(pending)),
             last_event=state.last_event,
         )
 
@@ -453,15 +445,7 @@ class Detector:
             last_snapshot=state.last_snapshot,
             state_key=state.state_key,
             cooldown_until=state.cooldown_until,
-            pending=None
-            if pending is None
-            else _Pending(
-                pending.baseline_at,
-                pending.baseline_price,
-                pending.first_at,
-                pending.first_move,
-                pending.polls,
-            ),
+            pending=None if pending is None else _Pending(**vars(pending)),
             last_event=state.last_event,
         )
 

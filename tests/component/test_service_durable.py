@@ -13,7 +13,7 @@ from datetime import timedelta
 import anyio
 import pytest
 
-from polymarket_kafka.detector_state import MarketState, decode
+from polymarket_kafka.detector_state import ClosedMarket, MarketState, decode
 from polymarket_kafka.ruleset import load_rules_text
 from polymarket_kafka.service.pipeline import DurableState
 from polymarket_kafka.service.reloader import RulesHolder
@@ -51,6 +51,20 @@ class RecordingSink:
 #: Four hourly cycles from T0 (ScriptedClock).
 LAST_POLL = T0 + timedelta(hours=3)
 SETTINGS = ServiceSettings(poll_interval_seconds=0.01, max_cycles=4, handle_signals=False)
+
+
+async def states_after_a_first_run(
+    fake: FakePolymarketServer,
+) -> list[MarketState | ClosedMarket]:
+    """What the final checkpoint of a four-cycle run (prices unchanged) wrote, decoded."""
+    first = RecordingSink()
+    await run(
+        fake,
+        ScriptedClock(fake, {}),
+        settings=SETTINGS,
+        durable=DurableState((), first, checkpoint_seconds=3600.0),
+    )
+    return [decode(value or b"") for value in first.latest().values()]
 
 
 async def test_every_market_is_checkpointed_and_a_refused_record_is_written_later(
@@ -102,14 +116,7 @@ async def test_restored_states_are_resumed_and_unsubscribed_ones_deleted(
     server: FakePolymarketServer,  # noqa: F811
 ) -> None:
     a, b, c = (m.condition_id for m in server.markets)
-    first = RecordingSink()
-    await run(
-        server,
-        ScriptedClock(server, {}),
-        settings=SETTINGS,
-        durable=DurableState((), first, checkpoint_seconds=3600.0),
-    )
-    restored = [decode(value or b"") for value in first.latest().values()]
+    restored = await states_after_a_first_run(server)
     # Restart with b unsubscribed; a moves at once: measured from the restored 0.50.
     second = RecordingSink()
     clock = ScriptedClock(server, {10: {a: 0.9}})
@@ -129,14 +136,7 @@ async def test_restored_states_are_resumed_and_unsubscribed_ones_deleted(
 async def test_restored_states_that_new_rules_reset_are_deleted(
     server: FakePolymarketServer,  # noqa: F811
 ) -> None:
-    first = RecordingSink()
-    await run(
-        server,
-        ScriptedClock(server, {}),
-        settings=SETTINGS,
-        durable=DurableState((), first, checkpoint_seconds=3600.0),
-    )
-    restored = [decode(value or b"") for value in first.latest().values()]
+    restored = await states_after_a_first_run(server)
     wider = RulesHolder(
         load_rules_text(
             "version: 1\ndefaults:\n  confirm: {polls: 1}\n  window: 4h\n", "wider.yaml"

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -37,6 +36,7 @@ from polymarket_kafka.subscriptions import open_subscription_store
 from polymarket_kafka.testing.fake_polymarket import FakePolymarketServer
 from polymarket_kafka.testing.local_broker import LocalBroker, read_events
 from polymarket_kafka.testing.memory_store import InMemorySubscriptionStore
+from tests.e2e.service_process import running_service, service_env, wait_until_polled
 from tests.factories import scripted_prices_clock
 
 pytestmark = pytest.mark.broker
@@ -48,6 +48,16 @@ T0 = datetime(2024, 11, 5, 23, 0, tzinfo=UTC)
 def server() -> Iterator[FakePolymarketServer]:
     with FakePolymarketServer(n_markets=3, price=lambda i: 0.40) as fake:
         yield fake
+
+
+def unique_kafka(broker: LocalBroker, **fields: object) -> KafkaConfig:
+    """A KafkaConfig on `broker` whose topics (prefixed) no other test uses."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    return KafkaConfig(
+        bootstrap_servers=broker.bootstrap_servers,
+        topic_prefix=prefix,
+        **fields,  # type: ignore[arg-type]
+    )
 
 
 async def run_once(
@@ -104,12 +114,7 @@ async def test_a_pending_move_and_a_move_while_down_survive_a_restart(
     server: FakePolymarketServer, tansu_broker: LocalBroker
 ) -> None:
     a, b, c = (m.condition_id for m in server.markets)
-    kafka = KafkaConfig(
-        bootstrap_servers=tansu_broker.bootstrap_servers,
-        topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
-        state_topic="polymarket-kafka-state",
-        state_partitions=3,
-    )
+    kafka = unique_kafka(tansu_broker, state_topic="polymarket-kafka-state", state_partitions=3)
     config = AppConfig(kafka=kafka, shutdown_grace_seconds=10)
     with anyio.fail_after(90):
         # Run 1: baselines at 0.40; a jumps to 0.55 on the last poll (seen once: pending).
@@ -137,11 +142,7 @@ async def test_without_the_state_topic_a_restart_loses_the_moves(
 ) -> None:
     """The loss the state topic prevents, measured the same way."""
     a, b, _ = (m.condition_id for m in server.markets)
-    kafka = KafkaConfig(
-        bootstrap_servers=tansu_broker.bootstrap_servers,
-        topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
-    )
-    config = AppConfig(kafka=kafka)
+    config = AppConfig(kafka=unique_kafka(tansu_broker))
     with anyio.fail_after(60):
         await run_once(server, config, {1: {a: 0.55}}, T0, cycles=2, keep_state=False)
         server.set_price(b, 0.20)
@@ -151,28 +152,11 @@ async def test_without_the_state_topic_a_restart_loses_the_moves(
 
 
 def _run_until_polled(env: dict[str, str], server: FakePolymarketServer, polls: int) -> str:
-    """Start `polymarket-kafka run`, wait until it polled `polls` more times, SIGTERM it;
-    return its stderr (exit 0 asserted)."""
-    before = server.request_count("POST /midpoints")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "polymarket_kafka", "run"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while server.request_count("POST /midpoints") < before + polls:
-            assert process.poll() is None, process.communicate()[1]
-            assert time.monotonic() < deadline, "the service never polled"
-            time.sleep(0.05)
+    """`polymarket-kafka run` until it polled `polls` more times, then SIGTERM; its stderr."""
+    with running_service(env) as process:
+        wait_until_polled(process, server, server.request_count("POST /midpoints") + polls)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == 0, stderr
     return stderr
 
@@ -189,24 +173,15 @@ def test_a_rolling_restart_reports_the_move_made_while_down(
     measured from the price before the stop. The real command, KAFKA_STATE_TOPIC set."""
     rules = tmp_path / "rules.yaml"
     rules.write_text("version: 1\ndefaults:\n  confirm: {polls: 1}\n")
-    env = {
-        **os.environ,
-        "POLYMARKET_BASE_URL": server.url,
-        "POLYMARKET_GAMMA_URL": server.url,
-        "POLYMARKET_RATE_LIMIT_DELAY_MS": "0",
-        "KAFKA_BOOTSTRAP_SERVERS": tansu_broker.bootstrap_servers,
-        "KAFKA_TOPIC": kafka_topic,
-        "KAFKA_STATE_TOPIC": f"{kafka_topic}.state",
-        "KAFKA_STATE_PARTITIONS": "3",
-        "MONGODB_URI": mongo_server_uri,
-        "MONGODB_DATABASE": "e2e",
-        "MONGODB_COLLECTION": f"subs_{uuid.uuid4().hex[:12]}",
-        "MONGODB_POLL_INTERVAL_SECONDS": "0.1",
-        "POLL_INTERVAL_SECONDS": "0.1",
-        "SHUTDOWN_GRACE_SECONDS": "5",
-        "RULES_PATH": str(rules),
-        "HTTP_PORT": "0",
-    }
+    env = service_env(
+        server,
+        tansu_broker.bootstrap_servers,
+        kafka_topic,
+        (mongo_server_uri, "e2e", f"subs_{uuid.uuid4().hex[:12]}"),
+        rules,
+        KAFKA_STATE_TOPIC=f"{kafka_topic}.state",
+        KAFKA_STATE_PARTITIONS="3",
+    )
     market = server.markets[0].condition_id
     subscribed = subprocess.run(
         [sys.executable, "-m", "polymarket_kafka", "subscribe", market],

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -30,6 +29,7 @@ from polymarket_kafka.service.stats import ServiceSettings
 from polymarket_kafka.subscriptions import open_subscription_store
 from polymarket_kafka.testing.fake_polymarket import FakePolymarketServer
 from polymarket_kafka.testing.local_broker import LocalBroker, read_events
+from tests.e2e.service_process import running_service, service_env, wait_until_polled
 from tests.factories import scripted_prices_clock
 
 pytestmark = [pytest.mark.broker, pytest.mark.mongo_server]
@@ -148,22 +148,14 @@ def test_cli_run_process_publishes_and_exits_cleanly_on_sigterm(
     """The real console entry point, a real process, a real SIGTERM."""
     rules = tmp_path / "rules.yaml"
     rules.write_text("version: 1\ndefaults:\n  confirm: {polls: 1}\n")
-    env = {
-        **os.environ,
-        "POLYMARKET_BASE_URL": server.url,
-        "POLYMARKET_GAMMA_URL": server.url,
-        "POLYMARKET_RATE_LIMIT_DELAY_MS": "0",
-        "KAFKA_BOOTSTRAP_SERVERS": tansu_broker.bootstrap_servers,
-        "KAFKA_TOPIC": kafka_topic,
-        "KAFKA_SASL_PASSWORD": "never-print-me",
-        "MONGODB_URI": mongo_config.uri,
-        "MONGODB_DATABASE": mongo_config.database,
-        "MONGODB_COLLECTION": mongo_config.collection,
-        "MONGODB_POLL_INTERVAL_SECONDS": "0.1",
-        "POLL_INTERVAL_SECONDS": "0.1",
-        "SHUTDOWN_GRACE_SECONDS": "5",
-        "RULES_PATH": str(rules),
-    }
+    env = service_env(
+        server,
+        tansu_broker.bootstrap_servers,
+        kafka_topic,
+        (mongo_config.uri, mongo_config.database, mongo_config.collection),
+        rules,
+        KAFKA_SASL_PASSWORD="never-print-me",
+    )
     market = server.markets[0].condition_id
     subscribed = _cli("subscribe", market, env=env)
     assert subscribed.returncode == 0, subscribed.stderr
@@ -171,27 +163,12 @@ def test_cli_run_process_publishes_and_exits_cleanly_on_sigterm(
     listing = _cli("subscriptions", env=env)
     assert listing.stdout.startswith(f"{market} ref_count=1")
 
-    process = subprocess.Popen(
-        [sys.executable, "-m", "polymarket_kafka", "run"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while server.request_count("POST /midpoints") < 2:  # the baseline is in place
-            assert process.poll() is None, process.communicate()[1]
-            assert time.monotonic() < deadline, "the service never polled"
-            time.sleep(0.05)
+    with running_service(env) as process:
+        wait_until_polled(process, server, requests=2)  # the baseline is in place
         server.set_price(market, 0.75)
         messages = read_events(tansu_broker.bootstrap_servers, kafka_topic, expected=1, timeout=30)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == 0, stderr
     assert len(messages) == 1
     event = PolymarketEvent.model_validate_json(messages[0].value or b"")
