@@ -327,6 +327,23 @@ def test_compose_creates_the_topics_once_kafka_is_healthy(
     assert init["restart"] == "no"
 
 
+def test_compose_creates_the_compacted_state_topic_the_service_uses(
+    compose: dict[str, Any], example_env: dict[str, str]
+) -> None:
+    init = compose["services"]["kafka-init-state"]
+    assert depends(init) == {"kafka": "service_healthy"}
+    args = init["command"]
+    overrides = {
+        k: str(v) for k, v in compose["services"]["polymarket-kafka"]["environment"].items()
+    }
+    kafka = load_config({**example_env, **overrides}, env_file=None).kafka
+    assert kafka.full_state_topic == "polymarket-kafka-state"
+    assert args[args.index("--topic") + 1] == kafka.full_state_topic
+    assert args[args.index("--partitions") + 1] == str(kafka.state_partitions)
+    assert args[args.index("--config") + 1] == "cleanup.policy=compact"
+    assert {"--create", "--if-not-exists"} <= set(args)
+
+
 def test_compose_runs_mongo_with_a_ping_healthcheck(compose: dict[str, Any]) -> None:
     mongo = compose["services"]["mongo"]
     assert mongo["image"].startswith("docker.io/library/mongo:")
@@ -342,6 +359,7 @@ def test_compose_service_waits_for_its_dependencies(compose: dict[str, Any]) -> 
         "kafka": "service_healthy",
         "kafka-init": "service_completed_successfully",
         "kafka-init-dlq": "service_completed_successfully",
+        "kafka-init-state": "service_completed_successfully",
         "mongo": "service_healthy",
     }
     assert service["env_file"] == "app.env"
