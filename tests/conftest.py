@@ -10,6 +10,9 @@ or the "too slow" health check, so a busy machine cannot fail a property test (t
 in bench/). `ci` runs the same examples on every run (derandomize, no example database), so a
 CI result is reproducible; `default` keeps exploring new ones. Both print the blob that
 reproduces a failure (`@reproduce_failure`).
+
+Coverage is measured on the example-based tests: property tests, and the replay of the real
+histories, run with the coverage tracer stopped (`tests/plugins/untraced.py`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["tests.plugins.tansu", "tests.plugins.mongo_server"]
+pytest_plugins = ["tests.plugins.tansu", "tests.plugins.mongo_server", "tests.plugins.untraced"]
 
 _LOAD_PROOF: dict[str, Any] = {
     "deadline": None,

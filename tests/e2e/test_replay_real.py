@@ -18,6 +18,7 @@ from polymarket_kafka.replay.engine import ReplayResult, replay
 from polymarket_kafka.replay.history import load_history, market_for
 from polymarket_kafka.replay.labels import SeriesFacts, read_labels, score, series_key
 from polymarket_kafka.ruleset import load_rules
+from tests.plugins.untraced import untraced
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL = Path(__file__).parents[2].parent / "shared" / "data" / "real"
@@ -31,10 +32,13 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def results() -> list[ReplayResult]:
     rules = load_rules(ROOT / "rules" / "default.yaml")
-    return [
-        replay(load_history(path), market_for(path), rules)
-        for path in sorted(REAL.rglob("*.history.json"))
-    ]
+    # Untraced (tests/plugins/untraced.py): every pytest-xdist worker that runs one of these
+    # tests replays every history, three times slower under the coverage tracer.
+    with untraced():
+        return [
+            replay(load_history(path), market_for(path), rules)
+            for path in sorted(REAL.rglob("*.history.json"))
+        ]
 
 
 def test_every_history_loads_with_its_sidecar(results: list[ReplayResult]) -> None:
