@@ -46,9 +46,12 @@ Design:
   except for a market that resolved with no winner (`resolution == "void"`): its outcome
   prices are `["0", "0"]`, so its final event reports the last price observed instead.
 * **Reloads.** `apply_rules(new_rules)` keeps the state of every market whose state-shaping
-  parameters (`DetectionParams.state_key`) are unchanged and resets the others, returning
-  them so the caller can log it. A change of tier or category between snapshots applies the
-  new parameters to the existing state.
+  parameters (`DetectionParams.state_key`) are unchanged. The others keep the prices they
+  observed and are re-evaluated under the new parameters (window trimmed, cooldown recomputed,
+  a pending move kept while it still qualifies), so a reload loses no pending move that the
+  new rules would also see; a market the new rules do not watch is dropped. Every market
+  that changed is returned, so the caller can log it. A change of tier or category between
+  snapshots applies the new parameters to the existing state.
 """
 
 from __future__ import annotations
@@ -177,11 +180,14 @@ class ConvictionChange:
 
 @dataclass(frozen=True)
 class StateReset:
-    """A market whose detection state a reload reset (its state-shaping parameters changed)."""
+    """A market whose state-shaping parameters a reload changed: re-evaluated under the new
+    ones (its prices kept), or dropped when the new rules no longer watch it."""
 
     market_id: str
     old_state_key: str
     new_state_key: str | None  # None: the market is no longer watched under the new rules
+    #: True when a pending move no longer qualified under the new thresholds and was dropped.
+    pending_dropped: bool = False
 
 
 @dataclass
@@ -391,22 +397,23 @@ class Detector:
         ]
 
     def apply_rules(self, rules: RuleSource) -> list[StateReset]:
-        """Adopt reloaded rules: reset every market whose state-shaping parameters changed."""
+        """Adopt reloaded rules. A market whose state-shaping parameters changed keeps the
+        prices it observed and is re-evaluated under the new ones (`_reshape`); one the new
+        rules no longer watch is dropped. Returns every market that changed."""
         resets: list[StateReset] = []
         for market_id, state in list(self._markets.items()):
             params = rules.resolve(state.last_snapshot).params
             watched = _watched(state.last_snapshot, params)
             if watched and params.state_key == state.state_key:
                 continue
-            del self._markets[market_id]
             self.stats.resets += 1
-            resets.append(
-                StateReset(
-                    market_id=market_id,
-                    old_state_key=state.state_key,
-                    new_state_key=params.state_key if watched else None,
-                )
-            )
+            old_key = state.state_key
+            if not watched:
+                del self._markets[market_id]
+                resets.append(StateReset(market_id, old_key, None))
+                continue
+            dropped = _reshape(state, params)
+            resets.append(StateReset(market_id, old_key, params.state_key, dropped))
         return resets
 
     def export_state(self, market_id: str) -> MarketState | ClosedMarket | None:
@@ -474,6 +481,26 @@ class Detector:
         """True while a move of this market waits for confirmation."""
         state = self._markets.get(market_id)
         return state is not None and state.pending is not None
+
+
+def _reshape(state: _MarketState, params: DetectionParams) -> bool:
+    """Re-evaluate `state` under new state-shaping parameters, losing no observed price:
+    the window is trimmed to its new length, the cooldown recomputed from the last event, and
+    a pending move kept while its latest price still qualifies from its baseline under the
+    new thresholds (its polls count on). The next snapshot is then judged on the kept window
+    as usual. Returns True when a pending move was dropped."""
+    state.state_key = params.state_key
+    _trim(state.history, state.last_seen, params.window_seconds)
+    state.cooldown_until = (
+        None if state.last_event is None else _after(state.last_event[0], params.cooldown_seconds)
+    )
+    pending = state.pending
+    if pending is None:
+        return False
+    if qualifies(pending.baseline_price, state.last_snapshot.yes_price, params):
+        return False
+    state.pending = None
+    return True
 
 
 def _watched(snapshot: MarketSnapshot, params: DetectionParams) -> bool:

@@ -159,7 +159,7 @@ def _service_metrics(stats: ServiceStats, poller: PollerStats | None) -> Iterato
     )
     yield _counter(
         "detector_state_resets_total",
-        "Markets whose detection state was reset because new rules changed their parameters.",
+        "Markets whose state-shaping parameters reloaded rules changed (re-evaluated or dropped).",
         {(): dropped.resets},
     )
     yield _counter(

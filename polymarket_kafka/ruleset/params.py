@@ -9,7 +9,8 @@ Two identities matter:
 
 * `DetectionParams.state_key` covers only the parameters that shape detector *state*
   (window, thresholds, confirmation, cooldown, hysteresis). On a reload, a market whose
-  `state_key` is unchanged keeps its window, anchor and cooldown; any other market restarts.
+  `state_key` is unchanged keeps its state as it is; any other market is re-evaluated under
+  the new parameters, its observed prices kept (`detection.Detector.apply_rules`).
 * `DetectionParams.params_id` covers every parameter; events carry it as `rule_id`, so a
   strategy can tell exactly which configuration produced an event.
 """

@@ -42,7 +42,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from polymarket_kafka.detection import Detector, RuleSource
+from polymarket_kafka.detection import Detector
 from polymarket_kafka.events import build_event
 from polymarket_kafka.models import PolymarketEvent
 from polymarket_kafka.ops.health import ServiceHealth
@@ -59,7 +59,7 @@ from polymarket_kafka.service.durable import (
 from polymarket_kafka.service.polling import Polled, poll_markets
 from polymarket_kafka.service.ports import Poller, Publisher, SubscriptionStore
 from polymarket_kafka.service.refresh import refresh_subscriptions
-from polymarket_kafka.service.reloader import RulesHolder, run_reloader
+from polymarket_kafka.service.reloader import RulesHolder, adopt_rules, run_reloader
 from polymarket_kafka.service.stages import LatestSubscriptions, Stopper, run_stage, task_name
 from polymarket_kafka.service.stats import ServiceSettings, ServiceStats, SourceOutcomes
 
@@ -237,7 +237,7 @@ async def _detect(
     if durable is not None and durable.restored:
         # Rules that changed while the service was down apply as a reload's would.
         restore_into(detector, durable.restored, stats)
-        _adopt(detector, in_force, stats)
+        adopt_rules(detector, in_force, stats)
         forget_dropped(book, frozenset(state.market_id for state in durable.restored), detector)
     async with snapshots, events, checkpoints:
         async for snapshot, polled_at in snapshots:
@@ -254,7 +254,7 @@ async def _detect(
                 # handed back (`reject`): the holder names the rules in force again, so they
                 # are not retried before the next reload.
                 before = detector.known() if book is not None else frozenset()
-                if _adopt(detector, rules.current, stats):
+                if adopt_rules(detector, rules.current, stats):
                     in_force = rules.current
                     forget_dropped(book, before, detector)
                 else:
@@ -321,40 +321,6 @@ def _record_detected(event: PolymarketEvent, stats: ServiceStats) -> None:
         event.event_id,
         extra={"market_id": event.market_id, "event_id": event.event_id, "rule": event.rule},
     )
-
-
-def _adopt(detector: Detector, rules: RuleSource, stats: ServiceStats) -> bool:
-    """Adopt reloaded rules; False (logged, counted, the rules in force kept) if that fails.
-
-    Markets that a failed adoption had already reset start afresh under the rules in force,
-    as any reset market does: no event is lost or made up by it.
-    """
-    try:
-        resets = detector.apply_rules(rules)
-    except Exception:
-        stats.rule_adoption_failures += 1
-        logger.exception(
-            "rules %s could not be adopted; detection goes on with the rules in force",
-            rules.version,
-        )
-        return False
-    stats.rule_resets += len(resets)
-    for reset in resets:
-        logger.info(
-            "rules %s: detection state of market %s reset (parameters %s -> %s)",
-            rules.version,
-            reset.market_id,
-            reset.old_state_key,
-            reset.new_state_key or "not watched",
-            extra={"market_id": reset.market_id},
-        )
-    logger.info(
-        "rules %s in force: %d markets reset, %d kept",
-        rules.version,
-        len(resets),
-        len(detector.tracked()),
-    )
-    return True
 
 
 async def _deliver(

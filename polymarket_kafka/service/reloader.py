@@ -26,9 +26,11 @@ from pathlib import Path
 
 import anyio
 
+from polymarket_kafka.detection import Detector, RuleSource
 from polymarket_kafka.ruleset import RulesError, RuleSet, default_rules_path, load_rules
+from polymarket_kafka.service.stats import ServiceStats
 
-__all__ = ["RulesHolder", "RulesMetrics", "default_rules_path", "run_reloader"]
+__all__ = ["RulesHolder", "RulesMetrics", "adopt_rules", "default_rules_path", "run_reloader"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,3 +126,43 @@ async def run_reloader(holder: RulesHolder) -> None:
     while True:
         await holder.wait_requested()
         await holder.reload()
+
+
+def adopt_rules(detector: Detector, rules: RuleSource, stats: ServiceStats) -> bool:
+    """Adopt reloaded rules; False (logged, counted, the rules in force kept) if that fails.
+
+    Markets that a failed adoption had already reset start afresh under the rules in force,
+    as any reset market does: no event is lost or made up by it.
+    """
+    try:
+        resets = detector.apply_rules(rules)
+    except Exception:
+        stats.rule_adoption_failures += 1
+        logger.exception(
+            "rules %s could not be adopted; detection goes on with the rules in force",
+            rules.version,
+        )
+        return False
+    stats.rule_resets += len(resets)
+    for reset in resets:
+        if reset.new_state_key is None:
+            what = "dropped: not watched under the new rules"
+        else:
+            what = f"re-evaluated under new parameters ({reset.old_state_key} -> "
+            what += f"{reset.new_state_key}), its prices kept"
+            if reset.pending_dropped:
+                what += "; its pending move no longer qualifies and was dropped"
+        logger.info(
+            "rules %s: detection state of market %s %s",
+            rules.version,
+            reset.market_id,
+            what,
+            extra={"market_id": reset.market_id},
+        )
+    logger.info(
+        "rules %s in force: %d markets re-evaluated or dropped, %d unchanged",
+        rules.version,
+        len(resets),
+        len(detector.tracked()) - sum(r.new_state_key is not None for r in resets),
+    )
+    return True

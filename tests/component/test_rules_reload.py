@@ -337,9 +337,11 @@ async def test_reload_keeps_state_when_detection_parameters_are_unchanged(
     assert stats.rule_resets == 0
 
 
-async def test_reload_resets_state_when_detection_parameters_change(
+async def test_a_reload_changing_the_window_loses_no_pending_move(
     server: FakePolymarketServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Issue 11: a SIGHUP changing `window` used to reset every market and lose the moves
+    pending in that cycle. Now the markets are re-evaluated under the new window."""
     caplog.set_level(logging.INFO, logger="polymarket_kafka")
     a = server.markets[0].condition_id
     path = rules_file(tmp_path, TWO_POLLS)
@@ -351,7 +353,9 @@ async def test_reload_resets_state_when_detection_parameters_change(
         at=3,
         rewrite=lambda: path.write_text(TWO_POLLS_NEW_WINDOW),
     )
-    # The pending move was dropped with the state: the market re-baselines at 0.60.
-    assert publisher.events == []
-    assert stats.rule_resets == 2  # both markets were tracked
-    assert f"detection state of market {a} reset" in caplog.text
+    # Cycle 1 opened a's move from 0.50; cycle 2, under the new window, confirms it.
+    (event,) = publisher.events
+    assert (event.market_id, event.baseline_yes_price, event.yes_price) == (a, 0.50, 0.60)
+    assert event.rules_version == holder.current.version
+    assert stats.rule_resets == 2  # both markets were tracked, and re-evaluated
+    assert f"detection state of market {a} re-evaluated under new parameters" in caplog.text

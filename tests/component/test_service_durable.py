@@ -133,13 +133,17 @@ async def test_restored_states_are_resumed_and_unsubscribed_ones_deleted(
     assert second.latest()[b] is None  # tombstone
 
 
-async def test_restored_states_that_new_rules_reset_are_deleted(
+async def test_restored_states_are_re_evaluated_under_changed_rules(
     server: FakePolymarketServer,  # noqa: F811
 ) -> None:
+    """Rules changed while the service was down: the restored markets keep their prices and
+    are re-evaluated, as on a reload; a market the new rules do not watch is deleted."""
     restored = await states_after_a_first_run(server)
     wider = RulesHolder(
         load_rules_text(
-            "version: 1\ndefaults:\n  confirm: {polls: 1}\n  window: 4h\n", "wider.yaml"
+            "version: 1\ndefaults:\n  confirm: {polls: 1}\n  window: 4h\n"
+            f"markets:\n  '{server.markets[2].condition_id}': {{enabled: false}}\n",
+            "wider.yaml",
         )
     )
     second = RecordingSink()
@@ -153,7 +157,11 @@ async def test_restored_states_that_new_rules_reset_are_deleted(
         durable=DurableState(restored, second, checkpoint_seconds=3600.0),
     )
     assert stats.rule_resets == 3
-    # Reset, then observed afresh: the final checkpoint holds the new one-point states.
-    for value in second.latest().values():
-        state = decode(value or b"")
-        assert isinstance(state, MarketState) and len(state.history) == 1
+    kept, disabled = server.markets[:2], server.markets[2]
+    latest = second.latest()
+    assert latest[disabled.condition_id] is None  # tombstone
+    for market in kept:
+        state = decode(latest[market.condition_id] or b"")
+        assert isinstance(state, MarketState)
+        # The price before the restart is kept, then the restart's own observation.
+        assert [at for at, _ in state.history] == [LAST_POLL, T0 + timedelta(hours=10)]

@@ -18,6 +18,7 @@ from polymarket_kafka.detection import (
     qualifies,
     severity_of,
 )
+from polymarket_kafka.detector_state import MarketState
 from polymarket_kafka.models import ConvictionDirection, MarketSnapshot
 from polymarket_kafka.ruleset.params import DetectionParams, SeverityBand
 from tests.factories import MARKET, FixedRules
@@ -416,14 +417,49 @@ def test_reload_keeps_state_when_detection_parameters_are_unchanged() -> None:
     assert change.rule == "renamed" and change.baseline_price == 0.50
 
 
-def test_reload_resets_state_when_detection_parameters_change() -> None:
+def test_a_reload_that_changes_the_window_keeps_a_pending_move() -> None:
+    """Issue 11: a SIGHUP changing `window` lost every move pending in that cycle."""
+    detector = Detector()
+    feed([(0, 0.50), (1, 0.60)], CONFIRM, detector)  # pending from 0.50
+    wider = replace(CONFIRM, window_seconds=7200)  # a state-shaping parameter
+    (reset,) = detector.apply_rules(FixedRules(wider))
+    assert reset.market_id == MARKET
+    assert (reset.old_state_key, reset.new_state_key) == (CONFIRM.state_key, wider.state_key)
+    assert not reset.pending_dropped and detector.pending(MARKET)
+    (change,) = detector.observe(snap(0.6, 2), FixedRules(wider), T0)
+    assert (change.baseline_price, change.price) == (0.50, 0.6)
+    assert detector.stats.resets == 1
+
+
+def test_a_reload_drops_a_pending_move_the_new_thresholds_would_not_open() -> None:
     detector = Detector()
     feed([(0, 0.50), (1, 0.60)], CONFIRM, detector)
-    tighter = replace(CONFIRM, abs_move=0.2)
+    tighter = replace(CONFIRM, abs_move=0.2, log_odds_move=10.0)
     (reset,) = detector.apply_rules(FixedRules(tighter))
-    assert reset.market_id == MARKET
-    assert (reset.old_state_key, reset.new_state_key) == (CONFIRM.state_key, tighter.state_key)
-    assert detector.stats.resets == 1 and not detector.tracked()
+    assert reset.pending_dropped and not detector.pending(MARKET)
+    assert detector.tracked() == {MARKET}  # its prices are kept
+    assert detector.observe(snap(0.6, 2), FixedRules(tighter), T0) == []
+    # ... and still measure later moves: 0.50 (kept in the window) -> 0.75 qualifies.
+    assert detector.observe(snap(0.75, 3), FixedRules(tighter), T0) == []  # opens
+    (change,) = detector.observe(snap(0.75, 4), FixedRules(tighter), T0)
+    assert change.baseline_price == 0.50
+
+
+def test_a_reload_trims_the_window_and_recomputes_the_cooldown() -> None:
+    detector = Detector()
+    slow = replace(CONFIRM, cooldown_seconds=3600)
+    fired = feed([(0, 0.50), (1, 0.60), (2, 0.60)], slow, detector)
+    assert fired == [(2, 0.50, 0.60)]
+    assert detector.observe(snap(0.80, 3), FixedRules(slow), T0) == []  # in cooldown
+    short = replace(slow, cooldown_seconds=60, window_seconds=150)
+    assert len(detector.apply_rules(FixedRules(short))) == 1
+    state = detector.export_state(MARKET)
+    assert isinstance(state, MarketState)
+    assert [price for _, price in state.history] == [0.60, 0.80]  # 150 s back from minute 3
+    assert state.cooldown_until == snap(0, 2).taken_at + timedelta(seconds=60)
+    assert detector.observe(snap(0.80, 4), FixedRules(short), T0) == []  # opens now
+    (change,) = detector.observe(snap(0.80, 5), FixedRules(short), T0)
+    assert (change.baseline_price, change.price) == (0.60, 0.80)
 
 
 def test_reload_that_disables_a_market_drops_it() -> None:
