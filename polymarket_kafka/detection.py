@@ -144,6 +144,8 @@ class ConvictionChange:
     final: bool = False
     severity: str | None = None
     resolved: ResolvedRule | None = None
+    #: Set when the move spans a gap in observation (after a restore): the gap's length.
+    gap_seconds: float | None = None
 
     @property
     def market_id(self) -> str:
@@ -219,6 +221,12 @@ class _MarketState:
     pending: _Pending | None = None
     #: (time, sign) of the last event, for hysteresis.
     last_event: tuple[datetime, int] | None = None
+    #: Restored (`restore_state`) and not observed since: the next observation ends a gap.
+    resumed: bool = False
+    #: (last observation before the gap, its length in seconds) while a move measured from
+    #: before the gap can still fire: such a move is a catch-up (not part of the exported
+    #: state: it marks events, it does not decide them).
+    gap: tuple[datetime, float] | None = None
 
     @property
     def last_seen(self) -> datetime:
@@ -269,9 +277,13 @@ class Detector:
             return []
         if at <= state.last_seen:
             return []
+        if state.resumed:
+            state.resumed = False
+            state.gap = (state.last_seen, (at - state.last_seen).total_seconds())
         state.last_snapshot = snapshot
         state.state_key = params.state_key
         _trim(state.history, at, params.window_seconds)
+        _end_gap_if_behind(state)
 
         if state.pending is not None:
             return self._confirm(state, state.pending, snapshot, resolved)
@@ -341,6 +353,7 @@ class Detector:
             return self._evaluate(state, snapshot, resolved)
         # Back part way on the spike's side: the level is unknowable, measure from here.
         state.history = deque([(at, price)])
+        state.gap = None
         return []
 
     def _confirm_if_due(
@@ -359,6 +372,8 @@ class Detector:
         state.history = deque([(at, price)])
         state.cooldown_until = _after(at, params.cooldown_seconds)
         state.last_event = (at, 1 if price > pending.baseline_price else -1)
+        gap_seconds = _gap_spanned(state, pending.baseline_at)
+        state.gap = None  # measured from here on
         return [
             ConvictionChange(
                 snapshot=snapshot,
@@ -367,6 +382,7 @@ class Detector:
                 baseline_at=pending.baseline_at,
                 severity=severity_of(pending.baseline_price, price, params),
                 resolved=resolved,
+                gap_seconds=gap_seconds,
             )
         ]
 
@@ -384,6 +400,8 @@ class Detector:
             # The last price observed is what the market said before it closed.
             snapshot = snapshot.model_copy(update={"yes_price": state.last_snapshot.yes_price})
         baseline_at, baseline_price = state.history[0]
+        if state.resumed:  # closed while the service was down: the gap ends here
+            state.gap = (state.last_seen, (snapshot.taken_at - state.last_seen).total_seconds())
         return [
             ConvictionChange(
                 snapshot=snapshot,
@@ -393,6 +411,7 @@ class Detector:
                 final=True,
                 severity=severity_of(baseline_price, snapshot.yes_price, resolved.params),
                 resolved=resolved,
+                gap_seconds=_gap_spanned(state, baseline_at),
             )
         ]
 
@@ -454,6 +473,7 @@ class Detector:
             cooldown_until=state.cooldown_until,
             pending=None if pending is None else _Pending(**vars(pending)),
             last_event=state.last_event,
+            resumed=True,
         )
 
     def forget(self, market_id: str) -> None:
@@ -481,6 +501,22 @@ class Detector:
         """True while a move of this market waits for confirmation."""
         state = self._markets.get(market_id)
         return state is not None and state.pending is not None
+
+
+def _gap_spanned(state: _MarketState, baseline_at: datetime) -> float | None:
+    """The gap's length when a move from `baseline_at` spans it (a catch-up), else None."""
+    if state.gap is None or baseline_at > state.gap[0]:
+        return None
+    return state.gap[1]
+
+
+def _end_gap_if_behind(state: _MarketState) -> None:
+    """Forget the gap once nothing observed before it can be a baseline any more."""
+    gap = state.gap
+    if gap is None or state.history[0][0] <= gap[0]:
+        return
+    if state.pending is None or state.pending.baseline_at > gap[0]:
+        state.gap = None
 
 
 def _reshape(state: _MarketState, params: DetectionParams) -> bool:

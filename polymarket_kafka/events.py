@@ -55,4 +55,6 @@ def build_event(change: ConvictionChange) -> PolymarketEvent:
         rules_version=resolved.rules_version if resolved is not None else None,
         rule_id=resolved.rule_id if resolved is not None else None,
         resolution=snapshot.resolution if change.final else None,
+        catch_up=change.gap_seconds is not None,
+        gap_seconds=change.gap_seconds,
     )

@@ -162,6 +162,18 @@ class PolymarketEvent(BaseModel):
         "outcome prices, e.g. a 50-50 resolution or a market still settling).",
     )
 
+    catch_up: bool = Field(
+        default=False,
+        description="True when the move spans a gap in observation: its baseline was seen "
+        "before the service stopped (or restarted) and this price after, so it happened at an "
+        "unknown moment within `gap_seconds` and is reported late.",
+    )
+    gap_seconds: NonNegative | None = Field(
+        default=None,
+        description="On a catch-up event: how long the service saw no price of this market "
+        "(from the last observation before the stop to the first after it); null otherwise.",
+    )
+
     @field_validator("price_change", "abs_price_change")
     @classmethod
     def _finite(cls, value: float) -> float:
@@ -173,6 +185,8 @@ class PolymarketEvent(BaseModel):
     def _resolution_only_when_final(self) -> PolymarketEvent:
         if self.resolution is not None and not self.final:
             raise ValueError("resolution is only set on a final event")
+        if (self.gap_seconds is not None) != self.catch_up:
+            raise ValueError("gap_seconds is set on a catch-up event, and only there")
         return self
 
     @field_serializer("timestamp", "published_at", "baseline_timestamp")

@@ -132,6 +132,8 @@ async def test_a_pending_move_and_a_move_while_down_survive_a_restart(
     assert stats.state_markets_restored == 3
     moves = sorted((e.market_id, e.baseline_yes_price, e.yes_price) for e in published)
     assert moves == sorted([(a, 0.40, 0.55), (b, 0.40, 0.20)])
+    # Both span the 9 hours between the last poll before the stop and the first after it.
+    assert {(e.catch_up, e.gap_seconds) for e in published} == {(True, 9 * 3600.0)}
     restored = (await restore_states(config))[0]
     assert isinstance(restored, MarketState)  # the final checkpoint of run 2 is there too
 
@@ -205,6 +207,7 @@ def test_a_rolling_restart_reports_the_move_made_while_down(
     assert len(messages) == 1
     event = PolymarketEvent.model_validate_json(messages[0].value or b"")
     assert (event.market_id, event.baseline_yes_price, event.yes_price) == (market, 0.40, 0.75)
+    assert event.catch_up and event.gap_seconds is not None and event.gap_seconds > 0
 
 
 @pytest.mark.anyio

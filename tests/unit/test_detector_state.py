@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from polymarket_kafka.detection import ConvictionChange, Detector
 from polymarket_kafka.detector_state import (
@@ -21,9 +22,10 @@ from polymarket_kafka.detector_state import (
     decode,
     encode,
 )
+from polymarket_kafka.events import build_event
 from polymarket_kafka.models import MarketSnapshot
 from polymarket_kafka.ruleset.params import DetectionParams
-from tests.factories import FixedRules
+from tests.factories import FixedRules, make_event
 
 T0 = datetime(2024, 11, 5, 23, 0, 0, 123456, tzinfo=UTC)
 MARKETS = ("0xaaa", "0xbbb")
@@ -246,3 +248,93 @@ def test_a_move_pending_at_the_stop_is_confirmed_after_the_restore() -> None:
     assert change[2] == 0.61 and change[4] == 0.4 and change[5] == path[0].taken_at
     # Without the state, the restarted detector took 0.61 as its baseline: nothing.
     assert feed(Detector(), path[2:]) == []
+
+
+# --- catch-up marking: the one thing a restored detector does differently ---------------
+
+
+def gap_of(change: ConvictionChange) -> float | None:
+    return change.gap_seconds
+
+
+def restored_after(path: list[MarketSnapshot]) -> Detector:
+    before = Detector()
+    feed(before, path)
+    return moved(before)
+
+
+def test_a_move_made_while_down_is_a_catch_up_with_the_gap() -> None:
+    path = snapshots([("0xaaa", 1, 0.4, None), ("0xaaa", 30_000_000, 0.4, None)])
+    after = restored_after(path)
+    later = snapshots([("0xaaa", 1, 0.6, None)])[0].model_copy(
+        update={"taken_at": path[-1].taken_at + timedelta(hours=10)}
+    )
+    assert after.observe(later, RULES, later.taken_at) == []  # opens, from 0.40
+    confirm = later.model_copy(update={"taken_at": later.taken_at + timedelta(seconds=30)})
+    (change,) = after.observe(confirm, RULES, confirm.taken_at)
+    assert change.baseline_price == 0.4 and gap_of(change) == 36_000.0
+    event = build_event(change)
+    assert event.catch_up is True and event.gap_seconds == 36_000.0
+    # The next move is measured from after the gap: an ordinary event.
+    up = confirm.model_copy(update={"taken_at": confirm.taken_at + timedelta(hours=1)})
+    after.observe(up.model_copy(update={"yes_price": 0.85}), RULES, up.taken_at)
+    again = up.model_copy(
+        update={"taken_at": up.taken_at + timedelta(seconds=30), "yes_price": 0.85}
+    )
+    (second,) = after.observe(again, RULES, again.taken_at)
+    assert gap_of(second) is None and build_event(second).catch_up is False
+
+
+def test_a_pending_move_confirmed_after_the_restore_is_a_catch_up() -> None:
+    path = snapshots([("0xaaa", 1, 0.4, None), ("0xaaa", 30_000_000, 0.6, None)])
+    after = restored_after(path)
+    confirm = path[-1].model_copy(update={"taken_at": path[-1].taken_at + timedelta(minutes=5)})
+    (change,) = after.observe(confirm, RULES, confirm.taken_at)
+    assert gap_of(change) == 300.0
+
+
+def test_a_market_that_closed_while_down_closes_as_a_catch_up() -> None:
+    path = snapshots([("0xaaa", 1, 0.4, None), ("0xaaa", 30_000_000, 0.45, None)])
+    after = restored_after(path)
+    closing = path[-1].model_copy(
+        update={
+            "taken_at": path[-1].taken_at + timedelta(days=2),
+            "closed": True,
+            "resolution": "yes",
+            "yes_price": 1.0,
+        }
+    )
+    (final,) = after.observe(closing, RULES, closing.taken_at)
+    assert final.final and gap_of(final) == 2 * 86_400.0
+
+
+def test_a_glitch_after_the_restore_ends_the_gap() -> None:
+    path = snapshots([("0xaaa", 1, 0.4, None), ("0xaaa", 30_000_000, 0.4, None)])
+    after = restored_after(path)
+    t = path[-1].taken_at + timedelta(hours=1)
+    spike = path[-1].model_copy(update={"taken_at": t, "yes_price": 0.6})
+    assert after.observe(spike, RULES, t) == []  # opens from 0.40
+    back = spike.model_copy(update={"taken_at": t + timedelta(seconds=30), "yes_price": 0.45})
+    assert after.observe(back, RULES, back.taken_at) == []  # retraced: a glitch, re-baselined
+    assert not after.pending("0xaaa")
+    up = back.model_copy(update={"taken_at": t + timedelta(minutes=1), "yes_price": 0.8})
+    after.observe(up, RULES, up.taken_at)
+    again = up.model_copy(update={"taken_at": t + timedelta(minutes=2)})
+    (change,) = after.observe(again, RULES, again.taken_at)
+    assert change.baseline_price == 0.45 and gap_of(change) is None
+
+
+def test_a_never_stopped_detector_marks_nothing() -> None:
+    path = snapshots(
+        [("0xaaa", 1, 0.4, None), ("0xaaa", 10 * 3_600_000_000, 0.6, None), ("0xaaa", 1, 0.6, None)]
+    )
+    detector = Detector()
+    changes = [c for s in path for c in detector.observe(s, RULES, s.taken_at)]
+    assert [gap_of(c) for c in changes] == [None]
+
+
+def test_gap_seconds_only_on_a_catch_up_event() -> None:
+    with pytest.raises(ValidationError, match="gap_seconds is set on a catch-up event"):
+        make_event(catch_up=True)
+    with pytest.raises(ValidationError, match="gap_seconds is set on a catch-up event"):
+        make_event(gap_seconds=5.0)
