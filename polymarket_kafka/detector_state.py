@@ -38,10 +38,9 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 
@@ -162,9 +161,8 @@ def decode(record: bytes) -> MarketState | ClosedMarket:
         raise StateFormatError(
             f"state of {market_id}: {len(prices)} prices for {len(deltas) + 1} observation times"
         )
-    times = [t0]
-    for delta in deltas:
-        times.append(times[-1] + delta)
+    start = _time(t0)
+    times = [start + timedelta(microseconds=m) for m in itertools.accumulate(deltas, initial=0)]
     try:
         snapshot = MarketSnapshot.model_validate(reader.mapping("snapshot"))
     except ValidationError as exc:
@@ -196,7 +194,7 @@ def decode(record: bytes) -> MarketState | ClosedMarket:
     return MarketState(
         market_id=market_id,
         state_key=reader.text("state_key"),
-        history=tuple((_time(at), price) for at, price in zip(times, prices, strict=True)),
+        history=tuple(zip(times, prices, strict=True)),
         last_snapshot=snapshot,
         cooldown_until=None if cooldown is None else _time(cooldown),
         pending=pending,
@@ -261,17 +259,17 @@ class _Reader:
 
     def integers(self, name: str) -> list[int]:
         raw = self._list(name)
-        values = [v for v in raw if isinstance(v, int) and _is_int(v) and v >= 0]
-        if len(values) != len(raw):
+        # `type(...) is int`: booleans are not integers here (a restore reads 10,000s of these)
+        values = cast("list[int]", raw) if all(type(v) is int for v in raw) else None
+        if values is None or min(values, default=0) < 0:
             raise self._wrong(name, "a list of non-negative integers")
         return values
 
     def numbers(self, name: str) -> list[float]:
         raw = self._list(name)
-        values = [float(v) for v in raw if isinstance(v, int | float) and _is_number(v)]
-        if not values or len(values) != len(raw):
+        if not raw or not all(type(v) in (int, float) for v in raw):
             raise self._wrong(name, "a non-empty list of numbers")
-        return values
+        return [float(cast("float", v)) for v in raw]
 
     def mapping(self, name: str) -> dict[str, Any]:
         value = self._get(name)
@@ -279,7 +277,7 @@ class _Reader:
             raise self._wrong(name, "an object")
         return value
 
-    def _list(self, name: str) -> Sequence[object]:
+    def _list(self, name: str) -> list[object]:
         value = self._get(name)
         if not isinstance(value, list):
             raise self._wrong(name, "a list")
