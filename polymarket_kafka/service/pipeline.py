@@ -36,7 +36,6 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskStatus
@@ -46,25 +45,13 @@ from polymarket_kafka.detection import Detector
 from polymarket_kafka.events import build_event
 from polymarket_kafka.models import PolymarketEvent
 from polymarket_kafka.ops.health import ServiceHealth
-from polymarket_kafka.service.checkpoints import StateBook
-from polymarket_kafka.service.durable import (
-    DurableState,
-    Records,
-    forget_dropped,
-    restore_into,
-    send_checkpoint,
-    take_checkpoint,
-    write_checkpoints,
-)
+from polymarket_kafka.service.durable import DurableState, Records, StateKeeper, write_checkpoints
 from polymarket_kafka.service.polling import Polled, poll_markets
 from polymarket_kafka.service.ports import Poller, Publisher, SubscriptionStore
 from polymarket_kafka.service.refresh import refresh_subscriptions
-from polymarket_kafka.service.reloader import RulesHolder, adopt_rules, run_reloader
+from polymarket_kafka.service.reloader import RulesHolder, run_reloader
 from polymarket_kafka.service.stages import LatestSubscriptions, Stopper, run_stage, task_name
 from polymarket_kafka.service.stats import ServiceSettings, ServiceStats, SourceOutcomes
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["DurableState", "run_service"]
 
@@ -116,9 +103,8 @@ async def run_service(
         settings.event_buffer
     )
     stats.channels.update(snapshots=snap_recv.statistics, events=event_recv.statistics)
-    now = anyio.current_time()
-    book = None if durable is None else StateBook.starting(durable.checkpoint_seconds, now)
     state_send, state_recv = anyio.create_memory_object_stream[Records](1)
+    keeper = StateKeeper(durable, state_send, anyio.current_time())
 
     async with anyio.create_task_group() as helpers:
         for task in background:
@@ -132,13 +118,12 @@ async def run_service(
         task_status.started(stopper)
         with stopper.pipeline:
             async with anyio.create_task_group() as pipeline:
-                detect = (_detect, snap_recv, event_send, rules, subscriptions, stats)
-                keeping = (durable, book, state_send)
-                pipeline.start_soon(run_stage, health, "detect", *detect, *keeping)
-                deliver = (_deliver, event_recv, publisher, stats, on_published, book)
+                detect = (_detect, snap_recv, event_send, rules, subscriptions, stats, keeper)
+                pipeline.start_soon(run_stage, health, "detect", *detect)
+                deliver = (_deliver, event_recv, publisher, stats, on_published, keeper)
                 pipeline.start_soon(run_stage, health, "deliver", *deliver)
-                if durable is not None and book is not None:
-                    checkpoint = (write_checkpoints, state_recv, durable.sink, book, stats)
+                if durable is not None:
+                    checkpoint = (write_checkpoints, state_recv, durable.sink, keeper.book, stats)
                     pipeline.start_soon(run_stage, health, "checkpoint", *checkpoint)
                 else:
                     state_recv.close()
@@ -224,39 +209,27 @@ async def _detect(
     rules: RulesHolder,
     subscriptions: LatestSubscriptions,
     stats: ServiceStats,
-    durable: DurableState | None = None,
-    book: StateBook | None = None,
-    checkpoints: MemoryObjectSendStream[Records] | None = None,
+    keeper: StateKeeper | None = None,
 ) -> None:
-    if checkpoints is None:  # no durable state: a closed channel nobody reads
-        checkpoints, unread = anyio.create_memory_object_stream[Records](1)
-        unread.close()
+    keeper = keeper or StateKeeper.off()
     detector = Detector(stats=stats.detector)
     seen_version = -1
     in_force = rules.current
-    if durable is not None and durable.restored:
-        # Rules that changed while the service was down apply as a reload's would.
-        restore_into(detector, durable.restored, stats)
-        adopt_rules(detector, in_force, stats)
-        forget_dropped(book, frozenset(state.market_id for state in durable.restored), detector)
-    async with snapshots, events, checkpoints:
+    keeper.restore(detector, in_force, stats)
+    async with snapshots, events, keeper.checkpoints:
         async for snapshot, polled_at in snapshots:
             if subscriptions.version != seen_version:
                 seen_version = subscriptions.version
                 active = subscriptions.market_ids()
                 for market_id in detector.known() - active:
-                    detector.forget(market_id)
-                    if book is not None:
-                        book.forgotten(market_id)
+                    keeper.forget(detector, market_id)
             if rules.current is not in_force:
                 # A reload swapped the rules between two snapshots: adopt them here, so every
                 # snapshot is judged by exactly one rule set. Rules that cannot be adopted are
                 # handed back (`reject`): the holder names the rules in force again, so they
                 # are not retried before the next reload.
-                before = detector.known() if book is not None else frozenset()
-                if adopt_rules(detector, rules.current, stats):
+                if keeper.adopt(detector, rules.current, stats):
                     in_force = rules.current
-                    forget_dropped(book, before, detector)
                 else:
                     rules.reject(rules.current, in_force)
             stats.snapshots += 1
@@ -264,14 +237,9 @@ async def _detect(
                 # The snapshot's age is how long it waited in the pipeline, on the monotonic
                 # clock (the injected wall clock may be a scripted one).
                 waited = timedelta(seconds=anyio.current_time() - polled_at)
-                held = book is not None and detector.knows(snapshot.market_id)
-                changes = detector.observe(snapshot, in_force, snapshot.taken_at + waited)
+                now = snapshot.taken_at + waited
+                changes = keeper.observe(detector, snapshot, in_force, now)
                 built = [build_event(change) for change in changes]
-                if book is not None:
-                    if detector.knows(snapshot.market_id):
-                        book.touched(snapshot.market_id)
-                    elif held:
-                        book.forgotten(snapshot.market_id)
             except Exception:
                 stats.detection_errors += 1
                 logger.exception(
@@ -282,8 +250,7 @@ async def _detect(
                 continue
             for event in built:
                 _record_detected(event, stats)
-                if book is not None:
-                    book.hold(event.market_id)
+                keeper.hold(event.market_id)
             for sent, event in enumerate(built):
                 try:
                     # Shielded, so that an event is never lost between two stages: with the
@@ -297,13 +264,8 @@ async def _detect(
                     for event_left in built[sent:]:
                         _record_undelivered(event_left, stats)
                     return
-            if durable is not None and book is not None and book.due(anyio.current_time()):
-                send_checkpoint(detector, book, durable, checkpoints)
-        if durable is not None and book is not None:
-            # Drained: the last checkpoint, waited for (the `checkpoint` stage writes it).
-            records = take_checkpoint(detector, book, durable)
-            if records[0]:
-                await checkpoints.send(records)
+            keeper.tick(detector)
+        await keeper.final(detector)  # drained: the last checkpoint, waited for
 
 
 def _record_detected(event: PolymarketEvent, stats: ServiceStats) -> None:
@@ -328,16 +290,16 @@ async def _deliver(
     publisher: Publisher,
     stats: ServiceStats,
     on_published: Callable[[PolymarketEvent], Awaitable[None]] | None,
-    book: StateBook | None = None,
+    keeper: StateKeeper | None = None,
 ) -> None:
+    keeper = keeper or StateKeeper.off()
     async with events:
         try:
             async for event in events:
                 # A publish cancelled before Kafka's client accepted the event is the
                 # publisher's to report (`Publisher`): it counts it as not acknowledged.
                 await publisher.publish(event)
-                if book is not None:  # the publisher's now: `unacknowledged` covers it
-                    book.release(event.market_id)
+                keeper.release(event.market_id)
                 stats.events_published += 1
                 if on_published is not None:
                     await on_published(event)
