@@ -115,7 +115,9 @@ def read_state(config: KafkaConfig, *, timeout: float = 30.0) -> dict[str, bytes
     )
     try:
         partitions = _partitions(consumer, topic, timeout)
-        fences = _write_fences(config, topic, partitions, deadline)
+        fence_producer = _fence_producer(config)
+        run = uuid.uuid4().hex  # this read's marker keys
+        fences = _write_fences(fence_producer, topic, partitions, run, deadline)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         states: dict[str, bytes] = {}
         remaining = dict(fences)  # partition -> offset of its fence
@@ -127,7 +129,7 @@ def read_state(config: KafkaConfig, *, timeout: float = 30.0) -> dict[str, bytes
                 )
             for message in consumer.consume(num_messages=10_000, timeout=0.2):
                 _take(message, states, remaining)
-        _delete_fences(config, topic, fences)
+        _delete_fences(fence_producer, topic, fences, run)
         return states
     finally:
         consumer.close()
@@ -155,11 +157,9 @@ def _fence_key(partition: int, run: str) -> bytes:
 
 
 def _write_fences(
-    config: KafkaConfig, topic: str, partitions: Sequence[int], deadline: float
+    producer: Producer, topic: str, partitions: Sequence[int], run: str, deadline: float
 ) -> dict[int, int]:
-    """A marker at the end of each partition: partition -> its offset."""
-    run = uuid.uuid4().hex
-    producer = _fence_producer(config)
+    """A marker (keyed by `run`) at the end of each partition: partition -> its offset."""
     offsets: dict[int, int] = {}
     errors: list[str] = []
 
@@ -204,12 +204,11 @@ def _take(message: Message, states: dict[str, bytes], remaining: dict[int, int])
         del remaining[partition]
 
 
-def _delete_fences(config: KafkaConfig, topic: str, fences: dict[int, int]) -> None:
+def _delete_fences(producer: Producer, topic: str, fences: dict[int, int], run: str) -> None:
     # The markers' keys are unique to one read: tombstones let compaction remove them. Best
     # effort: a marker left behind is skipped by every later read.
-    producer = _fence_producer(config)
     for partition in fences:
-        producer.produce(topic, key=_fence_key(partition, "done"), value=None, partition=partition)
+        producer.produce(topic, key=_fence_key(partition, run), value=None, partition=partition)
     producer.flush(5.0)
 
 

@@ -16,12 +16,13 @@ from polymarket_kafka.config import AppConfig, KafkaConfig
 from polymarket_kafka.detector_state import ClosedMarket, encode
 from polymarket_kafka.kafka import state_topic
 from polymarket_kafka.kafka.state_topic import (
+    FENCE_PREFIX,
     StateTopicError,
     StateWriter,
     ensure_state_topic,
     read_state,
 )
-from polymarket_kafka.testing.local_broker import LocalBroker
+from polymarket_kafka.testing.local_broker import LocalBroker, read_events
 
 pytestmark = pytest.mark.broker
 
@@ -167,3 +168,25 @@ def test_a_read_error_is_raised_and_a_partition_end_ignored() -> None:
     with pytest.raises(StateTopicError, match=r"^reading the state topic failed: "):
         state_topic._take(FakeMessage(KafkaError(KafkaError._TRANSPORT)), states, {})  # type: ignore[arg-type]
     assert states == {}
+
+
+def test_every_fence_marker_is_deleted_by_a_tombstone_of_its_own_key(
+    tansu_broker: LocalBroker,
+) -> None:
+    """Markers have keys unique to one read: without their own tombstones, compaction would
+    keep every restore's markers forever."""
+    config = state_config(tansu_broker)
+    ensure_state_topic(config)
+    read_state(config)
+    read_state(config)
+    messages = read_events(
+        tansu_broker.bootstrap_servers,
+        config.full_state_topic,
+        expected=4 * config.state_partitions,  # 2 reads x (marker + tombstone) per partition
+        timeout=20,
+    )
+    markers = {m.key for m in messages if m.value is not None}
+    tombstones = {m.key for m in messages if m.value is None}
+    assert len(markers) == 2 * config.state_partitions
+    assert all(key is not None and key.startswith(FENCE_PREFIX) for key in markers)
+    assert tombstones == markers
