@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from polymarket_kafka import __version__
 from polymarket_kafka.cli_offline import OFFLINE_COMMANDS, add_offline_commands, run_offline
-from polymarket_kafka.env_reader import ConfigError, EnvReader, http_address
+from polymarket_kafka.env_reader import ConfigError, EnvReader, http_address, url_host
 from polymarket_kafka.environment import check_env_file, merged_env
 from polymarket_kafka.paths import DEFAULT_ENV_FILE
 
@@ -41,6 +41,12 @@ LOGGER_NAME = "polymarket_kafka"
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EXIT_UNAVAILABLE = 69
+
+
+def _logger() -> logging.Logger:
+    import logging
+
+    return logging.getLogger(LOGGER_NAME)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -260,9 +266,9 @@ def _healthcheck(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"polymarket-kafka: configuration error: {exc}", file=sys.stderr)
             return EXIT_FAILURE
-        # A wildcard bind address answers on loopback; IPv6 literals go in brackets.
+        # A wildcard bind address answers on loopback.
         host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
-        base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        base = f"http://{url_host(host)}:{port}"
     url = base.rstrip("/") + ("/health/live" if args.live else "/health/ready")
     parts = urlsplit(url)
     connection_class = (
@@ -366,9 +372,3 @@ def _print_change(change: SubscriptionChange) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
-
-
-def _logger() -> logging.Logger:
-    import logging
-
-    return logging.getLogger(LOGGER_NAME)

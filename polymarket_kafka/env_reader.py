@@ -23,6 +23,7 @@ __all__ = [
     "ConfigError",
     "EnvReader",
     "http_address",
+    "url_host",
 ]
 
 #: `HTTP_HOST` and `HTTP_PORT` when unset (the defaults of `AppConfig.http_host`/`http_port`).
@@ -113,3 +114,8 @@ def http_address(reader: EnvReader) -> tuple[str, int]:
         reader.text("HTTP_HOST", DEFAULT_HTTP_HOST),
         reader.port("HTTP_PORT", DEFAULT_HTTP_PORT),
     )
+
+
+def url_host(host: str) -> str:
+    """`host` as written in a URL: IPv6 literals in brackets."""
+    return f"[{host}]" if ":" in host else host

@@ -46,6 +46,7 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from polymarket_kafka.env_reader import url_host
 from polymarket_kafka.ops.health import HealthReport, ServiceHealth
 
 __all__ = ["OpsApp", "OpsServerError", "serve_ops", "url_host"]
@@ -148,11 +149,6 @@ class _Log(HypercornLogger):
 
     async def info(self, message: str, *args: Any, **kwargs: Any) -> None:
         await self.debug(message, *args, **kwargs)
-
-
-def url_host(host: str) -> str:
-    """`host` as written in a URL: IPv6 literals in brackets."""
-    return f"[{host}]" if ":" in host else host
 
 
 def _listen(host: str, port: int) -> socket.socket:
