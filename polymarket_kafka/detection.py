@@ -277,9 +277,7 @@ class Detector:
             return []
         if at <= state.last_seen:
             return []
-        if state.resumed:
-            state.resumed = False
-            state.gap = (state.last_seen, (at - state.last_seen).total_seconds())
+        _end_resumption(state, at)
         state.last_snapshot = snapshot
         state.state_key = params.state_key
         _trim(state.history, at, params.window_seconds)
@@ -400,8 +398,7 @@ class Detector:
             # The last price observed is what the market said before it closed.
             snapshot = snapshot.model_copy(update={"yes_price": state.last_snapshot.yes_price})
         baseline_at, baseline_price = state.history[0]
-        if state.resumed:  # closed while the service was down: the gap ends here
-            state.gap = (state.last_seen, (snapshot.taken_at - state.last_seen).total_seconds())
+        _end_resumption(state, snapshot.taken_at)  # it may have closed while we were down
         return [
             ConvictionChange(
                 snapshot=snapshot,
@@ -501,6 +498,13 @@ class Detector:
         """True while a move of this market waits for confirmation."""
         state = self._markets.get(market_id)
         return state is not None and state.pending is not None
+
+
+def _end_resumption(state: _MarketState, at: datetime) -> None:
+    """The first observation `at` of a restored market ends the gap in observation."""
+    if state.resumed:
+        state.resumed = False
+        state.gap = (state.last_seen, (at - state.last_seen).total_seconds())
 
 
 def _gap_spanned(state: _MarketState, baseline_at: datetime) -> float | None:
