@@ -18,12 +18,15 @@ def service_env(
     bootstrap_servers: str,
     topic: str,
     mongo: tuple[str, str, str],
-    rules: Path,
+    workdir: Path,
     **extra: str,
 ) -> dict[str, str]:
     """The environment of a fast-polling service against the fake Polymarket, a broker's
-    `topic` and MongoDB `(uri, database, collection)`, with the rules file `rules`."""
+    `topic` and MongoDB `(uri, database, collection)`, with rules that fire on the first
+    qualifying poll (written to `workdir/rules.yaml`)."""
     uri, database, collection = mongo
+    rules = workdir / "rules.yaml"
+    rules.write_text("version: 1\ndefaults:\n  confirm: {polls: 1}\n")
     return {
         **os.environ,
         "POLYMARKET_BASE_URL": server.url,

@@ -173,14 +173,12 @@ def test_a_rolling_restart_reports_the_move_made_while_down(
 ) -> None:
     """The issue's "plain restart": SIGTERM, the price moves, start again: one event,
     measured from the price before the stop. The real command, KAFKA_STATE_TOPIC set."""
-    rules = tmp_path / "rules.yaml"
-    rules.write_text("version: 1\ndefaults:\n  confirm: {polls: 1}\n")
     env = service_env(
         server,
         tansu_broker.bootstrap_servers,
         kafka_topic,
         (mongo_server_uri, "e2e", f"subs_{uuid.uuid4().hex[:12]}"),
-        rules,
+        tmp_path,
         KAFKA_STATE_TOPIC=f"{kafka_topic}.state",
         KAFKA_STATE_PARTITIONS="3",
     )

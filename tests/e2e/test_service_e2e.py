@@ -146,14 +146,12 @@ def test_cli_run_process_publishes_and_exits_cleanly_on_sigterm(
     tmp_path: Path,
 ) -> None:
     """The real console entry point, a real process, a real SIGTERM."""
-    rules = tmp_path / "rules.yaml"
-    rules.write_text("version: 1\ndefaults:\n  confirm: {polls: 1}\n")
     env = service_env(
         server,
         tansu_broker.bootstrap_servers,
         kafka_topic,
         (mongo_config.uri, mongo_config.database, mongo_config.collection),
-        rules,
+        tmp_path,
         KAFKA_SASL_PASSWORD="never-print-me",
     )
     market = server.markets[0].condition_id
