@@ -40,7 +40,7 @@ import itertools
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 from pydantic import ValidationError
 
@@ -214,12 +214,14 @@ def _time(micros: int) -> datetime:
     return _EPOCH + micros * _MICROSECOND
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _is_int(value: object) -> TypeGuard[int]:
+    """A JSON integer (`type(...) is int`: a boolean is not one here)."""
+    return type(value) is int
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _is_number(value: object) -> TypeGuard[int | float]:
+    """A JSON number (booleans excluded)."""
+    return type(value) in (int, float)
 
 
 class _Reader:
@@ -247,27 +249,24 @@ class _Reader:
         value = self._get(name)
         if not _is_int(value):
             raise self._wrong(name, "an integer")
-        assert isinstance(value, int)
         return value
 
     def number(self, name: str) -> float:
         value = self._get(name)
         if not _is_number(value):
             raise self._wrong(name, "a number")
-        assert isinstance(value, int | float)
         return float(value)
 
     def integers(self, name: str) -> list[int]:
         raw = self._list(name)
-        # `type(...) is int`: booleans are not integers here (a restore reads 10,000s of these)
-        values = cast("list[int]", raw) if all(type(v) is int for v in raw) else None
+        values = cast("list[int]", raw) if all(map(_is_int, raw)) else None
         if values is None or min(values, default=0) < 0:
             raise self._wrong(name, "a list of non-negative integers")
         return values
 
     def numbers(self, name: str) -> list[float]:
         raw = self._list(name)
-        if not raw or not all(type(v) in (int, float) for v in raw):
+        if not raw or not all(map(_is_number, raw)):
             raise self._wrong(name, "a non-empty list of numbers")
         return [float(cast("float", v)) for v in raw]
 
