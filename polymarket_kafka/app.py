@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 
 import anyio
@@ -31,6 +32,10 @@ from polymarket_kafka.kafka.state_topic import (
     read_state,
 )
 from polymarket_kafka.kafka.statistics import kafka_readiness
+from polymarket_kafka.kafka.transactional import (
+    TransactionalPublisher,
+    open_transactional_publisher,
+)
 from polymarket_kafka.ops.health import ComponentStatus, ServiceHealth
 from polymarket_kafka.ops.http_server import serve_ops
 from polymarket_kafka.ops.metrics import MetricSources, build_registry
@@ -74,7 +79,31 @@ def load_initial_rules(config: AppConfig) -> RulesHolder:
     return RulesHolder.from_path(default_rules_path(config.rules_path), clock=now_utc)
 
 
-def kafka_check(publisher: KafkaPublisher) -> Callable[[], ComponentStatus]:
+#: The publisher of the configured delivery mode (`KafkaConfig.exactly_once`).
+AnyPublisher = KafkaPublisher | TransactionalPublisher
+
+
+def open_publisher(
+    config: AppConfig, statistics_interval_ms: int
+) -> AbstractAsyncContextManager[AnyPublisher]:
+    """The transactional publisher (exactly once: a state topic and `KAFKA_DELIVERY=
+    exactly_once`), else the idempotent one (at least once)."""
+    if config.kafka.exactly_once:
+        return open_transactional_publisher(
+            config.kafka,
+            clock=now_utc,
+            grace_seconds=config.shutdown_grace_seconds,
+            statistics_interval_ms=statistics_interval_ms,
+        )
+    return open_kafka_publisher(
+        config.kafka,
+        clock=now_utc,
+        grace_seconds=config.shutdown_grace_seconds,
+        statistics_interval_ms=statistics_interval_ms,
+    )
+
+
+def kafka_check(publisher: AnyPublisher) -> Callable[[], ComponentStatus]:
     """The readiness check of the "kafka" component: the producer reaches a broker, and no
     event has been pending longer than librdkafka's delivery timeout (`kafka_readiness`)."""
 
@@ -157,17 +186,14 @@ async def run_app(
     rules = rules if rules is not None else load_initial_rules(config)
     stats = ServiceStats()
     health = ServiceHealth(secrets=config.secret_values())
-    opened: KafkaPublisher | None = None
+    opened: AnyPublisher | None = None
     try:
         async with (
             open_subscription_store(config.mongodb, clock=now_utc, probe=False) as store,
             open_polymarket_client(config.polymarket) as client,
-            open_kafka_publisher(
-                config.kafka,
-                clock=now_utc,
-                grace_seconds=config.shutdown_grace_seconds,
-                statistics_interval_ms=kafka_statistics_interval_ms,
-            ) as publisher,
+            # Exactly once, the producer's transactions are initialised before the state
+            # topic is read: a transaction a crashed instance left open is aborted first.
+            open_publisher(config, kafka_statistics_interval_ms) as publisher,
             contextlib.AsyncExitStack() as stack,
         ):
             opened = publisher
@@ -195,7 +221,12 @@ async def run_app(
                         on_listening(port)
 
             durable = None
-            if config.kafka.full_state_topic:
+            if isinstance(publisher, TransactionalPublisher):
+                restored = await restore_states(config)
+                durable = DurableState(
+                    restored, None, config.state_checkpoint_seconds, stager=publisher
+                )
+            elif config.kafka.full_state_topic:
                 restored = await restore_states(config)
                 writer = await anyio.to_thread.run_sync(StateWriter, config.kafka)
                 stack.push_async_callback(_close_writer, writer)

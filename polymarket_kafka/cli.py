@@ -195,6 +195,7 @@ async def _dispatch(args: argparse.Namespace, config: AppConfig) -> int:
 
 async def _run(config: AppConfig) -> int:
     """`_serve`, with any error it raises logged (not printed by the interpreter) as exit 1."""
+    from polymarket_kafka.kafka.transactional import ProducerFencedError
     from polymarket_kafka.ops.http_server import OpsServerError
 
     logger = _logger()
@@ -203,9 +204,13 @@ async def _run(config: AppConfig) -> int:
     except Exception as exc:
         errors = _leaves(exc)
         taken = [error for error in errors if isinstance(error, OpsServerError)]
+        fenced = [error for error in errors if isinstance(error, ProducerFencedError)]
         if taken:
             # One line instead of a traceback through the task groups: the address is taken.
             logger.critical("%s (HTTP_HOST/HTTP_PORT)", taken[0])
+        elif fenced:
+            # Another instance took over: expected in a botched deploy, not a crash.
+            logger.critical("%s (KAFKA_TRANSACTIONAL_ID)", fenced[0])
         else:
             first = errors[0]
             logger.critical(

@@ -47,6 +47,7 @@ __all__ = [
 
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
+_DELIVERY_MODES = ("exactly_once", "at_least_once")
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,16 @@ class KafkaConfig:
     state_topic: str = ""
     #: Partitions the state topic is created with (when the service creates it).
     state_partitions: int = 12
+    #: Added: with a state topic, `exactly_once` commits events and the state they imply in
+    #: Kafka transactions; `at_least_once` (for clusters without transactions) writes state
+    #: by checkpoints only, and a crash may repeat an event (consumers dedupe by event_id).
+    delivery: str = "exactly_once"
+    #: Added: the producer's `transactional.id` (exactly_once); empty derives it from the
+    #: client id and the state topic (`full_transactional_id`). One writer per id: a second
+    #: instance with the same id fences the first.
+    transactional_id: str = ""
+    #: Added: how long events gather before their transaction is committed (exactly_once).
+    transaction_linger_ms: int = 20
 
     @property
     def full_topic(self) -> str:
@@ -103,6 +114,18 @@ class KafkaConfig:
         """`{KAFKA_TOPIC_PREFIX}{KAFKA_STATE_TOPIC}`; empty when state is not kept."""
         return f"{self.topic_prefix}{self.state_topic}" if self.state_topic else ""
 
+    @property
+    def exactly_once(self) -> bool:
+        """Events and detector state are committed together in transactions: a state topic
+        is kept and `delivery` is `exactly_once`."""
+        return bool(self.state_topic) and self.delivery == "exactly_once"
+
+    @property
+    def full_transactional_id(self) -> str:
+        """`KAFKA_TRANSACTIONAL_ID`, else `{KAFKA_CLIENT_ID}.{full_state_topic}`: instances
+        sharing a state topic share the id, so a newer one fences an older one."""
+        return self.transactional_id or f"{self.client_id}.{self.full_state_topic}"
+
     def __repr__(self) -> str:
         password = "''" if not self.sasl_password else "'***'"
         return (
@@ -111,7 +134,9 @@ class KafkaConfig:
             f"sasl_mechanisms={self.sasl_mechanisms!r}, sasl_username={self.sasl_username!r}, "
             f"sasl_password={password}, client_id={self.client_id!r}, "
             f"max_in_flight={self.max_in_flight!r}, dead_letter_topic={self.dead_letter_topic!r}, "
-            f"state_topic={self.state_topic!r}, state_partitions={self.state_partitions!r})"
+            f"state_topic={self.state_topic!r}, state_partitions={self.state_partitions!r}, "
+            f"delivery={self.delivery!r}, transactional_id={self.transactional_id!r}, "
+            f"transaction_linger_ms={self.transaction_linger_ms!r})"
         )
 
 
@@ -295,6 +320,11 @@ def _build(r: EnvReader) -> AppConfig:
         state_topic=r.text("KAFKA_STATE_TOPIC", KafkaConfig.state_topic),
         state_partitions=r.integer(
             "KAFKA_STATE_PARTITIONS", KafkaConfig.state_partitions, minimum=1
+        ),
+        delivery=r.choice("KAFKA_DELIVERY", KafkaConfig.delivery, _DELIVERY_MODES),
+        transactional_id=r.text("KAFKA_TRANSACTIONAL_ID", KafkaConfig.transactional_id),
+        transaction_linger_ms=r.integer(
+            "KAFKA_TRANSACTION_LINGER_MS", KafkaConfig.transaction_linger_ms, minimum=0
         ),
     )
     require_sasl_credentials(kafka)

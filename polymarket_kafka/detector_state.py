@@ -52,11 +52,15 @@ __all__ = [
     "MarketState",
     "PendingMove",
     "StateFormatError",
+    "StateRecord",
     "decode",
     "encode",
 ]
 
 STATE_FORMAT_VERSION = 1
+
+#: One record of the state topic: (market id, `encode`d state, or None for a tombstone).
+StateRecord = tuple[str, bytes | None]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)

@@ -77,6 +77,11 @@ class DeliveryStats:
     brokers_up: int = 0
     #: Confirmed Kafka outages (each logged once at WARNING).
     outages: int = 0
+    #: Exactly-once delivery: transactions committed and aborted (each retried), and the
+    #: detector state records committed with them.
+    transactions_committed: int = 0
+    transactions_aborted: int = 0
+    state_records_committed: int = 0
     #: Events still pending when the publisher closed (logged at ERROR, maybe not in Kafka).
     unacknowledged_at_close: int = 0
 

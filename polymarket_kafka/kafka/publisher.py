@@ -67,6 +67,7 @@ from confluent_kafka import KafkaError, KafkaException, Message
 
 from polymarket_kafka.clock import now_utc
 from polymarket_kafka.config import KafkaConfig
+from polymarket_kafka.detector_state import StateRecord
 from polymarket_kafka.kafka.connectivity import (
     CameBack,
     ConnectivityTracker,
@@ -196,15 +197,20 @@ class KafkaPublisher:
         self._maintenance = anyio.CancelScope(shield=True)
         self._closed = False
 
-    async def publish(self, event: PolymarketEvent) -> None:
+    async def publish(self, event: PolymarketEvent, state: StateRecord | None = None) -> None:
         """Stamp `published_at` and hand the event to librdkafka; wait while `max_in_flight`
         events are pending, or while librdkafka's queue is full.
+
+        At least once, detector state is written by checkpoints only: `state` must be None
+        (`ValueError` otherwise; `transactional.TransactionalPublisher` takes it).
 
         Returns once librdkafka accepted the message; delivery is tracked from then on. An
         event librdkafka rejects outright (e.g. larger than `message.max.bytes`) goes to the
         dead-letter topic. A publish cancelled before the event was accepted is logged at
         ERROR and added to `failed`.
         """
+        if state is not None:
+            raise ValueError("an at-least-once publisher does not commit state with events")
         # No checkpoint on the fast path (it costs as much as the produce): the caller's loop
         # yields on its own channel; a wait below is where cancellation is delivered.
         try:

@@ -19,6 +19,7 @@ __all__ = [
     "ProducerLike",
     "producer_config",
     "redacted_producer_config",
+    "transactional_producer_config",
 ]
 
 #: librdkafka's `delivery.timeout.ms` (the specification's 60 s): how long it tries to deliver
@@ -61,6 +62,14 @@ def producer_config(config: KafkaConfig) -> dict[str, object]:
         conf["sasl.username"] = config.sasl_username
         conf["sasl.password"] = config.sasl_password
     return conf
+
+
+def transactional_producer_config(config: KafkaConfig) -> dict[str, object]:
+    """`producer_config` plus `transactional.id` (`KafkaConfig.full_transactional_id`): the
+    producer of exactly-once delivery. librdkafka's `transaction.timeout.ms` (60 s) stays:
+    the broker aborts a transaction left open by a crashed instance after it, and at once
+    when the next instance with the same id starts."""
+    return {**producer_config(config), "transactional.id": config.full_transactional_id}
 
 
 def redacted_producer_config(config: KafkaConfig) -> dict[str, object]:

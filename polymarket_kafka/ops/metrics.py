@@ -169,7 +169,8 @@ def _service_metrics(stats: ServiceStats, poller: PollerStats | None) -> Iterato
     )
     yield _counter(
         "state_records_written_total",
-        "Detector state records (and tombstones) written to the state topic.",
+        "Detector state records (and tombstones) written to the state topic by checkpoints "
+        "(at-least-once delivery; see state_records_committed_total).",
         {(): stats.state_records_written},
     )
     yield _counter(
@@ -286,6 +287,21 @@ def _delivery_metrics(stats: DeliveryStats) -> Iterator[_Family]:
         "Kafka outages: no broker reachable for longer than the confirmation delay "
         "(each logged once at WARNING).",
         {(): stats.outages},
+    )
+    yield _counter(
+        "kafka_transactions_committed_total",
+        "Kafka transactions committed (exactly-once delivery: events with their state).",
+        {(): stats.transactions_committed},
+    )
+    yield _counter(
+        "kafka_transactions_aborted_total",
+        "Kafka transactions that failed and were aborted (their content committed again).",
+        {(): stats.transactions_aborted},
+    )
+    yield _counter(
+        "state_records_committed_total",
+        "Detector state records (and tombstones) committed in transactions with the events.",
+        {(): stats.state_records_committed},
     )
 
 

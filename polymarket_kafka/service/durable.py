@@ -2,10 +2,20 @@
 
 `detect` owns the detector; through a `StateKeeper` it restores the states read at start
 and, when a checkpoint is due, exports and encodes the states of the markets that changed
-and are safe to write (`checkpoints.StateBook`). The `checkpoint` stage (`write_checkpoints`)
-writes them through the `StateSink` port, one checkpoint at a time through a channel of one:
-while it still writes, the next checkpoint waits in the book, so detection never waits for
-Kafka. What was not written is due again. With durable state off, the keeper does nothing.
+and are safe to write (`checkpoints.StateBook`). Where they go depends on the delivery mode:
+
+* exactly once (`DurableState.stager`, the transactional publisher): the checkpoint is
+  staged at once for the publisher's next transaction, and every event carries its market's
+  state right after it (`attach` in `detect`, `attached` in `deliver`), so an event and its
+  new baseline are committed together. A market's state is staged only after every event of
+  it detected before (those still between `detect` and the publisher hold it back), so the
+  latest staged state is always the newest.
+* at least once (`DurableState.sink`): the `checkpoint` stage (`write_checkpoints`) writes
+  through the `StateSink` port, one checkpoint at a time through a channel of one: while it
+  still writes, the next checkpoint waits in the book, so detection never waits for Kafka.
+  What was not written is due again. Markets with unacknowledged events wait too.
+
+With durable state off, the keeper does nothing.
 """
 
 from __future__ import annotations
@@ -19,10 +29,10 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from polymarket_kafka.detection import ConvictionChange, Detector, RuleSource
-from polymarket_kafka.detector_state import ClosedMarket, MarketState, encode
-from polymarket_kafka.models import MarketSnapshot
+from polymarket_kafka.detector_state import ClosedMarket, MarketState, StateRecord, encode
+from polymarket_kafka.models import MarketSnapshot, PolymarketEvent
 from polymarket_kafka.service.checkpoints import Checkpoint, StateBook
-from polymarket_kafka.service.ports import StateSink
+from polymarket_kafka.service.ports import StateSink, StateStager
 from polymarket_kafka.service.reloader import adopt_rules
 from polymarket_kafka.service.stats import ServiceStats
 
@@ -31,17 +41,22 @@ __all__ = ["DurableState", "Records", "StateKeeper", "write_checkpoints"]
 logger = logging.getLogger("polymarket_kafka.service.pipeline")
 
 #: A checkpoint and its records: (market id, encoded state, or None for a tombstone).
-Records = tuple[Checkpoint, list[tuple[str, bytes | None]]]
+Records = tuple[Checkpoint, list[StateRecord]]
 
 
 @dataclass(frozen=True)
 class DurableState:
     """Detector state kept in Kafka (`KAFKA_STATE_TOPIC`): what was restored at start, where
-    checkpoints go and how often."""
+    checkpoints go (`stager` for exactly once, else `sink`) and how often."""
 
     restored: Sequence[MarketState | ClosedMarket]
-    sink: StateSink
+    sink: StateSink | None
     checkpoint_seconds: float
+    stager: StateStager | None = None
+
+    def __post_init__(self) -> None:
+        if (self.sink is None) == (self.stager is None):
+            raise ValueError("DurableState needs exactly one of sink and stager")
 
 
 class StateKeeper:
@@ -59,8 +74,13 @@ class StateKeeper:
         now: float,
     ) -> None:
         self._durable = durable
-        #: Where checkpoints go; None: durable state is off, and every call does nothing.
+        #: False: durable state is off, and every call does nothing.
+        self._on = durable is not None
         self._sink = None if durable is None else durable.sink
+        self._stager = None if durable is None else durable.stager
+        #: Exactly once: the state attached to an event, from `detect` to `deliver` (at most
+        #: one per event between them).
+        self._attached: dict[str, StateRecord] = {}
         interval = float("inf") if durable is None else durable.checkpoint_seconds
         self.book = StateBook.starting(interval, now)
         self.checkpoints = checkpoints
@@ -91,9 +111,9 @@ class StateKeeper:
     def adopt(self, detector: Detector, rules: RuleSource, stats: ServiceStats) -> bool:
         """`reloader.adopt_rules`, deleting the records of the markets it dropped (so a
         restart cannot bring back a state those rules no longer shape)."""
-        before = detector.known() if self._sink is not None else frozenset()
+        before = detector.known() if self._on else frozenset()
         adopted = adopt_rules(detector, rules, stats)
-        if adopted and self._sink is not None:
+        if adopted and self._on:
             for market_id in before - detector.known():
                 self.book.forgotten(market_id)
         return adopted
@@ -101,7 +121,7 @@ class StateKeeper:
     def forget(self, detector: Detector, market_id: str) -> None:
         """The market is no longer subscribed: dropped by the detector, its record deleted."""
         detector.forget(market_id)
-        if self._sink is not None:
+        if self._on:
             self.book.forgotten(market_id)
 
     def observe(
@@ -109,9 +129,9 @@ class StateKeeper:
     ) -> list[ConvictionChange]:
         """`detector.observe`, noting whether the market's state changed or was dropped."""
         market_id = snapshot.market_id
-        known_before = self._sink is not None and detector.knows(market_id)
+        known_before = self._on and detector.knows(market_id)
         changes = detector.observe(snapshot, rules, now)
-        if self._sink is not None:
+        if self._on:
             if detector.knows(market_id):
                 self.book.touched(market_id)
             elif known_before:
@@ -120,21 +140,37 @@ class StateKeeper:
 
     def hold(self, market_id: str) -> None:
         """An event of the market entered the pipeline (its state waits until it is out)."""
-        if self._sink is not None:
+        if self._on:
             self.book.hold(market_id)
+
+    def attach(self, detector: Detector, event: PolymarketEvent) -> None:
+        """Exactly once: `event` (the last of an observation) carries its market's state as
+        the detector has it now, to be committed with it."""
+        if self._stager is not None:
+            state = detector.export_state(event.market_id)
+            value = None if state is None else encode(state)
+            self._attached[event.event_id] = (event.market_id, value)
+
+    def attached(self, event: PolymarketEvent) -> StateRecord | None:
+        """The state `attach`ed to `event` (taken: asked once, by `deliver`)."""
+        return self._attached.pop(event.event_id, None) if self._attached else None
 
     def release(self, market_id: str) -> None:
         """The publisher took the event (`unacknowledged` covers it from now on)."""
-        if self._sink is not None:
+        if self._on:
             self.book.release(market_id)
 
     def tick(self, detector: Detector) -> None:
-        """Hand a due checkpoint to the `checkpoint` stage without waiting; while it still
-        writes the previous one, everything stays due for the next."""
-        if self._sink is None or not self.book.due(anyio.current_time()):
+        """A due checkpoint: staged for the next transaction (exactly once), or handed to
+        the `checkpoint` stage without waiting (at least once; while it still writes the
+        previous one, everything stays due for the next)."""
+        if not self._on or not self.book.due(anyio.current_time()):
             return
-        checkpoint, records = self._take(detector, self._sink)
+        checkpoint, records = self._take(detector)
         if not checkpoint:
+            return
+        if self._stager is not None:
+            self._stager.stage(records)
             return
         try:
             self.checkpoints.send_nowait((checkpoint, records))
@@ -142,17 +178,24 @@ class StateKeeper:
             self.book.failed(checkpoint, [market_id for market_id, _ in records])
 
     async def final(self, detector: Detector) -> None:
-        """`detect` has drained: the last checkpoint, waited for."""
-        if self._sink is None:
+        """`detect` has drained: the last checkpoint (staged, or written and waited for)."""
+        if not self._on:
             return
-        checkpoint, records = self._take(detector, self._sink)
-        if checkpoint:
+        checkpoint, records = self._take(detector)
+        if not checkpoint:
+            return
+        if self._stager is not None:
+            self._stager.stage(records)
+        else:
             await self.checkpoints.send((checkpoint, records))
 
-    def _take(self, detector: Detector, sink: StateSink) -> Records:
-        """What is due now, encoded (the detector's current states)."""
-        checkpoint = self.book.take(anyio.current_time(), sink.unacknowledged())
-        records: list[tuple[str, bytes | None]] = []
+    def _take(self, detector: Detector) -> Records:
+        """What is due now, encoded (the detector's current states). At least once, the
+        markets whose events Kafka has not acknowledged wait; exactly once, their states go
+        in the same transaction as their events, or a later one."""
+        unsafe = () if self._sink is None else self._sink.unacknowledged()
+        checkpoint = self.book.take(anyio.current_time(), unsafe)
+        records: list[StateRecord] = []
         for market_id in checkpoint.writes:
             state = detector.export_state(market_id)
             records.append((market_id, None if state is None else encode(state)))

@@ -88,7 +88,9 @@ async def run_service(
 
     `durable` (optional): the detector starts from the restored states (rules that changed
     since are applied as by a reload), and the state of markets that changed is written every
-    `checkpoint_seconds` and once more when `detect` has drained, by a `checkpoint` stage.
+    `checkpoint_seconds` and once more when `detect` has drained: staged for the publisher's
+    transactions (exactly once, with each event's state handed to `publish`), or by a
+    `checkpoint` stage (at least once).
     """
     rules = rules or RulesHolder()
     stats = stats or ServiceStats()
@@ -122,7 +124,7 @@ async def run_service(
                 pipeline.start_soon(run_stage, health, "detect", *detect)
                 deliver = (_deliver, event_recv, publisher, stats, on_published, keeper)
                 pipeline.start_soon(run_stage, health, "deliver", *deliver)
-                if durable is not None:
+                if durable is not None and durable.sink is not None:
                     checkpoint = (write_checkpoints, state_recv, durable.sink, keeper.book, stats)
                     pipeline.start_soon(run_stage, health, "checkpoint", *checkpoint)
                 else:
@@ -251,6 +253,8 @@ async def _detect(
             for event in built:
                 _record_detected(event, stats)
                 keeper.hold(event.market_id)
+            if built:
+                keeper.attach(detector, built[-1])
             for sent, event in enumerate(built):
                 try:
                     # Shielded, so that an event is never lost between two stages: with the
@@ -298,7 +302,11 @@ async def _deliver(
             async for event in events:
                 # A publish cancelled before Kafka's client accepted the event is the
                 # publisher's to report (`Publisher`): it counts it as not acknowledged.
-                await publisher.publish(event)
+                state = keeper.attached(event)
+                if state is None:
+                    await publisher.publish(event)
+                else:
+                    await publisher.publish(event, state)
                 keeper.release(event.market_id)
                 stats.events_published += 1
                 if on_published is not None:

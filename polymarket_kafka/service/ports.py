@@ -11,12 +11,13 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
+from polymarket_kafka.detector_state import StateRecord
 from polymarket_kafka.models import MarketSnapshot, PolymarketEvent, PolymarketSubscription
 
 if TYPE_CHECKING:
     from polymarket_kafka.subscription_records import ActiveSubscriptions, SubscriptionChange
 
-__all__ = ["PollOutcome", "Poller", "Publisher", "StateSink", "SubscriptionStore"]
+__all__ = ["PollOutcome", "Poller", "Publisher", "StateSink", "StateStager", "SubscriptionStore"]
 
 
 class PollOutcome(Protocol):
@@ -77,15 +78,19 @@ class Publisher(Protocol):
     A publish cancelled (or failing) before that is the publisher's to account for as not
     delivered; the service's last line counts every detected event Kafka did not acknowledge
     (`ServiceStats.events_not_delivered`), so none is missed whichever side counts it.
+
+    `state` (exactly-once delivery only, see `StateStager`): the detector state of the
+    event's market right after it, to be committed together with the event.
     """
 
-    async def publish(self, event: PolymarketEvent) -> None: ...
+    async def publish(self, event: PolymarketEvent, state: StateRecord | None = None) -> None: ...
 
 
 class StateSink(Protocol):
-    """Where detector state records go (`kafka.state_topic.StateWriter`, run in a thread)."""
+    """Where detector state records go at least once (`kafka.state_topic.StateWriter`, run
+    in a thread) by the `checkpoint` stage."""
 
-    async def write(self, records: Sequence[tuple[str, bytes | None]]) -> Collection[str]:
+    async def write(self, records: Sequence[StateRecord]) -> Collection[str]:
         """Write `(market id, record or None for a tombstone)`; return the market ids NOT
         written (they are tried again at the next checkpoint). Never raises for a refused
         or unacknowledged record."""
@@ -93,4 +98,14 @@ class StateSink(Protocol):
 
     def unacknowledged(self) -> Collection[str]:
         """Markets with an event the publisher has not had acknowledged by Kafka."""
+        ...
+
+
+class StateStager(Protocol):
+    """Where detector state records go exactly once (`kafka.transactional.
+    TransactionalPublisher`): staged for the publisher's next transaction, in the order the
+    pipeline stages them, with the events published before them."""
+
+    def stage(self, records: Sequence[StateRecord]) -> None:
+        """Add `records` to the next transaction (never waits, never raises)."""
         ...

@@ -100,7 +100,7 @@ class RecordingPublisher:
 
     events: list[PolymarketEvent] = field(default_factory=list)
 
-    async def publish(self, event: PolymarketEvent) -> None:
+    async def publish(self, event: PolymarketEvent, state: object = None) -> None:
         self.events.append(event)
 
 

@@ -40,7 +40,7 @@ ONE_POLL = load_rules_text("version: 1\ndefaults:\n  confirm: {polls: 1}\n", "on
 class RecordingPublisher:
     events: list[PolymarketEvent] = field(default_factory=list)
 
-    async def publish(self, event: PolymarketEvent) -> None:
+    async def publish(self, event: PolymarketEvent, state: object = None) -> None:
         self.events.append(event)
 
 

@@ -51,7 +51,7 @@ class RecordingPublisher:
     events: list[PolymarketEvent] = field(default_factory=list)
     gate: anyio.Event | None = None
 
-    async def publish(self, event: PolymarketEvent) -> None:
+    async def publish(self, event: PolymarketEvent, state: object = None) -> None:
         if self.gate is not None:
             await self.gate.wait()
         self.events.append(event)
@@ -143,7 +143,7 @@ async def test_sigterm_drains_and_stops(server: FakePolymarketServer) -> None:
     publisher = RecordingPublisher()
 
     class SignallingPublisher(RecordingPublisher):
-        async def publish(self, event: PolymarketEvent) -> None:
+        async def publish(self, event: PolymarketEvent, state: object = None) -> None:
             await publisher.publish(event)
             os.kill(os.getpid(), signal.SIGTERM)
 

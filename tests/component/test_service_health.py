@@ -41,7 +41,7 @@ POLL_SECONDS = 0.2
 class RecordingPublisher:
     events: list[PolymarketEvent] = field(default_factory=list)
 
-    async def publish(self, event: PolymarketEvent) -> None:
+    async def publish(self, event: PolymarketEvent, state: object = None) -> None:
         self.events.append(event)
 
 

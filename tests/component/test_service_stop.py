@@ -59,7 +59,7 @@ class NeverAcknowledges:
         self.blocked = anyio.Event()
         self._on_blocked, self._error = on_blocked, error
 
-    async def publish(self, event: PolymarketEvent) -> None:
+    async def publish(self, event: PolymarketEvent, state: object = None) -> None:
         if not self.taken:
             self.taken.append(event)
             return
