@@ -9,6 +9,10 @@ and forwards to a real one (`polymarket_kafka.kafka.publisher.librdkafka`), with
   the same failure through `error_cb`, where the publisher's `ConnectivityTracker` turns an
   outage into one WARNING, reminders and one INFO. Kept at their level (ERROR), they were
   half of the ~130 lines a 30 s outage produced: one per reconnection attempt, twice a second.
+* Lines about this producer being fenced (`_FENCED`, "fences the current one") go to
+  DEBUG: the transactional publisher stops the service with one CRITICAL line of its own
+  that names the `transactional.id`; librdkafka's three (ADDPARTS, TXNERR, FATAL at ERROR
+  and CRITICAL) said the same, less clearly.
 * Any other line keeps its level, but a repeated line (same level, facility and text once its
   digits are masked: durations, counts and ports vary) goes through at most once per `window`
   seconds; the next one that does says how many were left out. A genuine first occurrence is
@@ -35,6 +39,8 @@ __all__ = ["LibrdkafkaLog"]
 #: librdkafka's facility for a failed or closed broker connection (also sent to `error_cb`).
 _CONNECTION_FAILURE = "FAIL"
 _DIGITS = re.compile(r"\d+")
+#: Words of librdkafka's lines about a producer fenced by a newer one.
+_FENCED_WORDS = ("_FENCED", "fences the current one", "has been fenced")
 
 
 class LibrdkafkaLog:
@@ -56,7 +62,9 @@ class LibrdkafkaLog:
     def log(self, level: int, msg: str, *args: object) -> None:
         """Called by confluent-kafka for every librdkafka line."""
         facility = args[0] if len(args) == 3 else None  # (facility, client name, text)
-        if facility == _CONNECTION_FAILURE:
+        if facility == _CONNECTION_FAILURE or (
+            len(args) == 3 and any(word in str(args[2]) for word in _FENCED_WORDS)
+        ):
             level = logging.DEBUG
         # Held while logging, so that once `close` returns no line is on its way out.
         with self._lock:

@@ -122,10 +122,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def _start(binary: str, host: str, port: int, log: IO[bytes], timeout: float) -> LocalBroker:
+def _start(
+    binary: str, host: str, port: int, log: IO[bytes], timeout: float, advertised: int | None
+) -> LocalBroker:
     _check_free(host, port)
     url = f"tcp://{host}:{port}"
-    command = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
+    advertised_url = f"tcp://{host}:{advertised or port}"
+    command = [binary, "broker", "--listener-url", url, "--advertised-listener-url", advertised_url]
     command += ["--storage-engine", "memory://tansu/"]
     # Output goes to a file, never a pipe: a full pipe would block the broker.
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)  # noqa: S603
@@ -151,9 +154,16 @@ def _start(binary: str, host: str, port: int, log: IO[bytes], timeout: float) ->
 
 @contextmanager
 def open_tansu_broker(
-    *, host: str = "127.0.0.1", port: int | None = None, start_timeout: float = 10.0
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    start_timeout: float = 10.0,
+    advertised_port: int | None = None,
 ) -> Iterator[LocalBroker]:
     """Run an in-memory Tansu broker on `host:port` (a free port if None) for the block.
+
+    `advertised_port` (tests): the port the broker tells clients to connect to, e.g. a TCP
+    gate's in front of it, so that every connection goes through the gate.
 
     Returns once the port accepts connections. On exit the broker is terminated (killed if
     it does not stop within 5 s); its data is gone. Raises `BrokerStartError` with the tail
@@ -164,7 +174,9 @@ def open_tansu_broker(
         # A free port can be taken between probing and binding: try a few when we chose it.
         for attempt in range(1 if port is not None else 3):
             try:
-                broker = _start(binary, host, port or _free_port(host), log, start_timeout)
+                broker = _start(
+                    binary, host, port or _free_port(host), log, start_timeout, advertised_port
+                )
                 break
             except BrokerStartError:
                 if port is not None or attempt == 2:

@@ -53,6 +53,22 @@ def test_connection_failures_go_to_debug(
     ]
 
 
+def test_lines_about_being_fenced_go_to_debug(
+    log: LibrdkafkaLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The transactional publisher says it once, at CRITICAL, naming the transactional.id.
+    log.log(logging.CRITICAL, FORMAT, "TXNERR", "c#producer-1", "failed: fenced (_FENCED)")
+    log.log(logging.ERROR, FORMAT, "ADDPARTS", "c#producer-1", "newer one fences the current one")
+    log.log(logging.CRITICAL, FORMAT, "FATAL", "c#producer-1", "this one has been fenced")
+    log.log(logging.ERROR, FORMAT, "ADDPARTS", "c#producer-1", "timed out")
+    assert lines(caplog) == [
+        (logging.DEBUG, "TXNERR [c#producer-1] failed: fenced (_FENCED)"),
+        (logging.DEBUG, "ADDPARTS [c#producer-1] newer one fences the current one"),
+        (logging.DEBUG, "FATAL [c#producer-1] this one has been fenced"),
+        (logging.ERROR, "ADDPARTS [c#producer-1] timed out"),
+    ]
+
+
 def test_connection_failures_cost_nothing_above_debug(
     clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
