@@ -13,7 +13,8 @@ from datetime import timedelta
 import anyio
 import pytest
 
-from polymarket_kafka.detector_state import ClosedMarket, MarketState, decode
+from polymarket_kafka.detector_state import ClosedMarket, MarketState, StateRecord, decode
+from polymarket_kafka.models import PolymarketEvent
 from polymarket_kafka.ruleset import load_rules_text
 from polymarket_kafka.service.pipeline import DurableState
 from polymarket_kafka.service.reloader import RulesHolder
@@ -165,3 +166,90 @@ async def test_restored_states_are_re_evaluated_under_changed_rules(
         assert isinstance(state, MarketState)
         # The price before the restart is kept, then the restart's own observation.
         assert [at for at, _ in state.history] == [LAST_POLL, T0 + timedelta(hours=10)]
+
+
+# --- exactly once: states staged for the publisher's transactions ---------------------------
+
+
+@dataclass
+class TransactionLog:
+    """Transactional publisher double (`Publisher` and `StateStager`): one ordered log of
+    what would be committed. `publish` waits until `hold_until_staged` stagings happened."""
+
+    log: list[tuple[str, str, bytes | None]] = field(default_factory=list)
+    events: list[PolymarketEvent] = field(default_factory=list)
+    hold_until_staged: int = 0
+    stagings: int = 0
+    released: anyio.Event = field(default_factory=anyio.Event)
+
+    async def publish(self, event: PolymarketEvent, state: StateRecord | None = None) -> None:
+        if self.stagings < self.hold_until_staged:
+            await self.released.wait()
+        self.events.append(event)
+        self.log.append(("event", event.market_id, event.event_id.encode()))
+        if state is not None:
+            self.log.append(("state", *state))
+
+    def stage(self, records: Sequence[StateRecord]) -> None:
+        self.stagings += 1
+        if self.stagings >= self.hold_until_staged:
+            self.released.set()
+        self.log += [("state", market_id, value) for market_id, value in records]
+
+    def states_of(self, market_id: str) -> list[MarketState]:
+        found = [decode(v or b"") for kind, m, v in self.log if kind == "state" and m == market_id]
+        return [state for state in found if isinstance(state, MarketState)]
+
+
+async def test_exactly_once_each_event_carries_its_markets_state(
+    server: FakePolymarketServer,  # noqa: F811
+) -> None:
+    a, b, c = (m.condition_id for m in server.markets)
+    publisher = TransactionLog()
+    durable = DurableState((), None, checkpoint_seconds=3600.0, stager=publisher)
+    stats, _ = await run(
+        server,
+        ScriptedClock(server, {2: {a: 0.9}}),
+        settings=SETTINGS,
+        durable=durable,
+        publisher=publisher,  # type: ignore[arg-type]
+    )
+    [event] = publisher.events
+    kinds = [(kind, market_id) for kind, market_id, _ in publisher.log]
+    # The event, then its market's state (one transaction's worth), then the final checkpoint.
+    assert kinds[:2] == [("event", a), ("state", a)]
+    carried = publisher.states_of(a)[0]
+    assert carried.history[-1] == (event.timestamp, 0.9)  # the state right after the event
+    assert sorted(kinds[2:]) == sorted([("state", a), ("state", b), ("state", c)])
+    assert stats.state_records_written == 0  # exactly once: committed by the publisher
+
+
+async def test_exactly_once_a_state_is_never_staged_ahead_of_its_event(
+    server: FakePolymarketServer,  # noqa: F811
+) -> None:
+    a = server.markets[0].condition_id
+    # The event of cycle 1 waits in the pipeline while three checkpoints come due.
+    publisher = TransactionLog(hold_until_staged=3)
+    durable = DurableState((), None, checkpoint_seconds=0.0, stager=publisher)
+    await run(
+        server,
+        ScriptedClock(server, {1: {a: 0.9}}),
+        settings=SETTINGS,
+        durable=durable,
+        publisher=publisher,  # type: ignore[arg-type]
+    )
+    [event] = publisher.events
+    position = publisher.log.index(("event", a, event.event_id.encode()))
+    for kind, market_id, value in publisher.log[:position]:
+        if kind == "state" and market_id == a:
+            state = decode(value or b"")
+            assert isinstance(state, MarketState)
+            assert state.history[-1][0] < event.timestamp  # only states from before the move
+    assert publisher.stagings >= 3
+
+
+def test_durable_state_needs_exactly_one_destination() -> None:
+    with pytest.raises(ValueError, match="exactly one of sink and stager"):
+        DurableState((), None, 60.0)
+    with pytest.raises(ValueError, match="exactly one of sink and stager"):
+        DurableState((), RecordingSink(), 60.0, stager=TransactionLog())
