@@ -277,9 +277,17 @@ class Detector:
             return []
         if at <= state.last_seen:
             return []
+        rebaseline = state.resumed and params.catch_up == "rebaseline"
         _end_resumption(state, at)
         state.last_snapshot = snapshot
         state.state_key = params.state_key
+        if rebaseline:
+            # The rule wants no catch-up: what happened while the service was down is not
+            # reported, this price is the new baseline (the cooldown stands).
+            state.history = deque([(at, price)])
+            state.pending = None
+            state.gap = None
+            return []
         _trim(state.history, at, params.window_seconds)
         _end_gap_if_behind(state)
 

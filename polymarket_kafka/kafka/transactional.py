@@ -1,5 +1,9 @@
 """Exactly-once delivery: events and the detector state they imply, in Kafka transactions.
 
+Why this file is over 400 lines: `TransactionalPublisher` is one object whose committer,
+producer replacement and close share the current producer and its generation; the pure
+part (what is committed, what a commit settles) is `transaction_book` already.
+
 `TransactionalPublisher` is the publisher of `KAFKA_DELIVERY=exactly_once` (with a state
 topic). Events (`publish`) and state records (`stage`, and the state handed with an event)
 gather in a `TransactionBook`; one committer task takes everything waiting, at most

@@ -38,6 +38,7 @@ __all__ = [
 BUILT_IN = "built-in"
 
 Combine = Literal["any", "all"]
+CatchUp = Literal["report", "rebaseline"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,9 @@ class DetectionParams:
     max_data_age_seconds: float = 300.0
     #: Severity bands, lowest first.
     severity: tuple[SeverityBand, ...] = DEFAULT_SEVERITY
+    #: After a restore (durable state), a move spanning the gap in observation: "report" it
+    #: (marked `catch_up`), or "rebaseline" (the first price after the gap is the baseline).
+    catch_up: CatchUp = "report"
 
     def as_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready dict of the parameters (dotted keys, see `PARAMETER_NAMES`)."""
@@ -146,6 +150,7 @@ PARAMETER_NAMES: Mapping[str, str] = MappingProxyType(
         "watch.min_volume": "min_volume",
         "watch.max_spread": "max_spread",
         "watch.max_data_age": "max_data_age_seconds",
+        "catch_up": "catch_up",
         "severity": "severity",
     }
 )

@@ -238,6 +238,13 @@ class Parameters(_Section):
     )
     confirm: ConfirmSpec | None = Field(default=None, description="Confirmation of a move.")
     watch: WatchSpec | None = Field(default=None, description="Market and snapshot guards.")
+    catch_up: Literal["report", "rebaseline"] | None = Field(
+        default=None,
+        description="After a restart that restored the detector state (KAFKA_STATE_TOPIC), a "
+        "move spanning the time the service was down: `report` it (an event marked catch_up "
+        "with gap_seconds), or `rebaseline` (nothing fires for it; the first price after the "
+        "gap is the new baseline)." + _default(_BUILT_IN.catch_up),
+    )
     severity: dict[str, BandThresholds] | None = Field(
         default=None,
         min_length=1,

@@ -285,6 +285,63 @@ def test_a_move_made_while_down_is_a_catch_up_with_the_gap() -> None:
     assert gap_of(second) is None and build_event(second).catch_up is False
 
 
+REBASELINE = FixedRules(
+    DetectionParams(
+        window_seconds=600.0, cooldown_seconds=120.0, hysteresis=0.01, catch_up="rebaseline"
+    )
+)
+
+
+def test_a_rule_that_rebaselines_reports_no_move_made_while_down() -> None:
+    # A move made while down and one pending at the stop: neither fires, the first price
+    # after the gap is the baseline; the next move is measured from it, as an ordinary one.
+    path = snapshots(
+        [("0xaaa", 1, 0.4, None), ("0xbbb", 1, 0.4, None), ("0xbbb", 30_000_000, 0.6, None)]
+    )
+    after = restored_after(path)
+    assert after.pending("0xbbb")
+    gap = path[-1].taken_at + timedelta(hours=10)
+    seen: list[ConvictionChange] = []
+    for n in range(3):  # 0.75 after the gap (both markets), held for two more polls
+        for market_id in MARKETS:
+            snap = path[0].model_copy(
+                update={
+                    "market_id": market_id,
+                    "yes_price": 0.75,
+                    "taken_at": gap + timedelta(seconds=30 * n),
+                }
+            )
+            seen += after.observe(snap, REBASELINE, snap.taken_at)
+    assert seen == []
+    assert not after.pending("0xbbb")
+    up = path[0].model_copy(update={"yes_price": 0.9, "taken_at": gap + timedelta(minutes=5)})
+    after.observe(up, REBASELINE, up.taken_at)
+    again = up.model_copy(update={"taken_at": up.taken_at + timedelta(seconds=30)})
+    (change,) = after.observe(again, REBASELINE, again.taken_at)
+    assert change.baseline_price == 0.75 and gap_of(change) is None
+
+
+def test_the_same_restore_reports_both_moves_by_default() -> None:
+    path = snapshots(
+        [("0xaaa", 1, 0.4, None), ("0xbbb", 1, 0.4, None), ("0xbbb", 30_000_000, 0.6, None)]
+    )
+    after = restored_after(path)
+    gap = path[-1].taken_at + timedelta(hours=10)
+    seen: list[ConvictionChange] = []
+    for n in range(2):
+        for market_id in MARKETS:
+            snap = path[0].model_copy(
+                update={
+                    "market_id": market_id,
+                    "yes_price": 0.75,
+                    "taken_at": gap + timedelta(seconds=30 * n),
+                }
+            )
+            seen += after.observe(snap, RULES, snap.taken_at)
+    assert sorted(c.market_id for c in seen) == list(MARKETS)
+    assert all(gap_of(c) is not None and c.baseline_price == 0.4 for c in seen)
+
+
 def test_a_pending_move_confirmed_after_the_restore_is_a_catch_up() -> None:
     path = snapshots([("0xaaa", 1, 0.4, None), ("0xaaa", 30_000_000, 0.6, None)])
     after = restored_after(path)

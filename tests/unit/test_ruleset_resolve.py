@@ -354,6 +354,7 @@ def test_layer_settings_cover_every_parameter() -> None:
             "move": {"abs": 1, "log_odds": 2, "combine": "all", "floor": 0},
             "confirm": {"polls": 1, "for": "1m", "retain": 1},
             "watch": {"min_liquidity": 1, "min_volume": 2, "max_spread": 1, "max_data_age": "1d"},
+            "catch_up": "rebaseline",
             "severity": {"a": {}, "b": {"abs": 0.5}},
         }
     )

@@ -57,7 +57,7 @@ categories:
 """
     assert issues(tmp_path, text) == [
         "F:3:3: defaults.windw: unknown key 'windw' (did you mean 'window'?); allowed here: "
-        "name, enabled, window, move, cooldown, hysteresis, confirm, watch, severity",
+        "name, enabled, window, move, cooldown, hysteresis, confirm, watch, catch_up, severity",
         "F:5:5: defaults.move.abss: unknown key 'abss' (did you mean 'abs'?); "
         "allowed here: abs, log_odds, combine, floor",
         "F:8:13: defaults.severity.major.absolute: unknown key 'absolute'; "
