@@ -175,6 +175,9 @@ class TransactionalPublisher:
         self._settled = anyio.Event()
         self._closing = False
         self._fenced = False
+        #: The committer's scope: shielded, so that cancelling the caller's block does not
+        #: stop it before the close has committed what is left; cancelled after the close.
+        self._committer = anyio.CancelScope(shield=True)
 
     # --- the pipeline's side ------------------------------------------------------------
 
@@ -267,6 +270,10 @@ class TransactionalPublisher:
             finally:
                 self._drain_reports()
 
+    async def _run_committer(self) -> None:
+        with self._committer:
+            await self._commit_loop()
+
     async def _commit_loop(self) -> None:
         """Commit what waits, one transaction at a time, until closed and drained."""
         while True:
@@ -287,6 +294,9 @@ class TransactionalPublisher:
         batch = self._book.take()
         delay, cap = self._backoff
         commit_only = False
+        # What Kafka refused outright in the transaction being committed (left out of it).
+        rejected: list[Outgoing] = []
+        refused_states: list[str] = []
         while True:
             await self.start()
             producer = self._producer
@@ -294,9 +304,12 @@ class TransactionalPublisher:
             try:
                 if commit_only:
                     await anyio.to_thread.run_sync(self._commit_again, producer)
-                    rejected: list[Outgoing] = []
                 else:
-                    rejected = await anyio.to_thread.run_sync(self._transaction, producer, batch)
+                    rejected.clear()
+                    refused_states.clear()
+                    await anyio.to_thread.run_sync(
+                        self._transaction, producer, batch, rejected, refused_states
+                    )
                 break
             except _CommitPending as pending:
                 commit_only = True  # the same transaction, still being committed
@@ -325,7 +338,7 @@ class TransactionalPublisher:
                 batch = self._book.take()
         self._book.committed()
         self.stats.transactions_committed += 1
-        self.stats.state_records_committed += len(batch.states)
+        self.stats.state_records_committed += len(batch.states) - len(refused_states)
         now = self._monotonic()
         rejected_ids = {id(outgoing) for outgoing in rejected}
         for outgoing in batch.events:
@@ -382,27 +395,29 @@ class TransactionalPublisher:
         }
         return self._factory(conf)
 
-    def _transaction(self, producer: TransactionalProducer, batch: Batch) -> list[Outgoing]:
-        """Produce `batch` in one transaction and commit it. Returns the events Kafka
-        refused outright (left out of the transaction)."""
+    def _transaction(
+        self,
+        producer: TransactionalProducer,
+        batch: Batch,
+        rejected: list[Outgoing],
+        refused_states: list[str],
+    ) -> None:
+        """Produce `batch` in one transaction and commit it. What Kafka refuses outright is
+        left out of the transaction and added to `rejected` (events) and `refused_states`
+        (market ids): the caller keeps them across a retried commit."""
         producer.begin_transaction()
-        rejected = [
-            outgoing
-            for outgoing in batch.events
-            if not self._produce(
-                producer,
-                self.topic,
-                outgoing.event.kafka_key,
-                outgoing.value,
-                [
-                    ("event_id", outgoing.event.event_id.encode()),
-                    ("content-type", b"application/json"),
-                ],
-            )
-        ]
+        for outgoing in batch.events:
+            headers: list[tuple[str, str | bytes | None]] = [
+                ("event_id", outgoing.event.event_id.encode()),
+                ("content-type", b"application/json"),
+            ]
+            key = outgoing.event.kafka_key
+            if not self._produce(producer, self.topic, key, outgoing.value, headers):
+                rejected.append(outgoing)
         for market_id, value in batch.states.items():
             if not self._produce(producer, self.state_topic, market_id.encode(), value, None):
                 logger.error("state record of market %s refused by Kafka", market_id)
+                refused_states.append(market_id)
         try:
             producer.commit_transaction(self._timeout)
         except KafkaException as exc:
@@ -410,7 +425,6 @@ class TransactionalPublisher:
             if isinstance(error, KafkaError) and error.retriable():
                 raise _CommitPending(str(error)) from None
             raise
-        return rejected
 
     def _commit_again(self, producer: TransactionalProducer) -> None:
         try:
@@ -560,13 +574,13 @@ async def open_transactional_publisher(
     caller_error: BaseException | None = None
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(publisher._commit_loop)
+            tg.start_soon(publisher._run_committer)
             try:
                 yield publisher
             finally:
                 with anyio.CancelScope(shield=True):
                     await publisher._close(grace_seconds)
-                tg.cancel_scope.cancel()  # a committer still retrying gives up now
+                publisher._committer.cancel()  # a committer still retrying gives up now
     except BaseExceptionGroup as group:
         if len(group.exceptions) != 1:
             raise
