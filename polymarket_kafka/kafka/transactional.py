@@ -303,7 +303,7 @@ class TransactionalPublisher:
             assert producer is not None
             try:
                 if commit_only:
-                    await anyio.to_thread.run_sync(self._commit_again, producer)
+                    await anyio.to_thread.run_sync(self._commit_open, producer)
                 else:
                     rejected.clear()
                     refused_states.clear()
@@ -418,15 +418,11 @@ class TransactionalPublisher:
             if not self._produce(producer, self.state_topic, market_id.encode(), value, None):
                 logger.error("state record of market %s refused by Kafka", market_id)
                 refused_states.append(market_id)
-        try:
-            producer.commit_transaction(self._timeout)
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            if isinstance(error, KafkaError) and error.retriable():
-                raise _CommitPending(str(error)) from None
-            raise
+        self._commit_open(producer)
 
-    def _commit_again(self, producer: TransactionalProducer) -> None:
+    def _commit_open(self, producer: TransactionalProducer) -> None:
+        """Commit the open transaction; `_CommitPending` when it may still complete (a
+        timeout): the caller retries the commit, never aborts it."""
         try:
             producer.commit_transaction(self._timeout)
         except KafkaException as exc:
