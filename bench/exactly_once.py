@@ -1,7 +1,7 @@
 """Durable state and transactions at scale: N markets through the real pipeline, on Tansu.
 
     .venv/bin/python bench/exactly_once.py [--markets 10000] [--cycles 16] [--interval 5]
-        [--speed 2] [--movers 0.01] [--modes none,at_least_once,exactly_once]
+        [--speed 2] [--movers 0.01] [--modes none,at_least_once,exactly_once] [--rounds 3]
 
 `service.pipeline.run_service` runs with the default rules, a scripted poller (N markets
 per cycle: a small random walk, plus a 10-point jump of `--movers` of them every fourth
@@ -17,7 +17,9 @@ that in real time (the checkpoint interval, 60 s of market time, is scaled alike
 mode it prints the process CPU per cycle (all threads, librdkafka's included), the state
 bytes written per second of market time, and the latency from the poll to Kafka's
 acknowledgement (the commit) of each cycle's events, p50 and p99 over the cycles with
-events. Nothing asserts on it; the figures go in bench/README.md.
+events. Each mode runs `--rounds` times, the order rotated every round (the machine drifts:
+the first runs of a process are slower), and the medians are printed last. Nothing asserts
+on it; the figures go in bench/README.md.
 """
 
 from __future__ import annotations
@@ -244,18 +246,29 @@ def main() -> None:
     parser.add_argument("--speed", type=float, default=2.0, help="market time / real time")
     parser.add_argument("--movers", type=float, default=0.01, help="share jumping, every 4th")
     parser.add_argument("--modes", default="none,at_least_once,exactly_once")
+    parser.add_argument("--rounds", type=int, default=3, help="each mode, in rotated order")
     args = parser.parse_args()
+    modes = args.modes.split(",")
+    results: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     with open_tansu_broker() as broker:
-        for mode in args.modes.split(","):
-            result = anyio.run(run_mode, mode, broker.bootstrap_servers, args, backend="trio")
-            print(
-                f"{mode:>14}: {result['cycles']:.0f} cycles of {args.markets} markets, "
-                f"{result['events']:.0f} events; CPU {result['cpu_per_cycle'] * 1000:.0f} ms "
-                f"per cycle; state {result['state_bytes_per_market_second'] / 1000:.1f} KB per "
-                f"market-time second; poll -> acknowledged p50 {result['p50'] * 1000:.0f} ms, "
-                f"p99 {result['p99'] * 1000:.0f} ms",
-                flush=True,
-            )
+        for round_ in range(args.rounds):
+            order = modes[round_ % len(modes) :] + modes[: round_ % len(modes)]
+            for mode in order:
+                result = anyio.run(run_mode, mode, broker.bootstrap_servers, args, backend="trio")
+                results[mode].append(result)
+                print(f"round {round_ + 1} {mode:>14}: {describe(result, args)}", flush=True)
+    for mode in modes:
+        median = {key: statistics.median(r[key] for r in results[mode]) for key in results[mode][0]}
+        print(f"median {mode:>14}: {describe(median, args)}", flush=True)
+
+
+def describe(result: dict[str, float], args: argparse.Namespace) -> str:
+    return (
+        f"{result['cycles']:.0f} cycles of {args.markets} markets, {result['events']:.0f} "
+        f"events; CPU {result['cpu_per_cycle'] * 1000:.0f} ms per cycle; state "
+        f"{result['state_bytes_per_market_second'] / 1000:.1f} KB per market-time second; "
+        f"poll -> acknowledged p50 {result['p50'] * 1000:.0f} ms, p99 {result['p99'] * 1000:.0f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -156,3 +156,52 @@ def test_a_second_instance_fences_the_first_which_exits_non_zero(
     assert "KAFKA_TRANSACTIONAL_ID" in critical[0]
     assert "Traceback" not in older_stderr
     assert newer.returncode == 0, newer_stderr
+
+
+def test_a_broker_that_restarts_empty_loses_none_of_the_moves(
+    server: FakePolymarketServer, mongo_server_uri: str, tmp_path: Path
+) -> None:
+    """The broker dies and an empty one takes its place (in-memory storage): the service's
+    transactional producer is replaced, its transactions initialised again, and the moves
+    detected meanwhile are committed to the new broker, each once."""
+    topic = f"eo-{uuid.uuid4().hex[:8]}"
+    with ExitStack() as stack:
+        gate = stack.enter_context(TcpGate())
+        old = ExitStack()
+        first = old.enter_context(open_tansu_broker(advertised_port=gate.port))
+        gate.open(*first.bootstrap_servers.split(":"))  # type: ignore[arg-type]
+        bootstrap = f"127.0.0.1:{gate.port}"
+        create_topic(bootstrap, topic)
+        env = service_env(
+            server,
+            bootstrap,
+            topic,
+            (mongo_server_uri, "e2e", f"subs_{uuid.uuid4().hex[:12]}"),
+            tmp_path,
+            KAFKA_STATE_TOPIC=f"{topic}.state",
+            KAFKA_STATE_PARTITIONS="3",
+            STATE_CHECKPOINT_SECONDS="0.2",
+        )
+        subscribe_all(env, server)
+        state = KafkaConfig(bootstrap_servers=bootstrap, state_topic=f"{topic}.state")
+        with running_service(env) as service:
+            wait_for_states(state, MARKETS, service)
+            gate.close()
+            old.close()  # the broker is gone, with everything it held
+            for market in server.markets:
+                server.set_price(market.condition_id, 0.75)
+            wait_until_polled(service, server, server.request_count("POST /midpoints") + 5)
+            second = stack.enter_context(open_tansu_broker(advertised_port=gate.port))
+            gate.open(*second.bootstrap_servers.split(":"))  # type: ignore[arg-type]
+            create_topic(bootstrap, topic)
+            messages = read_events(bootstrap, topic, expected=MARKETS, timeout=90, linger=1.5)
+            service.send_signal(signal.SIGTERM)
+            _, stderr = service.communicate(timeout=30)
+        assert service.returncode == 0, stderr
+        assert "replacing it" in stderr  # the producer was replaced, not retried forever
+
+    events = [PolymarketEvent.model_validate_json(m.value or b"") for m in messages]
+    assert Counter(event.market_id for event in events) == {
+        market.condition_id: 1 for market in server.markets
+    }
+    assert {(event.baseline_yes_price, event.yes_price) for event in events} == {(0.40, 0.75)}
