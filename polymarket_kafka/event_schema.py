@@ -40,7 +40,9 @@ _DESCRIPTION = (
     "UTF-8 JSON. The message key is `market_id` (UTF-8), so the events of one market keep "
     "their order on one partition; headers: `event_id` (the same UUID) and `content-type: "
     "application/json`. Delivery is at least once: deduplicate on `event_id`, which a re-sent "
-    "event keeps. Every timestamp is UTC, ISO-8601."
+    "event keeps. With durable state and KAFKA_DELIVERY=exactly_once the events are written in "
+    "Kafka transactions: read with isolation.level=read_committed to see each committed event "
+    "once and never one of an aborted transaction. Every timestamp is UTC, ISO-8601."
 )
 _FORMATS = {"event_id": "uuid"}
 
