@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from polymarket_kafka import detector_state
 from polymarket_kafka.detection import ConvictionChange, Detector
 from polymarket_kafka.detector_state import (
     STATE_FORMAT_VERSION,
@@ -395,3 +396,22 @@ def test_gap_seconds_only_on_a_catch_up_event() -> None:
         make_event(catch_up=True)
     with pytest.raises(ValidationError, match="gap_seconds is set on a catch-up event"):
         make_event(gap_seconds=5.0)
+
+
+@given(micros=st.integers(0, 2**52 - 1))
+def test_fast_observation_times_are_exact_to_the_microsecond(micros: int) -> None:
+    # A restore builds times through float seconds below the bound (faster): exactly the
+    # times timedelta arithmetic gives, over the whole range.
+    assert detector_state._times(micros, [])[0] == detector_state._time(micros)
+
+
+def test_observation_times_past_the_fast_range_are_exact_too() -> None:
+    edge = 2**52 - 1
+    assert detector_state._times(edge, []) == [detector_state._time(edge)]
+    far = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999
+    assert detector_state._times(far - 5, [2, 3]) == [
+        detector_state._time(far - 5),
+        detector_state._time(far - 3),
+        detector_state._time(far),
+    ]
+    assert detector_state._times(far, [])[0].isoformat() == "9999-12-31T23:59:59.999999+00:00"
