@@ -39,7 +39,8 @@ __all__ = ["SUBSCRIPTION", "Layer", "RuleSet", "layer_settings"]
 #: Layer label of the per-market overrides carried on the subscription document.
 SUBSCRIPTION = "subscription"
 
-#: Resolutions kept per rule set; far above the number of markets one service watches.
+#: Resolutions kept per rule set: one per combination of market layer, tier, category and
+#: subscription overrides in use (markets without a layer of their own share theirs).
 CACHE_SIZE = 4096
 
 _BUILT_IN_VALUES: Mapping[str, Any] = MappingProxyType(
@@ -209,8 +210,11 @@ class RuleSet:
         category = self._category_layer(snapshot)
         market = self._markets.get(snapshot.market_id.strip().casefold())
         overrides = (snapshot.threshold, snapshot.window_seconds, snapshot.cooldown_seconds)
+        # Keyed by the layers that apply, not by market: every market without a layer of its
+        # own shares one entry per (tier, category, overrides), so the cache keeps hitting
+        # with any number of markets (it thrashed above CACHE_SIZE markets when keyed by id).
         key = (
-            snapshot.market_id,
+            None if market is None else market.name,
             None if tier is None else tier.name,
             None if category is None else category.name,
             overrides,

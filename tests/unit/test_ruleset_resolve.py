@@ -258,14 +258,28 @@ def test_cache_misses_when_tier_category_or_subscription_change(
 
 
 def test_cache_is_bounded(rules: RuleSet, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Three different subscription overrides: three entries.
     monkeypatch.setattr(compiled, "CACHE_SIZE", 2)
-    first = rules.resolve(snap("0x1"))
-    rules.resolve(snap("0x2"))
-    assert rules.resolve(snap("0x1")) is first  # refreshed: 0x2 is now the oldest
-    rules.resolve(snap("0x3"))
-    assert rules.resolve(snap("0x1")) is first
-    again = rules.resolve(snap("0x2"))  # evicted: resolved afresh, to an equal result
-    assert again == rules.resolve(snap("0x2"))
+    first = rules.resolve(snap(threshold=0.1))
+    rules.resolve(snap(threshold=0.2))
+    assert rules.resolve(snap(threshold=0.1)) is first  # refreshed: 0.2 is now the oldest
+    rules.resolve(snap(threshold=0.3))
+    assert rules.resolve(snap(threshold=0.1)) is first
+    again = rules.resolve(snap(threshold=0.2))  # evicted: resolved afresh, to an equal result
+    assert again is not first and again == rules.resolve(snap(threshold=0.2))
+
+
+def test_markets_without_a_layer_of_their_own_share_one_entry(
+    rules: RuleSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Keyed by the layers that apply, not by market: any number of markets keeps hitting the
+    # cache (keyed by market id, it thrashed above CACHE_SIZE markets: 10x slower detection).
+    monkeypatch.setattr(compiled, "CACHE_SIZE", 2)
+    first = rules.resolve(snap(f"0x{0:064x}", liquidity=5000, tags=("crypto",)))
+    for n in range(1, 50):
+        assert rules.resolve(snap(f"0x{n:064x}", liquidity=5000, tags=("crypto",))) is first
+    own = rules.resolve(snap(MARKET, liquidity=5000, tags=("crypto",)))  # has a market layer
+    assert own != first and own.sources != first.sources
 
 
 def test_a_new_rule_set_has_its_own_cache() -> None:
