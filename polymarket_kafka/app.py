@@ -184,6 +184,11 @@ async def run_app(
     judged from librdkafka statistics sent every `kafka_statistics_interval_ms`.
     """
     rules = rules if rules is not None else load_initial_rules(config)
+    if config.kafka.transactional_id and not config.kafka.exactly_once:
+        logger.warning(
+            "KAFKA_TRANSACTIONAL_ID is ignored: transactions are used only with a state topic "
+            "(KAFKA_STATE_TOPIC) and KAFKA_DELIVERY=exactly_once"
+        )
     stats = ServiceStats()
     health = ServiceHealth(secrets=config.secret_values())
     opened: AnyPublisher | None = None

@@ -462,7 +462,10 @@ class Detector:
     def restore_state(self, state: MarketState | ClosedMarket) -> None:
         """Take over `state` (from `export_state`, possibly of another process), replacing
         whatever the detector held about that market. A restored market is observed exactly
-        as if the detector had never stopped."""
+        as if the detector had never stopped (catch-up marking aside), unless its rule says
+        `catch_up: rebaseline`: then its first observation after the restore is its new
+        baseline, and nothing measured from before the restore fires (a pending move is
+        dropped; only a close still gives the final event)."""
         market_id = state.market_id
         self.forget(market_id)
         if isinstance(state, ClosedMarket):

@@ -86,7 +86,9 @@ _librdkafka_logger = logging.getLogger(f"{__name__}.librdkafka")
 #: How many given-up events `TransactionalPublisher.failed` keeps (the latest).
 MAX_FAILED_KEPT = 1000
 #: Errors meaning another producer with our transactional.id took over.
-_FENCED_CODES = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED})
+_FENCED_CODES = frozenset(
+    {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+)
 #: Errors of `produce` that no retry cures: the record itself is refused.
 _REFUSED_CODES = frozenset(
     {
@@ -178,6 +180,7 @@ class TransactionalPublisher:
         #: The committer's scope: shielded, so that cancelling the caller's block does not
         #: stop it before the close has committed what is left; cancelled after the close.
         self._committer = anyio.CancelScope(shield=True)
+        self._committer_done = anyio.Event()
 
     # --- the pipeline's side ------------------------------------------------------------
 
@@ -271,8 +274,11 @@ class TransactionalPublisher:
                 self._drain_reports()
 
     async def _run_committer(self) -> None:
-        with self._committer:
-            await self._commit_loop()
+        try:
+            with self._committer:
+                await self._commit_loop()
+        finally:
+            self._committer_done.set()
 
     async def _commit_loop(self) -> None:
         """Commit what waits, one transaction at a time, until closed and drained."""
@@ -302,14 +308,17 @@ class TransactionalPublisher:
             producer = self._producer
             assert producer is not None
             try:
-                if commit_only:
-                    await anyio.to_thread.run_sync(self._commit_open, producer)
-                else:
-                    rejected.clear()
-                    refused_states.clear()
-                    await anyio.to_thread.run_sync(
-                        self._transaction, producer, batch, rejected, refused_states
-                    )
+                # Shielded: once a commit is under way its outcome is booked, even when the
+                # close cancels the committer (a worker thread cannot be abandoned anyway).
+                with anyio.CancelScope(shield=True):
+                    if commit_only:
+                        await anyio.to_thread.run_sync(self._commit_open, producer)
+                    else:
+                        rejected.clear()
+                        refused_states.clear()
+                        await anyio.to_thread.run_sync(
+                            self._transaction, producer, batch, rejected, refused_states
+                        )
                 break
             except _CommitPending as pending:
                 commit_only = True  # the same transaction, still being committed
@@ -368,6 +377,9 @@ class TransactionalPublisher:
             try:
                 await anyio.to_thread.run_sync(producer.abort_transaction, self._timeout)
             except KafkaException as abort_error:
+                # Fenced meanwhile: stop, never initialise again (that would fence the newer
+                # instance in turn).
+                self._stop_if_fenced(abort_error)
                 exc = abort_error
             else:
                 return
@@ -506,10 +518,13 @@ class TransactionalPublisher:
         self._settled = anyio.Event()
 
     async def _close(self, grace_seconds: float) -> None:
-        """Commit what is left for at most `grace_seconds`; name what is not at ERROR."""
+        """Commit what is left for at most `grace_seconds`, stop the committer (a commit
+        under way finishes and is booked), then name what is not committed at ERROR."""
         self._closing = True
         self._work.set()
         await self.flush(grace_seconds)
+        self._committer.cancel()
+        await self._committer_done.wait()
         left = list(self._book)
         who = "the instance that fenced this one" if self._fenced else "a restart"
         for outgoing in left:
@@ -576,7 +591,6 @@ async def open_transactional_publisher(
             finally:
                 with anyio.CancelScope(shield=True):
                     await publisher._close(grace_seconds)
-                publisher._committer.cancel()  # a committer still retrying gives up now
     except BaseExceptionGroup as group:
         if len(group.exceptions) != 1:
             raise

@@ -241,9 +241,11 @@ class Parameters(_Section):
     catch_up: Literal["report", "rebaseline"] | None = Field(
         default=None,
         description="After a restart that restored the detector state (KAFKA_STATE_TOPIC), a "
-        "move spanning the time the service was down: `report` it (an event marked catch_up "
-        "with gap_seconds), or `rebaseline` (nothing fires for it; the first price after the "
-        "gap is the new baseline)." + _default(_BUILT_IN.catch_up),
+        "move measured from before the restart: `report` it (an event marked catch_up with "
+        "gap_seconds), or `rebaseline`: the first price after the restart is the new baseline "
+        "and nothing measured from before it fires (pending moves, and moves not committed "
+        "before a crash, are dropped; a close still gives its final event)."
+        + _default(_BUILT_IN.catch_up),
     )
     severity: dict[str, BandThresholds] | None = Field(
         default=None,

@@ -74,13 +74,18 @@ class StateBook:
 
     def take(self, now: float, unsafe: Collection[str] = ()) -> Checkpoint:
         """What is due now, leaving dirty every market with an event on its way (`held`, or
-        `unsafe`: not acknowledged by Kafka yet). Schedules the next checkpoint."""
+        `unsafe`: not acknowledged by Kafka yet), and keeping the tombstones of `held` ones
+        for later. Schedules the next checkpoint."""
         self.next_due = now + self.interval_seconds
         waiting = {m for m in self.dirty if m in self.held or m in unsafe}
         writes = tuple(sorted(self.dirty - waiting))
-        tombstones = tuple(sorted(self.tombstones))
+        # A tombstone waits for the market's events between detect and the publisher too:
+        # an event carries its market's state (exactly once), which would bring the record
+        # back after a tombstone written ahead of it.
+        buried = {m for m in self.tombstones if m in self.held}
+        tombstones = tuple(sorted(self.tombstones - buried))
         self.dirty = waiting
-        self.tombstones = set()
+        self.tombstones = buried
         return Checkpoint(writes, tombstones)
 
     def failed(self, checkpoint: Checkpoint, market_ids: Iterable[str]) -> None:

@@ -217,6 +217,7 @@ async def test_run_app_restores_and_checkpoints_through_the_state_topic(
     kafka_topic: str,
     mongo_server_uri: str,
     delivery: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The composition root's wiring: `run_app` with KAFKA_STATE_TOPIC set writes every
     subscribed market's state at the stop (committed in the publisher's transactions, or by
@@ -228,6 +229,8 @@ async def test_run_app_restores_and_checkpoints_through_the_state_topic(
             state_topic=f"{kafka_topic}.state",
             state_partitions=3,
             delivery=delivery,
+            # At least once there are no transactions: a transactional id is ignored, loudly.
+            transactional_id="ignored" if delivery == "at_least_once" else "",
         ),
         polymarket=server.polymarket_config(max_retries=0),
         mongodb=MongoConfig(
@@ -265,5 +268,7 @@ async def test_run_app_restores_and_checkpoints_through_the_state_topic(
     # Exactly once the records are the publisher's to count (state_records_committed).
     assert first.state_records_written == (3 if delivery == "at_least_once" else 0)
     assert second.state_markets_restored == 3
+    ignored = "KAFKA_TRANSACTIONAL_ID is ignored" in caplog.text
+    assert ignored == (delivery == "at_least_once")
     states = await anyio.to_thread.run_sync(read_state, config.kafka)
     assert set(states) == {m.condition_id for m in server.markets}

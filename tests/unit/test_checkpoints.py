@@ -53,6 +53,18 @@ def test_two_events_of_one_market_hold_it_until_both_left() -> None:
     assert book.take(120.0) == Checkpoint(("0xa",), ())
 
 
+def test_a_forgotten_market_with_an_event_on_its_way_keeps_its_tombstone_for_later() -> None:
+    # Its event carries the market's state: a tombstone written first would be undone by it.
+    book = StateBook.starting(60.0, now=0.0)
+    book.hold("0xa")
+    book.forgotten("0xa")
+    book.forgotten("0xb")
+    assert book.take(60.0) == Checkpoint((), ("0xb",))
+    assert book.tombstones == {"0xa"}
+    book.release("0xa")
+    assert book.take(120.0) == Checkpoint((), ("0xa",))
+
+
 def test_failed_records_are_due_again_unless_the_market_changed_side() -> None:
     book = StateBook.starting(60.0, now=0.0)
     book.touched("0xa")

@@ -495,7 +495,8 @@ async def test_a_fatal_error_replaces_the_producer(
     anyio_backend: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     kafka = FakeKafka()
-    kafka.fail("commit_transaction", kafka_error(KafkaError.INVALID_PRODUCER_EPOCH, fatal=True))
+    # The broker lost the producer's state (e.g. it restarted empty).
+    kafka.fail("commit_transaction", kafka_error(KafkaError.UNKNOWN_PRODUCER_ID, fatal=True))
     async with open_publisher(kafka) as publisher:
         await publisher.publish(EVENTS[0], (EVENTS[0].market_id, b"s"))
         await publisher.publish(EVENTS[1])
@@ -519,7 +520,7 @@ async def test_a_fatal_error_replaces_the_producer(
     assert (stats.producer_recreated, stats.transactions_aborted) == (1, 1)
     assert (stats.delivered, stats.transactions_committed) == (2, 1)
     warnings = logged(caplog, logging.WARNING)
-    assert "producer unusable (KafkaError{FATAL,code=INVALID_PRODUCER_EPOCH" in warnings
+    assert "producer unusable (KafkaError{FATAL,code=UNKNOWN_PRODUCER_ID" in warnings
 
 
 async def test_a_failing_abort_replaces_the_producer(anyio_backend: str) -> None:
@@ -539,6 +540,24 @@ async def test_a_failing_abort_replaces_the_producer(anyio_backend: str) -> None
     ]
     assert kafka.committed_ids() == ids(EVENTS[:1])
     assert publisher.stats.producer_recreated == 1
+
+
+async def test_fenced_while_aborting_stops_without_initialising_again(anyio_backend: str) -> None:
+    # Initialising again would fence the newer instance in turn: the old one must stop.
+    kafka = FakeKafka()
+    kafka.fail("commit_transaction", kafka_error(KafkaError._TRANSPORT))
+    kafka.fail("abort_transaction", kafka_error(KafkaError._FENCED, fatal=True))
+
+    async def run() -> None:
+        async with open_publisher(kafka) as publisher:
+            await publisher.publish(EVENTS[0])
+            await anyio.sleep_forever()
+
+    with anyio.fail_after(5), pytest.raises(ProducerFencedError):
+        await run()
+    [producer] = kafka.producers  # never replaced
+    assert without_produce(producer.calls)[-2:] == ["commit_transaction", "abort_transaction"]
+    assert kafka.transactions == []
 
 
 async def test_init_transactions_is_retried_until_kafka_answers(
@@ -574,7 +593,9 @@ async def test_a_replaced_producer_that_cannot_initialise_is_retried(anyio_backe
 # --- fenced ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("code", [KafkaError._FENCED, KafkaError.PRODUCER_FENCED])
+@pytest.mark.parametrize(
+    "code", [KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH]
+)
 async def test_a_fenced_producer_stops_the_publisher(
     anyio_backend: str, code: int, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -870,6 +891,31 @@ async def test_leftovers_of_a_commit_that_never_succeeds_are_logged_at_close(
     assert "a restart detects it again" in errors
     assert "2 event(s) NOT committed at shutdown" in errors
     assert publisher.broker_status() == BrokerStatus(False, "the Kafka publisher is closed")
+
+
+async def test_a_commit_under_way_when_the_grace_runs_out_is_booked_not_reported_lost(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The close stops the committer after the grace, but a commit already in its worker
+    # thread completes: its events are delivered, and not named as NOT committed.
+    kafka = FakeKafka()
+    kafka.hold = anyio.Event()
+
+    async def release_later() -> None:
+        await kafka.committing.wait()
+        await anyio.sleep(0.3)  # after the grace
+        assert kafka.hold is not None
+        kafka.hold.set()
+
+    async with (
+        anyio.create_task_group() as tg,
+        open_publisher(kafka, grace_seconds=0.1) as publisher,
+    ):
+        tg.start_soon(release_later)
+        await publisher.publish(EVENTS[0], (EVENTS[0].market_id, b"s"))
+    assert kafka.committed_ids() == ids(EVENTS[:1])
+    assert (publisher.stats.delivered, publisher.stats.unacknowledged_at_close) == (1, 0)
+    assert "NOT committed" not in logged(caplog, logging.ERROR)
 
 
 # --- statistics and client errors ---------------------------------------------------------
