@@ -56,7 +56,8 @@ from polymarket_kafka.clock import now_utc
 from polymarket_kafka.config import KafkaConfig
 from polymarket_kafka.detector_state import StateRecord
 from polymarket_kafka.kafka.connectivity import RepeatLimiter
-from polymarket_kafka.kafka.delivery import DeliveryStats, FailedDelivery
+from polymarket_kafka.kafka.delivery import DeliveryStats, FailedDelivery, classify
+from polymarket_kafka.kafka.ledger import Failure
 from polymarket_kafka.kafka.librdkafka_log import LibrdkafkaLog
 from polymarket_kafka.kafka.settings import (
     DELIVERY_TIMEOUT_MS,
@@ -325,7 +326,18 @@ class TransactionalPublisher:
                 reason = str(pending)
             except KafkaException as exc:
                 commit_only = False
-                reason = str(exc.args[0] if exc.args else exc)
+                error = exc.args[0] if exc.args else None
+                reason = str(error or exc)
+                if isinstance(error, KafkaError) and classify(error) is Failure.PERMANENT:
+                    # No retry cures it (a denied or missing topic, a record over the
+                    # broker's limit): retried all the same, so nothing is lost once it is
+                    # fixed; readiness reports the stalled delivery after 60 s.
+                    self._warn(
+                        "refused",
+                        "Kafka refuses the transaction for good until fixed (%s); retrying",
+                        reason,
+                        level=logging.ERROR,
+                    )
                 self.stats.transactions_aborted += 1
                 self._book.failed()
                 self._stop_if_fenced(exc)
@@ -493,12 +505,10 @@ class TransactionalPublisher:
             else:
                 logger.debug("Kafka client error: %s", report.error)
 
-    def _warn(self, kind: str, message: str, *args: object) -> None:
+    def _warn(self, kind: str, message: str, *args: object, level: int = logging.WARNING) -> None:
+        """Log at `level`, at most once a minute per `kind` (the rest at DEBUG)."""
         left_out = self._warnings.allow(kind, self._monotonic())
-        if left_out is None:
-            logger.debug(message, *args)
-        else:
-            logger.warning(message, *args)
+        logger.log(logging.DEBUG if left_out is None else level, message, *args)
 
     def _give_up(self, event: PolymarketEvent, reason: str) -> None:
         self.stats.failed += 1

@@ -542,6 +542,22 @@ async def test_a_failing_abort_replaces_the_producer(anyio_backend: str) -> None
     assert publisher.stats.producer_recreated == 1
 
 
+async def test_a_transaction_refused_for_good_is_an_error_and_retried_until_fixed(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    kafka = FakeKafka()
+    denied = kafka_error(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    kafka.fail("commit_transaction", denied)
+    kafka.fail("commit_transaction", denied)  # the ACL is fixed after two attempts
+    async with open_publisher(kafka) as publisher:
+        await publisher.publish(EVENTS[0])
+        assert await publisher.flush(5) == 0
+    assert kafka.committed_ids() == ids(EVENTS[:1])
+    errors = logged(caplog, logging.ERROR)
+    assert errors.count("Kafka refuses the transaction for good until fixed") == 1  # a minute
+    assert publisher.stats.transactions_aborted == 2
+
+
 async def test_fenced_while_aborting_stops_without_initialising_again(anyio_backend: str) -> None:
     # Initialising again would fence the newer instance in turn: the old one must stop.
     kafka = FakeKafka()
