@@ -26,7 +26,13 @@ from polymarket_kafka.config import KafkaConfig
 from polymarket_kafka.kafka.state_topic import StateTopicError, read_state
 from polymarket_kafka.models import PolymarketEvent
 from polymarket_kafka.testing.fake_polymarket import FakePolymarketServer
-from polymarket_kafka.testing.local_broker import create_topic, open_tansu_broker, read_events
+from polymarket_kafka.testing.local_broker import (
+    ConsumedMessage,
+    LocalBroker,
+    create_topic,
+    open_tansu_broker,
+    read_events,
+)
 from tests.e2e.service_process import running_service, service_env, wait_until_polled
 from tests.plugins.tcp_gate import TcpGate
 
@@ -66,6 +72,45 @@ def wait_for_states(config: KafkaConfig, markets: int, process: subprocess.Popen
         time.sleep(0.1)
 
 
+def point_gate_at(gate: TcpGate, broker: LocalBroker) -> None:
+    host, port = broker.bootstrap_servers.rsplit(":", 1)
+    gate.open(host, int(port))
+
+
+def exactly_once_env(
+    server: FakePolymarketServer,
+    bootstrap: str,
+    topic: str,
+    mongo_server_uri: str,
+    tmp_path: Path,
+    **extra: str,
+) -> tuple[dict[str, str], KafkaConfig]:
+    """The service's environment (a state topic, checkpoints every 0.2 s, every market
+    subscribed), and a config to read its state topic with."""
+    env = service_env(
+        server,
+        bootstrap,
+        topic,
+        (mongo_server_uri, "e2e", f"subs_{uuid.uuid4().hex[:12]}"),
+        tmp_path,
+        KAFKA_STATE_TOPIC=f"{topic}.state",
+        KAFKA_STATE_PARTITIONS="3",
+        STATE_CHECKPOINT_SECONDS="0.2",
+        **extra,
+    )
+    subscribe_all(env, server)
+    return env, KafkaConfig(bootstrap_servers=bootstrap, state_topic=f"{topic}.state")
+
+
+def moves_once_each(messages: list[ConsumedMessage], server: FakePolymarketServer) -> None:
+    """Each market's move 0.40 -> 0.75 is on the topic exactly once."""
+    events = [PolymarketEvent.model_validate_json(m.value or b"") for m in messages]
+    per_market = Counter(event.market_id for event in events)
+    assert per_market == {market.condition_id: 1 for market in server.markets}
+    assert len({event.event_id for event in events}) == MARKETS
+    assert {(event.baseline_yes_price, event.yes_price) for event in events} == {(0.40, 0.75)}
+
+
 def test_sigkill_with_events_in_flight_then_restart_gives_each_move_once(
     server: FakePolymarketServer, mongo_server_uri: str, tmp_path: Path
 ) -> None:
@@ -76,22 +121,12 @@ def test_sigkill_with_events_in_flight_then_restart_gives_each_move_once(
     with ExitStack() as stack:
         gate = stack.enter_context(TcpGate())
         broker = stack.enter_context(open_tansu_broker(advertised_port=gate.port))
-        gate.open(*broker.bootstrap_servers.split(":"))  # type: ignore[arg-type]
+        point_gate_at(gate, broker)
         bootstrap = f"127.0.0.1:{gate.port}"
         create_topic(bootstrap, topic)
-        env = service_env(
-            server,
-            bootstrap,
-            topic,
-            (mongo_server_uri, "e2e", f"subs_{uuid.uuid4().hex[:12]}"),
-            tmp_path,
-            KAFKA_STATE_TOPIC=f"{topic}.state",
-            KAFKA_STATE_PARTITIONS="3",
-            STATE_CHECKPOINT_SECONDS="0.2",
-            SHUTDOWN_GRACE_SECONDS="2",
+        env, state = exactly_once_env(
+            server, bootstrap, topic, mongo_server_uri, tmp_path, SHUTDOWN_GRACE_SECONDS="2"
         )
-        subscribe_all(env, server)
-        state = KafkaConfig(bootstrap_servers=bootstrap, state_topic=f"{topic}.state")
 
         with running_service(env) as first:
             wait_for_states(state, MARKETS, first)
@@ -102,7 +137,7 @@ def test_sigkill_with_events_in_flight_then_restart_gives_each_move_once(
             wait_until_polled(first, server, polled + 5)  # the moves are detected
             first.kill()  # SIGKILL: nothing committed, nothing flushed
             first.communicate()
-        gate.open(*broker.bootstrap_servers.split(":"))  # type: ignore[arg-type]
+        point_gate_at(gate, broker)
 
         with running_service(env) as second:
             messages = read_events(bootstrap, topic, expected=MARKETS, timeout=60, linger=1.5)
@@ -111,12 +146,9 @@ def test_sigkill_with_events_in_flight_then_restart_gives_each_move_once(
         assert second.returncode == 0, stderr
         assert f"detector state restored for {MARKETS} markets" in stderr
 
-    events = [PolymarketEvent.model_validate_json(m.value or b"") for m in messages]
-    per_market = Counter(event.market_id for event in events)
-    assert per_market == {market.condition_id: 1 for market in server.markets}
-    assert len({event.event_id for event in events}) == MARKETS
-    for event in events:
-        assert (event.baseline_yes_price, event.yes_price) == (0.40, 0.75)
+    moves_once_each(messages, server)
+    for message in messages:
+        event = PolymarketEvent.model_validate_json(message.value or b"")
         assert event.catch_up  # the move spans the gap between the two processes
 
 
@@ -130,18 +162,14 @@ def test_a_second_instance_fences_the_first_which_exits_non_zero(
     with ExitStack() as stack:
         broker = stack.enter_context(open_tansu_broker())
         create_topic(broker.bootstrap_servers, topic)
-        env = service_env(
+        env, _ = exactly_once_env(
             server,
             broker.bootstrap_servers,
             topic,
-            (mongo_server_uri, "e2e", f"subs_{uuid.uuid4().hex[:12]}"),
+            mongo_server_uri,
             tmp_path,
-            KAFKA_STATE_TOPIC=f"{topic}.state",
-            KAFKA_STATE_PARTITIONS="3",
             KAFKA_TRANSACTIONAL_ID="fence-e2e",
-            STATE_CHECKPOINT_SECONDS="0.2",
         )
-        subscribe_all(env, server)
         with running_service(env) as older:
             wait_until_polled(older, server, server.request_count("POST /midpoints") + 3)
             with running_service(env) as newer:
@@ -169,21 +197,10 @@ def test_a_broker_that_restarts_empty_loses_none_of_the_moves(
         gate = stack.enter_context(TcpGate())
         old = ExitStack()
         first = old.enter_context(open_tansu_broker(advertised_port=gate.port))
-        gate.open(*first.bootstrap_servers.split(":"))  # type: ignore[arg-type]
+        point_gate_at(gate, first)
         bootstrap = f"127.0.0.1:{gate.port}"
         create_topic(bootstrap, topic)
-        env = service_env(
-            server,
-            bootstrap,
-            topic,
-            (mongo_server_uri, "e2e", f"subs_{uuid.uuid4().hex[:12]}"),
-            tmp_path,
-            KAFKA_STATE_TOPIC=f"{topic}.state",
-            KAFKA_STATE_PARTITIONS="3",
-            STATE_CHECKPOINT_SECONDS="0.2",
-        )
-        subscribe_all(env, server)
-        state = KafkaConfig(bootstrap_servers=bootstrap, state_topic=f"{topic}.state")
+        env, state = exactly_once_env(server, bootstrap, topic, mongo_server_uri, tmp_path)
         with running_service(env) as service:
             wait_for_states(state, MARKETS, service)
             gate.close()
@@ -192,7 +209,7 @@ def test_a_broker_that_restarts_empty_loses_none_of_the_moves(
                 server.set_price(market.condition_id, 0.75)
             wait_until_polled(service, server, server.request_count("POST /midpoints") + 5)
             second = stack.enter_context(open_tansu_broker(advertised_port=gate.port))
-            gate.open(*second.bootstrap_servers.split(":"))  # type: ignore[arg-type]
+            point_gate_at(gate, second)
             create_topic(bootstrap, topic)
             messages = read_events(bootstrap, topic, expected=MARKETS, timeout=90, linger=1.5)
             service.send_signal(signal.SIGTERM)
@@ -200,8 +217,4 @@ def test_a_broker_that_restarts_empty_loses_none_of_the_moves(
         assert service.returncode == 0, stderr
         assert "replacing it" in stderr  # the producer was replaced, not retried forever
 
-    events = [PolymarketEvent.model_validate_json(m.value or b"") for m in messages]
-    assert Counter(event.market_id for event in events) == {
-        market.condition_id: 1 for market in server.markets
-    }
-    assert {(event.baseline_yes_price, event.yes_price) for event in events} == {(0.40, 0.75)}
+    moves_once_each(messages, server)

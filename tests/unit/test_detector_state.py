@@ -293,17 +293,21 @@ REBASELINE = FixedRules(
 )
 
 
-def test_a_rule_that_rebaselines_reports_no_move_made_while_down() -> None:
-    # A move made while down and one pending at the stop: neither fires, the first price
-    # after the gap is the baseline; the next move is measured from it, as an ordinary one.
-    path = snapshots(
-        [("0xaaa", 1, 0.4, None), ("0xbbb", 1, 0.4, None), ("0xbbb", 30_000_000, 0.6, None)]
-    )
-    after = restored_after(path)
-    assert after.pending("0xbbb")
+#: 0xaaa quiet at 0.40, 0xbbb with a move pending (0.40 -> 0.60) when the service stops.
+BEFORE_THE_STOP: list[tuple[str, int, float, str | None]] = [
+    ("0xaaa", 1, 0.4, None),
+    ("0xbbb", 1, 0.4, None),
+    ("0xbbb", 30_000_000, 0.6, None),
+]
+
+
+def both_at_075_after_ten_hours(
+    after: Detector, path: list[MarketSnapshot], rules: FixedRules, polls: int
+) -> list[ConvictionChange]:
+    """Both markets at 0.75 for `polls` polls 30 s apart, ten hours after `path` ended."""
     gap = path[-1].taken_at + timedelta(hours=10)
     seen: list[ConvictionChange] = []
-    for n in range(3):  # 0.75 after the gap (both markets), held for two more polls
+    for n in range(polls):
         for market_id in MARKETS:
             snap = path[0].model_copy(
                 update={
@@ -312,9 +316,19 @@ def test_a_rule_that_rebaselines_reports_no_move_made_while_down() -> None:
                     "taken_at": gap + timedelta(seconds=30 * n),
                 }
             )
-            seen += after.observe(snap, REBASELINE, snap.taken_at)
-    assert seen == []
+            seen += after.observe(snap, rules, snap.taken_at)
+    return seen
+
+
+def test_a_rule_that_rebaselines_reports_no_move_made_while_down() -> None:
+    # A move made while down and one pending at the stop: neither fires, the first price
+    # after the gap is the baseline; the next move is measured from it, as an ordinary one.
+    path = snapshots(BEFORE_THE_STOP)
+    after = restored_after(path)
+    assert after.pending("0xbbb")
+    assert both_at_075_after_ten_hours(after, path, REBASELINE, polls=3) == []
     assert not after.pending("0xbbb")
+    gap = path[-1].taken_at + timedelta(hours=10)
     up = path[0].model_copy(update={"yes_price": 0.9, "taken_at": gap + timedelta(minutes=5)})
     after.observe(up, REBASELINE, up.taken_at)
     again = up.model_copy(update={"taken_at": up.taken_at + timedelta(seconds=30)})
@@ -323,22 +337,8 @@ def test_a_rule_that_rebaselines_reports_no_move_made_while_down() -> None:
 
 
 def test_the_same_restore_reports_both_moves_by_default() -> None:
-    path = snapshots(
-        [("0xaaa", 1, 0.4, None), ("0xbbb", 1, 0.4, None), ("0xbbb", 30_000_000, 0.6, None)]
-    )
-    after = restored_after(path)
-    gap = path[-1].taken_at + timedelta(hours=10)
-    seen: list[ConvictionChange] = []
-    for n in range(2):
-        for market_id in MARKETS:
-            snap = path[0].model_copy(
-                update={
-                    "market_id": market_id,
-                    "yes_price": 0.75,
-                    "taken_at": gap + timedelta(seconds=30 * n),
-                }
-            )
-            seen += after.observe(snap, RULES, snap.taken_at)
+    path = snapshots(BEFORE_THE_STOP)
+    seen = both_at_075_after_ten_hours(restored_after(path), path, RULES, polls=2)
     assert sorted(c.market_id for c in seen) == list(MARKETS)
     assert all(gap_of(c) is not None and c.baseline_price == 0.4 for c in seen)
 
