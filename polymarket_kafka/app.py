@@ -6,15 +6,17 @@ MongoDB closes last. The health/metrics server is a background task of the servi
 answers from start-up until the pipeline has drained.
 
 Neither MongoDB nor Kafka has to be up for the service to start: the store is opened without
-a probe (the first refresh finds out, and retries), the producer connects in the background.
-Until both are there, `/health/live` is 200 and `/health/ready` says what is missing.
+a probe (the first refresh finds out, and retries), the producer connects in the background,
+and the detector state (with a state topic) is restored by `detect` before its first
+snapshot, retrying until Kafka answers (`StateRestore`). Until all are there, `/health/live`
+is 200 and `/health/ready` says what is missing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 
@@ -48,6 +50,7 @@ from polymarket_kafka.subscriptions import open_subscription_store
 
 __all__ = [
     "KafkaStateSink",
+    "StateRestore",
     "kafka_check",
     "load_initial_rules",
     "restore_states",
@@ -91,6 +94,7 @@ def open_publisher(
     if config.kafka.exactly_once:
         return open_transactional_publisher(
             config.kafka,
+            start=False,  # by the state restore, in the pipeline (`StateRestore`)
             clock=now_utc,
             grace_seconds=config.shutdown_grace_seconds,
             statistics_interval_ms=statistics_interval_ms,
@@ -139,10 +143,12 @@ async def _close_writer(writer: StateWriter) -> None:
         await anyio.to_thread.run_sync(writer.close)
 
 
-async def restore_states(config: AppConfig) -> list[MarketState | ClosedMarket]:
+async def restore_states(
+    config: AppConfig, on_retry: Callable[[str], object] | None = None
+) -> list[MarketState | ClosedMarket]:
     """Create the state topic if missing and read every market's state back, retrying
-    (logged) until Kafka answers. A record that cannot be read is skipped with a warning:
-    that market starts afresh."""
+    (logged, and told to `on_retry`) until Kafka answers. A record that cannot be read is
+    skipped with a warning: that market starts afresh."""
     delay, cap = RESTORE_RETRY_SECONDS
     topic = config.kafka.full_state_topic
     while True:
@@ -153,6 +159,8 @@ async def restore_states(config: AppConfig) -> list[MarketState | ClosedMarket]:
             break
         except (StateTopicError, KafkaException) as exc:
             logger.warning("cannot restore detector state (%s); retrying in %.0fs", exc, delay)
+            if on_retry is not None:
+                on_retry(str(exc))
             await anyio.sleep(delay)
             delay = min(2 * delay, cap)
     states: list[MarketState | ClosedMarket] = []
@@ -168,6 +176,33 @@ async def restore_states(config: AppConfig) -> list[MarketState | ClosedMarket]:
                 extra={"market_id": market_id},
             )
     return states
+
+
+class StateRestore:
+    """The restore of the state topic at start, and the readiness component ("state") that
+    tells how it goes: not ready until the detector has its states."""
+
+    def __init__(self, config: AppConfig, health: ServiceHealth) -> None:
+        self._config = config
+        self._status = ComponentStatus(False, "waiting for the detector state to be restored")
+        #: Awaited first (exactly once: the producer's transactions are initialised, which
+        #: aborts what a crashed instance left open, before the state topic is read).
+        self.first: Callable[[], Awaitable[None]] | None = None
+        health.add_check("state", lambda: self._status)
+
+    async def run(self) -> list[MarketState | ClosedMarket]:
+        topic = self._config.kafka.full_state_topic
+        if self.first is not None:
+            self._status = ComponentStatus(False, "initialising Kafka transactions")
+            await self.first()
+        self._status = ComponentStatus(False, f"restoring detector state from {topic}")
+        states = await restore_states(self._config, self._retrying)
+        self._status = ComponentStatus(True, f"{len(states)} markets restored from {topic}")
+        return states
+
+    def _retrying(self, error: str) -> None:
+        topic = self._config.kafka.full_state_topic
+        self._status = ComponentStatus(False, f"cannot restore from {topic} yet: {error}")
 
 
 async def run_app(
@@ -226,20 +261,25 @@ async def run_app(
                         on_listening(port)
 
             durable = None
-            if isinstance(publisher, TransactionalPublisher):
-                restored = await restore_states(config)
-                durable = DurableState(
-                    restored, None, config.state_checkpoint_seconds, stager=publisher
-                )
-            elif config.kafka.full_state_topic:
-                restored = await restore_states(config)
-                writer = await anyio.to_thread.run_sync(StateWriter, config.kafka)
-                stack.push_async_callback(_close_writer, writer)
-                durable = DurableState(
-                    restored,
-                    KafkaStateSink(writer, publisher, timeout=config.shutdown_grace_seconds),
-                    config.state_checkpoint_seconds,
-                )
+            if config.kafka.full_state_topic:
+                # Restored by `detect` before its first snapshot: health answers meanwhile.
+                restoring = StateRestore(config, health)
+                if isinstance(publisher, TransactionalPublisher):
+                    restoring.first = publisher.start
+                    durable = DurableState(
+                        (),
+                        None,
+                        config.state_checkpoint_seconds,
+                        stager=publisher,
+                        restore=restoring.run,
+                    )
+                else:
+                    writer = await anyio.to_thread.run_sync(StateWriter, config.kafka)
+                    stack.push_async_callback(_close_writer, writer)
+                    sink = KafkaStateSink(writer, publisher, timeout=config.shutdown_grace_seconds)
+                    durable = DurableState(
+                        (), sink, config.state_checkpoint_seconds, restore=restoring.run
+                    )
             await run_service(
                 durable=durable,
                 store=store,

@@ -182,6 +182,7 @@ class TransactionalPublisher:
         #: stop it before the close has committed what is left; cancelled after the close.
         self._committer = anyio.CancelScope(shield=True)
         self._committer_done = anyio.Event()
+        self._starting = anyio.Lock()
 
     # --- the pipeline's side ------------------------------------------------------------
 
@@ -254,6 +255,10 @@ class TransactionalPublisher:
         answers. Called before the state topic is read: a transaction left open by a crash
         must be aborted first. A producer configuration librdkafka refuses raises
         `KafkaException` at once (no retry cures it)."""
+        async with self._starting:  # one caller initialises, another waits for it
+            await self._start()
+
+    async def _start(self) -> None:
         delay, cap = self._backoff
         while self._producer is None:
             producer = await anyio.to_thread.run_sync(self._new_producer, self._generation)
@@ -569,9 +574,11 @@ async def open_transactional_publisher(
     monotonic: Callable[[], float] = time.monotonic,
     timeout_seconds: float = 10.0,
     backoff_seconds: tuple[float, float] = (0.5, 30.0),
+    start: bool = True,
 ) -> AsyncIterator[TransactionalPublisher]:
     """Open a `TransactionalPublisher`: its producer is initialised (`start`, retried until
-    Kafka answers) before this yields, then its committer runs until the caller is done. On
+    Kafka answers) before this yields -- or, with `start=False`, when the caller calls
+    `start` or at the first commit -- then its committer runs until the caller is done. On
     exit -- also on error or cancellation -- what is left gets at most `grace_seconds` to be
     committed (shielded); events still uncommitted are logged at ERROR. Fenced, the
     committer raises `ProducerFencedError`, which ends the caller's block."""
@@ -591,7 +598,8 @@ async def open_transactional_publisher(
         publisher.state_topic,
         redacted_producer_config(config),
     )
-    await publisher.start()
+    if start:
+        await publisher.start()
     caller_error: BaseException | None = None
     try:
         async with anyio.create_task_group() as tg:

@@ -21,7 +21,7 @@ With durable state off, the keeper does nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -53,6 +53,10 @@ class DurableState:
     sink: StateSink | None
     checkpoint_seconds: float
     stager: StateStager | None = None
+    #: Reads the states at start, instead of `restored`: awaited by `detect` before its
+    #: first snapshot, so the rest of the service (health, polling) runs meanwhile; the
+    #: snapshots polled wait in their bounded channel.
+    restore: Callable[[], Awaitable[Sequence[MarketState | ClosedMarket]]] | None = None
 
     def __post_init__(self) -> None:
         if (self.sink is None) == (self.stager is None):
@@ -92,19 +96,23 @@ class StateKeeper:
         unread.close()
         return cls(None, send, 0.0)
 
-    def restore(self, detector: Detector, rules: RuleSource, stats: ServiceStats) -> None:
-        """Give the detector the restored states; rules that changed while the service was
-        down apply as a reload's would (`adopt`)."""
+    async def restore(self, detector: Detector, rules: RuleSource, stats: ServiceStats) -> None:
+        """Give the detector the restored states (read now when `DurableState.restore` is
+        set); rules that changed while the service was down apply as a reload's would
+        (`adopt`)."""
         durable = self._durable
-        if durable is None or not durable.restored:
+        if durable is None:
             return
-        for state in durable.restored:
+        restored = durable.restored if durable.restore is None else await durable.restore()
+        if not restored:
+            return
+        for state in restored:
             detector.restore_state(state)
-        stats.state_markets_restored = len(durable.restored)
+        stats.state_markets_restored = len(restored)
         logger.info(
             "detector state restored for %d markets (%d closed)",
-            len(durable.restored),
-            sum(isinstance(state, ClosedMarket) for state in durable.restored),
+            len(restored),
+            sum(isinstance(state, ClosedMarket) for state in restored),
         )
         self.adopt(detector, rules, stats)
 

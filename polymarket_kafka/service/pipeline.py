@@ -217,8 +217,9 @@ async def _detect(
     detector = Detector(stats=stats.detector)
     seen_version = -1
     in_force = rules.current
-    keeper.restore(detector, in_force, stats)
     async with snapshots, events, keeper.checkpoints:
+        # Before the first snapshot; meanwhile the snapshots wait in their bounded channel.
+        await keeper.restore(detector, in_force, stats)
         async for snapshot, polled_at in snapshots:
             if subscriptions.version != seen_version:
                 seen_version = subscriptions.version

@@ -354,3 +354,44 @@ async def test_broker_stopped_makes_it_unready_on_kafka_then_back(
                 with open_tansu_broker(host=host, port=int(port)):
                     body = await app.wait_ready(ok=True)
                     assert body["components"]["kafka"]["status"] == "ok"
+
+
+@pytest.mark.parametrize("delivery", ["exactly_once", "at_least_once"])
+async def test_health_answers_while_the_state_waits_for_kafka(
+    server: FakePolymarketServer, mongo_server_uri: str, delivery: str
+) -> None:
+    # With a state topic and Kafka unreachable at start, the service is up (live, polling)
+    # and not ready, saying why in "state"; once Kafka answers, the state is restored and
+    # it is ready. (The restore used to come before the ops server: no health at all.)
+    with TcpGate() as gate, open_tansu_broker(advertised_port=gate.port) as broker:
+        bootstrap = f"127.0.0.1:{gate.port}"
+        base = app_config(server, bootstrap, f"t-{uuid.uuid4().hex[:8]}", mongo_server_uri)
+        config = replace(
+            base,
+            kafka=replace(base.kafka, state_topic="state", state_partitions=3, delivery=delivery),
+        )
+        host, port = broker.bootstrap_servers.rsplit(":", 1)
+        with anyio.fail_after(90):
+            await subscribe(config, server.markets[0].condition_id)
+            async with running_app(config) as app:
+                assert (await app.client.get("/health/live")).status_code == 200
+                waiting = await app.wait_for(
+                    lambda status, body: (
+                        status == 503 and body["components"]["polling"]["status"] == "ok"
+                    )
+                )
+                state = waiting.json()["components"]["state"]
+                assert state["status"] != "ok"
+                assert state["detail"] in (
+                    "waiting for the detector state to be restored",
+                    "initialising Kafka transactions",
+                ) or state["detail"].startswith(
+                    (f"restoring detector state from {config.kafka.full_state_topic}",
+                     f"cannot restore from {config.kafka.full_state_topic} yet: ")
+                )  # fmt: skip
+                await anyio.to_thread.run_sync(gate.open, host, int(port))
+                await anyio.to_thread.run_sync(create_topic, bootstrap, config.kafka.full_topic)
+                body = await app.wait_ready(ok=True)
+                assert body["components"]["state"]["detail"] == (
+                    f"0 markets restored from {config.kafka.full_state_topic}"
+                )
