@@ -153,9 +153,16 @@ async def restore_states(
     topic = config.kafka.full_state_topic
     while True:
         try:
-            if await anyio.to_thread.run_sync(ensure_state_topic, config.kafka):
+            # Abandoned on cancellation (a stop while Kafka does not answer): both calls
+            # only read or create, and their client is the worker thread's alone.
+            created = await anyio.to_thread.run_sync(
+                ensure_state_topic, config.kafka, abandon_on_cancel=True
+            )
+            if created:
                 logger.info("state topic %s created (compacted)", topic)
-            records = await anyio.to_thread.run_sync(read_state, config.kafka)
+            records = await anyio.to_thread.run_sync(
+                read_state, config.kafka, abandon_on_cancel=True
+            )
             break
         except (StateTopicError, KafkaException) as exc:
             logger.warning("cannot restore detector state (%s); retrying in %.0fs", exc, delay)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+
+import anyio
 import pytest
 
 from polymarket_kafka import app
@@ -52,3 +55,27 @@ async def test_readiness_tells_how_the_restore_goes(
         ("fail", "cannot restore from p.state yet: no broker answered"),
     ]
     assert state_of(health) == ("ok", "1 markets restored from p.state")
+
+
+async def test_a_stop_during_a_blocked_read_ends_the_restore_at_once(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # librdkafka's read cannot be interrupted; the restore does not wait for it to time out.
+    reading, release, returned = threading.Event(), threading.Event(), threading.Event()
+
+    def blocked_read(config: KafkaConfig) -> dict[str, bytes]:
+        reading.set()
+        release.wait(10)
+        returned.set()
+        return {}
+
+    monkeypatch.setattr(app, "ensure_state_topic", lambda config: False)
+    monkeypatch.setattr(app, "read_state", blocked_read)
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(app.restore_states, CONFIG)
+            await anyio.to_thread.run_sync(reading.wait)
+            scope.cancel()
+    assert scope.cancelled_caught
+    assert not returned.is_set()  # the read was still blocked when the restore ended
+    release.set()
