@@ -7,17 +7,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from polymarket_kafka.histogram import Histogram
 from polymarket_kafka.kafka.ledger import Entry, Failure
 from polymarket_kafka.models import PolymarketEvent
 
 __all__ = [
+    "REFUSED_RECORD_CODES",
     "DeliveryStats",
     "FailedDelivery",
     "classify",
     "dead_letter_headers",
+    "kafka_error",
     "log_event",
     "needs_new_producer",
 ]
@@ -36,13 +38,18 @@ _NEW_PRODUCER_CODES = frozenset(
         KafkaError.PRODUCER_FENCED,
     }
 )
-# Errors that no retry on the same topic will cure: the record, or the topic, is refused.
-_PERMANENT_CODES = frozenset(
+#: Errors that no retry cures because the record itself is refused (too large, invalid).
+REFUSED_RECORD_CODES = frozenset(
     {
         KafkaError.MSG_SIZE_TOO_LARGE,
         KafkaError.INVALID_MSG_SIZE,
         KafkaError.RECORD_LIST_TOO_LARGE,
         KafkaError.INVALID_RECORD,
+    }
+)
+# Errors that no retry on the same topic will cure: the record, or the topic, is refused.
+_PERMANENT_CODES = REFUSED_RECORD_CODES | frozenset(
+    {
         KafkaError.INVALID_REQUIRED_ACKS,
         KafkaError.TOPIC_EXCEPTION,
         KafkaError.TOPIC_AUTHORIZATION_FAILED,
@@ -105,6 +112,12 @@ def needs_new_producer(error: object) -> bool:
     return isinstance(error, KafkaError) and bool(
         error.fatal() or error.code() in _NEW_PRODUCER_CODES
     )
+
+
+def kafka_error(exc: KafkaException) -> KafkaError | None:
+    """The `KafkaError` a `KafkaException` carries (confluent-kafka puts it in `args[0]`)."""
+    error = exc.args[0] if exc.args else None
+    return error if isinstance(error, KafkaError) else None
 
 
 def classify(error: KafkaError) -> Failure:

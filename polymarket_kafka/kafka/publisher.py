@@ -108,7 +108,7 @@ from polymarket_kafka.kafka.statistics import (
     StatisticsBridge,
     StatisticsReport,
 )
-from polymarket_kafka.kafka.value import stamped_value
+from polymarket_kafka.kafka.value import event_headers, stamped_value
 from polymarket_kafka.models import PolymarketEvent
 
 __all__ = [
@@ -297,10 +297,7 @@ class KafkaPublisher:
         if producer is None:
             return "broken"
         token = next(self._tokens)
-        headers: list[tuple[str, str | bytes | None]] = [
-            ("event_id", entry.event.event_id.encode()),
-            ("content-type", b"application/json"),
-        ]
+        headers = event_headers(entry.event)
         if entry.dead_letter is not None:
             headers += dead_letter_headers(self.topic, entry)
         try:

@@ -41,6 +41,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from polymarket_kafka.config import KafkaConfig
+from polymarket_kafka.kafka.delivery import kafka_error
 from polymarket_kafka.kafka.settings import producer_config
 
 __all__ = [
@@ -90,8 +91,8 @@ def ensure_state_topic(config: KafkaConfig, *, timeout: float = 10.0) -> bool:
             f"cannot create the state topic {topic}: no answer within {timeout:g}s"
         ) from None
     except KafkaException as exc:
-        error = exc.args[0] if exc.args else None
-        if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+        error = kafka_error(exc)
+        if error is not None and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
             return False
         raise StateTopicError(f"cannot create the state topic {topic}: {error or exc}") from None
     return True

@@ -56,7 +56,13 @@ from polymarket_kafka.clock import now_utc
 from polymarket_kafka.config import KafkaConfig
 from polymarket_kafka.detector_state import StateRecord
 from polymarket_kafka.kafka.connectivity import RepeatLimiter
-from polymarket_kafka.kafka.delivery import DeliveryStats, FailedDelivery, classify
+from polymarket_kafka.kafka.delivery import (
+    REFUSED_RECORD_CODES,
+    DeliveryStats,
+    FailedDelivery,
+    classify,
+    kafka_error,
+)
 from polymarket_kafka.kafka.ledger import Failure
 from polymarket_kafka.kafka.librdkafka_log import LibrdkafkaLog
 from polymarket_kafka.kafka.settings import (
@@ -71,7 +77,7 @@ from polymarket_kafka.kafka.statistics import (
     StatisticsReport,
 )
 from polymarket_kafka.kafka.transaction_book import Batch, Outgoing, TransactionBook
-from polymarket_kafka.kafka.value import stamped_value
+from polymarket_kafka.kafka.value import event_headers, stamped_value
 from polymarket_kafka.models import PolymarketEvent
 
 __all__ = [
@@ -89,15 +95,6 @@ MAX_FAILED_KEPT = 1000
 #: Errors meaning another producer with our transactional.id took over.
 _FENCED_CODES = frozenset(
     {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
-)
-#: Errors of `produce` that no retry cures: the record itself is refused.
-_REFUSED_CODES = frozenset(
-    {
-        KafkaError.MSG_SIZE_TOO_LARGE,
-        KafkaError.INVALID_MSG_SIZE,
-        KafkaError.RECORD_LIST_TOO_LARGE,
-        KafkaError.INVALID_RECORD,
-    }
 )
 
 
@@ -269,7 +266,7 @@ class TransactionalPublisher:
                 self._warn(
                     "init",
                     "cannot initialise Kafka transactions (%s); retrying in %.1fs",
-                    exc.args[0] if exc.args else exc,
+                    kafka_error(exc) or exc,
                     delay,
                 )
                 await anyio.sleep(delay)
@@ -331,9 +328,9 @@ class TransactionalPublisher:
                 reason = str(pending)
             except KafkaException as exc:
                 commit_only = False
-                error = exc.args[0] if exc.args else None
+                error = kafka_error(exc)
                 reason = str(error or exc)
-                if isinstance(error, KafkaError) and classify(error) is Failure.PERMANENT:
+                if error is not None and classify(error) is Failure.PERMANENT:
                     # No retry cures it (a denied or missing topic, a record over the
                     # broker's limit): retried all the same, so nothing is lost once it is
                     # fixed; readiness reports the stalled delivery after 60 s.
@@ -376,8 +373,8 @@ class TransactionalPublisher:
         self._settle()
 
     def _stop_if_fenced(self, exc: KafkaException) -> None:
-        error = exc.args[0] if exc.args else None
-        if isinstance(error, KafkaError) and error.code() in _FENCED_CODES:
+        error = kafka_error(exc)
+        if error is not None and error.code() in _FENCED_CODES:
             self._fenced = True
             self._settle()
             raise ProducerFencedError(
@@ -389,8 +386,8 @@ class TransactionalPublisher:
     async def _abort(self, producer: TransactionalProducer, exc: KafkaException) -> None:
         """After a failed transaction: abort it, or replace the producer when it cannot
         (a fatal error, or the abort failed too)."""
-        error = exc.args[0] if exc.args else None
-        if not (isinstance(error, KafkaError) and error.fatal()):
+        error = kafka_error(exc)
+        if error is None or not error.fatal():
             try:
                 await anyio.to_thread.run_sync(producer.abort_transaction, self._timeout)
             except KafkaException as abort_error:
@@ -400,7 +397,7 @@ class TransactionalPublisher:
                 exc = abort_error
             else:
                 return
-        self._replace(str(exc.args[0] if exc.args else exc))
+        self._replace(str(kafka_error(exc) or exc))
 
     def _replace(self, reason: str) -> None:
         logger.warning("Kafka transactional producer unusable (%s): replacing it", reason)
@@ -436,12 +433,9 @@ class TransactionalPublisher:
         (market ids): the caller keeps them across a retried commit."""
         producer.begin_transaction()
         for outgoing in batch.events:
-            headers: list[tuple[str, str | bytes | None]] = [
-                ("event_id", outgoing.event.event_id.encode()),
-                ("content-type", b"application/json"),
-            ]
-            key = outgoing.event.kafka_key
-            if not self._produce(producer, self.topic, key, outgoing.value, headers):
+            event = outgoing.event
+            headers = event_headers(event)
+            if not self._produce(producer, self.topic, event.kafka_key, outgoing.value, headers):
                 rejected.append(outgoing)
         for market_id, value in batch.states.items():
             if not self._produce(producer, self.state_topic, market_id.encode(), value, None):
@@ -455,8 +449,8 @@ class TransactionalPublisher:
         try:
             producer.commit_transaction(self._timeout)
         except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            if isinstance(error, KafkaError) and error.retriable():
+            error = kafka_error(exc)
+            if error is not None and error.retriable():
                 raise _CommitPending(str(error)) from None
             raise
 
@@ -476,8 +470,8 @@ class TransactionalPublisher:
             except BufferError:
                 producer.poll(0.05)
             except KafkaException as exc:
-                error = exc.args[0] if exc.args else None
-                if isinstance(error, KafkaError) and error.code() in _REFUSED_CODES:
+                error = kafka_error(exc)
+                if error is not None and error.code() in REFUSED_RECORD_CODES:
                     return False
                 raise
             else:

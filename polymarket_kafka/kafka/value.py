@@ -1,4 +1,5 @@
-"""The Kafka message value of an event stamped with `published_at`, serialised once, fast.
+"""The Kafka message of an event: its value stamped with `published_at`, serialised once and
+fast, and its headers.
 
 `stamped_value(event, at)` returns exactly the bytes of
 `event.model_copy(update={"published_at": at}).to_kafka_value()` (a property test checks it)
@@ -17,7 +18,7 @@ from datetime import datetime
 
 from polymarket_kafka.models import PolymarketEvent
 
-__all__ = ["stamped_value"]
+__all__ = ["event_headers", "stamped_value"]
 
 _UNSTAMPED = b'"published_at":null'
 
@@ -30,3 +31,9 @@ def stamped_value(event: PolymarketEvent, published_at: datetime) -> bytes:
             stamp = b'"published_at":"' + published_at.isoformat().encode() + b'"'
             return value.replace(_UNSTAMPED, stamp)
     return event.model_copy(update={"published_at": published_at}).to_kafka_value()
+
+
+def event_headers(event: PolymarketEvent) -> list[tuple[str, str | bytes | None]]:
+    """The headers of an event's message: its `event_id` (consumers deduplicate without
+    parsing the value) and the content type."""
+    return [("event_id", event.event_id.encode()), ("content-type", b"application/json")]
