@@ -23,6 +23,7 @@ from functools import partial
 import anyio
 from confluent_kafka import KafkaException
 
+from polymarket_kafka.backoff import doubling
 from polymarket_kafka.clock import now_utc
 from polymarket_kafka.config import AppConfig
 from polymarket_kafka.detector_state import ClosedMarket, MarketState, StateFormatError, decode
@@ -149,7 +150,7 @@ async def restore_states(
     """Create the state topic if missing and read every market's state back, retrying
     (logged, and told to `on_retry`) until Kafka answers. A record that cannot be read is
     skipped with a warning: that market starts afresh."""
-    delay, cap = RESTORE_RETRY_SECONDS
+    delays = doubling(*RESTORE_RETRY_SECONDS)
     topic = config.kafka.full_state_topic
     while True:
         try:
@@ -165,11 +166,11 @@ async def restore_states(
             )
             break
         except (StateTopicError, KafkaException) as exc:
+            delay = next(delays)
             logger.warning("cannot restore detector state (%s); retrying in %.0fs", exc, delay)
             if on_retry is not None:
                 on_retry(str(exc))
             await anyio.sleep(delay)
-            delay = min(2 * delay, cap)
     states: list[MarketState | ClosedMarket] = []
     for market_id, record in sorted(records.items()):
         try:

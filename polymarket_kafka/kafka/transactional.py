@@ -52,6 +52,7 @@ import anyio
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
 
+from polymarket_kafka.backoff import doubling
 from polymarket_kafka.clock import now_utc
 from polymarket_kafka.config import KafkaConfig
 from polymarket_kafka.detector_state import StateRecord
@@ -256,13 +257,14 @@ class TransactionalPublisher:
             await self._start()
 
     async def _start(self) -> None:
-        delay, cap = self._backoff
+        delays = doubling(*self._backoff)
         while self._producer is None:
             producer = await anyio.to_thread.run_sync(self._new_producer, self._generation)
             try:
                 await anyio.to_thread.run_sync(producer.init_transactions, self._timeout)
             except KafkaException as exc:
                 self._stop_if_fenced(exc)
+                delay = next(delays)
                 self._warn(
                     "init",
                     "cannot initialise Kafka transactions (%s); retrying in %.1fs",
@@ -270,7 +272,6 @@ class TransactionalPublisher:
                     delay,
                 )
                 await anyio.sleep(delay)
-                delay = min(2 * delay, cap)
             else:
                 self._producer = producer
             finally:
@@ -301,7 +302,7 @@ class TransactionalPublisher:
         """Commit everything waiting, retrying (aborted, or with a new producer) until it is
         in; what arrives meanwhile joins the next attempt."""
         batch = self._book.take()
-        delay, cap = self._backoff
+        delays = doubling(*self._backoff)
         commit_only = False
         # What Kafka refused outright in the transaction being committed (left out of it).
         rejected: list[Outgoing] = []
@@ -346,6 +347,7 @@ class TransactionalPublisher:
                 await self._abort(producer, exc)
             finally:
                 self._drain_reports()
+            delay = next(delays)
             self._warn(
                 "commit",
                 "Kafka transaction of %d event(s) and %d state record(s) not committed (%s); "
@@ -356,7 +358,6 @@ class TransactionalPublisher:
                 delay,
             )
             await anyio.sleep(delay)
-            delay = min(2 * delay, cap)
             if not commit_only:
                 batch = self._book.take()
         self._book.committed()

@@ -116,7 +116,16 @@ def test_the_service_commands_load_no_testing_module() -> None:
 
 
 def test_the_pure_core_does_no_io_and_reads_no_clock() -> None:
-    core = ["models", "detection", "events", "kafka.ledger", "redact", "histogram"]
+    core = [
+        "models",
+        "detection",
+        "events",
+        "kafka.ledger",
+        "kafka.transaction_book",
+        "redact",
+        "histogram",
+        "backoff",
+    ]
     forbidden = {"socket", "httpx", "pymongo", "confluent_kafka", "anyio", "trio", "time"}
     for name in core:
         tree = ast.parse(MODULES[f"polymarket_kafka.{name}"].read_text())
