@@ -190,19 +190,24 @@ class StateRestore:
     """The restore of the state topic at start, and the readiness component ("state") that
     tells how it goes: not ready until the detector has its states."""
 
-    def __init__(self, config: AppConfig, health: ServiceHealth) -> None:
+    def __init__(
+        self,
+        config: AppConfig,
+        health: ServiceHealth,
+        first: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """`first` is awaited before the state topic is read (exactly once: the producer's
+        transactions are initialised, which aborts what a crashed instance left open)."""
         self._config = config
+        self._first = first
         self._status = ComponentStatus(False, "waiting for the detector state to be restored")
-        #: Awaited first (exactly once: the producer's transactions are initialised, which
-        #: aborts what a crashed instance left open, before the state topic is read).
-        self.first: Callable[[], Awaitable[None]] | None = None
         health.add_check("state", lambda: self._status)
 
     async def run(self) -> list[MarketState | ClosedMarket]:
         topic = self._config.kafka.full_state_topic
-        if self.first is not None:
+        if self._first is not None:
             self._status = ComponentStatus(False, "initialising Kafka transactions")
-            await self.first()
+            await self._first()
         self._status = ComponentStatus(False, f"restoring detector state from {topic}")
         states = await restore_states(self._config, self._retrying)
         self._status = ComponentStatus(True, f"{len(states)} markets restored from {topic}")
@@ -271,9 +276,8 @@ async def run_app(
             durable = None
             if config.kafka.full_state_topic:
                 # Restored by `detect` before its first snapshot: health answers meanwhile.
-                restoring = StateRestore(config, health)
                 if isinstance(publisher, TransactionalPublisher):
-                    restoring.first = publisher.start
+                    restoring = StateRestore(config, health, first=publisher.start)
                     durable = DurableState(
                         (),
                         None,
@@ -282,6 +286,7 @@ async def run_app(
                         restore=restoring.run,
                     )
                 else:
+                    restoring = StateRestore(config, health)
                     writer = await anyio.to_thread.run_sync(StateWriter, config.kafka)
                     stack.push_async_callback(_close_writer, writer)
                     sink = KafkaStateSink(writer, publisher, timeout=config.shutdown_grace_seconds)

@@ -27,8 +27,7 @@ async def test_readiness_tells_how_the_restore_goes(
     anyio_backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     health = ServiceHealth()
-    restore = app.StateRestore(CONFIG, health)
-    seen: list[tuple[str, str]] = [state_of(health)]
+    seen: list[tuple[str, str]] = []
     attempts: list[str] = []
 
     def flaky_read(config: KafkaConfig) -> dict[str, bytes]:
@@ -41,10 +40,13 @@ async def test_readiness_tells_how_the_restore_goes(
     async def first() -> None:
         seen.append(state_of(health))
 
+    # Exactly once: the producer's transactions come first.
+    restore = app.StateRestore(CONFIG, health, first=first)
+    seen.append(state_of(health))
+
     monkeypatch.setattr(app, "ensure_state_topic", lambda config: False)
     monkeypatch.setattr(app, "read_state", flaky_read)
     monkeypatch.setattr(app, "RESTORE_RETRY_SECONDS", (0.0, 0.0))
-    restore.first = first  # exactly once: the producer's transactions come first
     states = await restore.run()
     assert states == [ClosedMarket("0xa")]
     assert attempts == ["p.state", "p.state"]
