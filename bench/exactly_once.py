@@ -175,7 +175,7 @@ async def run_mode(mode: str, bootstrap: str, args: argparse.Namespace) -> dict[
                     settings=settings,
                     clock=lambda: T0,
                     on_published=on_published,
-                    durable=DurableState((), None, checkpoint_seconds, stager=stager),
+                    durable=DurableState(None, checkpoint_seconds, stager=stager),
                 )
                 await publisher.flush(60)
                 tg.cancel_scope.cancel()
@@ -187,7 +187,7 @@ async def run_mode(mode: str, bootstrap: str, args: argparse.Namespace) -> dict[
             sink = None
             if mode == "at_least_once":
                 sink = CountingSink(await anyio.to_thread.run_sync(StateWriter, kafka))
-                durable = DurableState((), sink, checkpoint_seconds)
+                durable = DurableState(sink, checkpoint_seconds)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(watch, idempotent)
                 stats = await run_service(

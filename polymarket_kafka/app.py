@@ -279,7 +279,6 @@ async def run_app(
                 if isinstance(publisher, TransactionalPublisher):
                     restoring = StateRestore(config, health, first=publisher.start)
                     durable = DurableState(
-                        (),
                         None,
                         config.state_checkpoint_seconds,
                         stager=publisher,
@@ -291,7 +290,7 @@ async def run_app(
                     stack.push_async_callback(_close_writer, writer)
                     sink = KafkaStateSink(writer, publisher, timeout=config.shutdown_grace_seconds)
                     durable = DurableState(
-                        (), sink, config.state_checkpoint_seconds, restore=restoring.run
+                        sink, config.state_checkpoint_seconds, restore=restoring.run
                     )
             await run_service(
                 durable=durable,

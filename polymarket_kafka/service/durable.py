@@ -36,7 +36,7 @@ from polymarket_kafka.service.ports import StateSink, StateStager
 from polymarket_kafka.service.reloader import adopt_rules
 from polymarket_kafka.service.stats import ServiceStats
 
-__all__ = ["DurableState", "Records", "StateKeeper", "write_checkpoints"]
+__all__ = ["DurableState", "Records", "Restore", "StateKeeper", "already_read", "write_checkpoints"]
 
 logger = logging.getLogger("polymarket_kafka.service.pipeline")
 
@@ -44,19 +44,33 @@ logger = logging.getLogger("polymarket_kafka.service.pipeline")
 Records = tuple[Checkpoint, list[StateRecord]]
 
 
+#: Reads the detector states to start from (`app.StateRestore.run`, `already_read`).
+Restore = Callable[[], Awaitable[Sequence[MarketState | ClosedMarket]]]
+
+
+def already_read(states: Sequence[MarketState | ClosedMarket]) -> Restore:
+    """A `Restore` of states at hand (tests, a caller that read them itself)."""
+
+    async def restore() -> Sequence[MarketState | ClosedMarket]:
+        return states
+
+    return restore
+
+
+_NOTHING_TO_RESTORE = already_read(())
+
+
 @dataclass(frozen=True)
 class DurableState:
-    """Detector state kept in Kafka (`KAFKA_STATE_TOPIC`): what was restored at start, where
-    checkpoints go (`stager` for exactly once, else `sink`) and how often."""
+    """Detector state kept in Kafka (`KAFKA_STATE_TOPIC`): where checkpoints go (`stager`
+    for exactly once, else `sink`), how often, and how the states are read at start."""
 
-    restored: Sequence[MarketState | ClosedMarket]
     sink: StateSink | None
     checkpoint_seconds: float
     stager: StateStager | None = None
-    #: Reads the states at start, instead of `restored`: awaited by `detect` before its
-    #: first snapshot, so the rest of the service (health, polling) runs meanwhile; the
-    #: snapshots polled wait in their bounded channel.
-    restore: Callable[[], Awaitable[Sequence[MarketState | ClosedMarket]]] | None = None
+    #: Awaited by `detect` before its first snapshot, so the rest of the service (health,
+    #: polling) runs meanwhile; the snapshots polled wait in their bounded channel.
+    restore: Restore = _NOTHING_TO_RESTORE
 
     def __post_init__(self) -> None:
         if (self.sink is None) == (self.stager is None):
@@ -97,13 +111,12 @@ class StateKeeper:
         return cls(None, send, 0.0)
 
     async def restore(self, detector: Detector, rules: RuleSource, stats: ServiceStats) -> None:
-        """Give the detector the restored states (read now when `DurableState.restore` is
-        set); rules that changed while the service was down apply as a reload's would
-        (`adopt`)."""
+        """Give the detector the states `DurableState.restore` reads; rules that changed
+        while the service was down apply as a reload's would (`adopt`)."""
         durable = self._durable
         if durable is None:
             return
-        restored = durable.restored if durable.restore is None else await durable.restore()
+        restored = await durable.restore()
         if not restored:
             return
         for state in restored:

@@ -16,6 +16,7 @@ import pytest
 from polymarket_kafka.detector_state import ClosedMarket, MarketState, StateRecord, decode
 from polymarket_kafka.models import PolymarketEvent
 from polymarket_kafka.ruleset import load_rules_text
+from polymarket_kafka.service.durable import already_read
 from polymarket_kafka.service.pipeline import DurableState
 from polymarket_kafka.service.reloader import RulesHolder
 from polymarket_kafka.service.stats import ServiceSettings
@@ -63,7 +64,7 @@ async def states_after_a_first_run(
         fake,
         ScriptedClock(fake, {}),
         settings=SETTINGS,
-        durable=DurableState((), first, checkpoint_seconds=3600.0),
+        durable=DurableState(first, checkpoint_seconds=3600.0),
     )
     return [decode(value or b"") for value in first.latest().values()]
 
@@ -73,7 +74,7 @@ async def test_every_market_is_checkpointed_and_a_refused_record_is_written_late
 ) -> None:
     a, b, c = (m.condition_id for m in server.markets)
     sink = RecordingSink(refuse={a})
-    durable = DurableState((), sink, checkpoint_seconds=0.0)  # due at every snapshot
+    durable = DurableState(sink, checkpoint_seconds=0.0)  # due at every snapshot
     stats, _ = await run(server, ScriptedClock(server, {}), settings=SETTINGS, durable=durable)
     latest = sink.latest()
     assert set(latest) == {a, b, c}
@@ -90,7 +91,7 @@ async def test_a_market_whose_event_is_unacknowledged_keeps_its_old_record(
 ) -> None:
     a = server.markets[0].condition_id
     sink = RecordingSink(pending={a})  # Kafka never acknowledges a's events
-    durable = DurableState((), sink, checkpoint_seconds=0.0)
+    durable = DurableState(sink, checkpoint_seconds=0.0)
     _, publisher = await run(
         server, ScriptedClock(server, {2: {a: 0.9}}), settings=SETTINGS, durable=durable
     )
@@ -102,7 +103,7 @@ async def test_a_slow_sink_never_holds_detection_up(
     server: FakePolymarketServer,  # noqa: F811
 ) -> None:
     sink = RecordingSink(slow=0.2)
-    durable = DurableState((), sink, checkpoint_seconds=0.0)
+    durable = DurableState(sink, checkpoint_seconds=0.0)
     stats, _ = await run(server, ScriptedClock(server, {}), settings=SETTINGS, durable=durable)
     assert stats.snapshots == 12
     # One write at a time: the checkpoints that came due meanwhile waited in the book; the
@@ -127,7 +128,7 @@ async def test_restored_states_are_resumed_and_unsubscribed_ones_deleted(
         clock,
         settings=ServiceSettings(poll_interval_seconds=0.01, max_cycles=1, handle_signals=False),
         store=InMemorySubscriptionStore(seed=[a, c]),
-        durable=DurableState(restored, second, checkpoint_seconds=3600.0),
+        durable=DurableState(second, checkpoint_seconds=3600.0, restore=already_read(restored)),
     )
     assert stats.state_markets_restored == 3
     assert [(e.market_id, e.baseline_yes_price) for e in publisher.events] == [(a, 0.5)]
@@ -155,7 +156,7 @@ async def test_restored_states_are_re_evaluated_under_changed_rules(
         clock,
         settings=ServiceSettings(poll_interval_seconds=0.01, max_cycles=1, handle_signals=False),
         rules=wider,
-        durable=DurableState(restored, second, checkpoint_seconds=3600.0),
+        durable=DurableState(second, checkpoint_seconds=3600.0, restore=already_read(restored)),
     )
     assert stats.rule_resets == 3
     kept, disabled = server.markets[:2], server.markets[2]
@@ -206,7 +207,7 @@ async def test_exactly_once_each_event_carries_its_markets_state(
 ) -> None:
     a, b, c = (m.condition_id for m in server.markets)
     publisher = TransactionLog()
-    durable = DurableState((), None, checkpoint_seconds=3600.0, stager=publisher)
+    durable = DurableState(None, checkpoint_seconds=3600.0, stager=publisher)
     stats, _ = await run(
         server,
         ScriptedClock(server, {2: {a: 0.9}}),
@@ -230,7 +231,7 @@ async def test_exactly_once_a_state_is_never_staged_ahead_of_its_event(
     a = server.markets[0].condition_id
     # The event of cycle 1 waits in the pipeline while three checkpoints come due.
     publisher = TransactionLog(hold_until_staged=3)
-    durable = DurableState((), None, checkpoint_seconds=0.0, stager=publisher)
+    durable = DurableState(None, checkpoint_seconds=0.0, stager=publisher)
     await run(
         server,
         ScriptedClock(server, {1: {a: 0.9}}),
@@ -250,6 +251,6 @@ async def test_exactly_once_a_state_is_never_staged_ahead_of_its_event(
 
 def test_durable_state_needs_exactly_one_destination() -> None:
     with pytest.raises(ValueError, match="exactly one of sink and stager"):
-        DurableState((), None, 60.0)
+        DurableState(None, 60.0)
     with pytest.raises(ValueError, match="exactly one of sink and stager"):
-        DurableState((), RecordingSink(), 60.0, stager=TransactionLog())
+        DurableState(RecordingSink(), 60.0, stager=TransactionLog())

@@ -17,6 +17,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -87,9 +88,9 @@ async def run_once(
             writer = StateWriter(config.kafka)
             stack.callback(writer.close)
             durable = DurableState(
-                await restore_states(config),
                 KafkaStateSink(writer, publisher, timeout=10),
                 checkpoint_seconds=3600,  # only the final checkpoint, at the stop
+                restore=partial(restore_states, config),
             )
         stats = await run_service(
             store=store,
