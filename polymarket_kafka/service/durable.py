@@ -174,7 +174,7 @@ class StateKeeper:
 
     def attached(self, event: PolymarketEvent) -> StateRecord | None:
         """The state `attach`ed to `event` (taken: asked once, by `deliver`)."""
-        return self._attached.pop(event.event_id, None) if self._attached else None
+        return self._attached.pop(event.event_id, None)
 
     def release(self, market_id: str) -> None:
         """The publisher took the event (`unacknowledged` covers it from now on)."""

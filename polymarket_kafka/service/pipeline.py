@@ -303,11 +303,7 @@ async def _deliver(
             async for event in events:
                 # A publish cancelled before Kafka's client accepted the event is the
                 # publisher's to report (`Publisher`): it counts it as not acknowledged.
-                state = keeper.attached(event)
-                if state is None:
-                    await publisher.publish(event)
-                else:
-                    await publisher.publish(event, state)
+                await publisher.publish(event, keeper.attached(event))
                 keeper.release(event.market_id)
                 stats.events_published += 1
                 if on_published is not None:
