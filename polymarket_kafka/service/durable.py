@@ -187,28 +187,33 @@ class StateKeeper:
         previous one, everything stays due for the next)."""
         if not self._on or not self.book.due(anyio.current_time()):
             return
-        checkpoint, records = self._take(detector)
-        if not checkpoint:
-            return
-        if self._stager is not None:
-            self._stager.stage(records)
+        to_write = self._checkpoint(detector)
+        if to_write is None:
             return
         try:
-            self.checkpoints.send_nowait((checkpoint, records))
+            self.checkpoints.send_nowait(to_write)
         except anyio.WouldBlock:
+            checkpoint, records = to_write
             self.book.failed(checkpoint, [market_id for market_id, _ in records])
 
     async def final(self, detector: Detector) -> None:
         """`detect` has drained: the last checkpoint (staged, or written and waited for)."""
         if not self._on:
             return
+        to_write = self._checkpoint(detector)
+        if to_write is not None:
+            await self.checkpoints.send(to_write)
+
+    def _checkpoint(self, detector: Detector) -> Records | None:
+        """Take what is due: staged at once (exactly once), or returned for the `checkpoint`
+        stage to write (at least once). None when nothing is left to write."""
         checkpoint, records = self._take(detector)
         if not checkpoint:
-            return
+            return None
         if self._stager is not None:
             self._stager.stage(records)
-        else:
-            await self.checkpoints.send((checkpoint, records))
+            return None
+        return checkpoint, records
 
     def _take(self, detector: Detector) -> Records:
         """What is due now, encoded (the detector's current states). At least once, the
