@@ -1,19 +1,20 @@
 """Score a replay against dated, labelled moments (a labels CSV), like a backtest report.
 
+The windows are the ones the data set's own README states (its December 2026 revision).
+
 The CSV has a header and at least the columns `label_id, kind, utc_time, series` (others,
 such as `what` or `sources`, are kept for display or ignored). `series` names history files
 relative to the CSV's directory, without `.history.json`, separated by `;`; a segment may
 use shell wildcards (`states-hourly/*`). Kinds and how they score, per (label, series):
 
 * `event` — news that moved the market. **hit** when an event of that series fires within
-  `[t - 15m, t + tolerance]`, tolerance = max(4h, 3 x the series' median step): a move shows
-  on the next point of coarse data and a confirmed event fires one poll later still, so on
-  hourly data the earliest possible event is about two bars after the news. The latency of
-  the first such event is reported. (15 minutes before `t` absorbs approximate news times
-  without crediting an event to news that came after it.)
-  Else **miss**.
+  `[t - max(1 bar, 30m), t + max(3 bars, 60m) + 5s]`, a bar being the series' median step:
+  a move shows on the next point of coarse data and a confirmed event may fire one bar later
+  still; the 5 seconds absorb bars stamped just past the hour. The latency of the first such
+  event is reported. Else **miss**.
 * `negative`, `spike_no_news` — news without a conviction change, or a one-bar glitch.
-  **false alarm** when an event fires in the same window, else **quiet** (correct).
+  **false alarm** when an event fires within one bar of `t` (`[t - 1 bar, t + 1 bar]`), else
+  **quiet** (correct).
 * `calm` — `utc_time` is `START/END`; any event inside is a **false alarm**.
 * `candidate` — an unconfirmed time: the events near it are listed, nothing is scored.
 * `context` — a dated moment kept for reading the chart (a move too small, too close to
@@ -40,8 +41,9 @@ from polymarket_kafka.replay.history import series_name
 from polymarket_kafka.replay.summary import format_duration
 
 __all__ = [
-    "LEAD",
+    "MIN_LEAD",
     "MIN_TOLERANCE",
+    "STAMP_SLACK",
     "Label",
     "LabelScore",
     "LabelsError",
@@ -57,12 +59,14 @@ __all__ = [
 Kind = Literal["event", "negative", "spike_no_news", "calm", "candidate", "context"]
 Outcome = Literal["hit", "miss", "false alarm", "quiet", "candidate", "context", "outside"]
 
-#: How long before a labelled time an event still counts (news times are approximate).
-LEAD = timedelta(minutes=15)
-#: Smallest tolerance after a labelled time.
-MIN_TOLERANCE = timedelta(hours=4)
-#: Tolerance in median steps of the series (coarse data shows a move late).
+#: Smallest lead before a labelled time (news times are approximate); else one bar.
+MIN_LEAD = timedelta(minutes=30)
+#: Smallest tolerance after a labelled time; else `TOLERANCE_STEPS` bars.
+MIN_TOLERANCE = timedelta(minutes=60)
+#: Tolerance in bars (median steps) of the series (coarse data shows a move late).
 TOLERANCE_STEPS = 3
+#: Slack after the tolerance, for bars stamped a few seconds past the hour.
+STAMP_SLACK = timedelta(seconds=5)
 
 _REQUIRED = ("label_id", "kind", "utc_time", "series")
 
@@ -228,18 +232,27 @@ def _matches(pattern: str, key: str) -> bool:
     )
 
 
-def _tolerance(facts: SeriesFacts) -> timedelta:
-    step = facts.median_step_seconds or 0.0
-    return max(MIN_TOLERANCE, timedelta(seconds=TOLERANCE_STEPS * step))
+def _bar(facts: SeriesFacts) -> timedelta:
+    return timedelta(seconds=facts.median_step_seconds or 0.0)
+
+
+def _window(label: Label, facts: SeriesFacts) -> tuple[datetime, datetime]:
+    bar = _bar(facts)
+    if label.kind == "calm":
+        assert label.until is not None
+        return label.at, label.until
+    if label.kind in ("negative", "spike_no_news"):
+        return label.at - bar, label.at + bar
+    lead = max(MIN_LEAD, bar)
+    tolerance = max(MIN_TOLERANCE, TOLERANCE_STEPS * bar) + STAMP_SLACK
+    return label.at - lead, label.at + tolerance
 
 
 def _score_one(label: Label, facts: SeriesFacts) -> LabelScore:
+    window = _window(label, facts)
     if label.kind == "calm":
-        assert label.until is not None
-        window = (label.at, label.until)
-        in_span = label.at <= facts.end and label.until >= facts.start
+        in_span = window[0] <= facts.end and window[1] >= facts.start
     else:
-        window = (label.at - LEAD, label.at + _tolerance(facts))
         in_span = facts.start <= label.at <= facts.end
     events = tuple(t for t in facts.event_times if window[0] <= t <= window[1])
     if not in_span:

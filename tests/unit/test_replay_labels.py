@@ -123,14 +123,31 @@ def test_event_hit_reports_the_latency_of_the_first_event_in_the_window() -> Non
 @pytest.mark.parametrize(
     ("offset", "outcome"),
     [
-        (-timedelta(minutes=15), "hit"),  # the lead: news times are approximate
-        (-timedelta(minutes=15, seconds=1), "miss"),
-        (4 * HOUR, "hit"),  # the minimum tolerance
-        (4 * HOUR + timedelta(seconds=1), "miss"),
+        (-HOUR, "hit"),  # the lead: one bar (news times are approximate)
+        (-HOUR - timedelta(seconds=1), "miss"),
+        (3 * HOUR, "hit"),  # three bars after
+        (3 * HOUR + timedelta(seconds=5), "hit"),  # a bar stamped a few seconds late
+        (3 * HOUR + timedelta(seconds=6), "miss"),
     ],
 )
 def test_event_window_bounds_on_hourly_data(offset: timedelta, outcome: str) -> None:
     facts = _facts("s", T + offset)
+    assert _score("L,event,2024-11-02T23:00Z,,,s,,,", facts)[0][1] == outcome
+
+
+@pytest.mark.parametrize(
+    ("offset", "outcome"),
+    [
+        (-timedelta(minutes=30), "hit"),  # at least 30 minutes before
+        (-timedelta(minutes=30, seconds=1), "miss"),
+        (HOUR + timedelta(seconds=5), "hit"),  # at least an hour (and the slack) after
+        (HOUR + timedelta(seconds=6), "miss"),
+    ],
+)
+def test_event_window_on_minute_data_has_minimum_lead_and_tolerance(
+    offset: timedelta, outcome: str
+) -> None:
+    facts = _facts("s", T + offset, step=60.0)
     assert _score("L,event,2024-11-02T23:00Z,,,s,,,", facts)[0][1] == outcome
 
 
@@ -146,9 +163,23 @@ def test_tolerance_grows_with_coarse_data() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("offset", "outcome"),
+    [
+        (HOUR, "false alarm"),  # within one bar of the moment
+        (-HOUR, "false alarm"),
+        (HOUR + timedelta(seconds=1), "quiet"),
+        (-HOUR - timedelta(seconds=1), "quiet"),
+    ],
+)
+def test_negative_window_is_one_bar_either_side(offset: timedelta, outcome: str) -> None:
+    facts = _facts("s", T + offset)
+    assert _score("N,negative,2024-11-02T23:00Z,,,s,,,", facts)[0][1] == outcome
+
+
 def test_quiet_kinds_score_false_alarms() -> None:
     noisy = _facts("noisy", T + HOUR)
-    quiet = _facts("quiet", T + 10 * HOUR)
+    quiet = _facts("quiet", T + 2 * HOUR)
     for kind in ("negative", "spike_no_news"):
         assert [
             o for _, o, _ in _score(f"N,{kind},2024-11-02T23:00Z,,,noisy;quiet,,,", noisy, quiet)
