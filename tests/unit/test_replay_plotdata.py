@@ -123,7 +123,8 @@ def test_marks_keep_the_scored_window_and_calm_ids_point_at_the_visible_middle()
     assert calm.window == (datetime(2024, 10, 1, tzinfo=UTC), T)
     assert calm.anchor == START + (T - START) / 2
     assert move.anchor == move.at == T + 2 * HOUR
-    assert move.window == (move.at - timedelta(minutes=15), move.at + 4 * HOUR)
+    # One bar before, three bars (and the 5 s stamp slack) after, on hourly data.
+    assert move.window == (move.at - HOUR, move.at + 3 * HOUR + timedelta(seconds=5))
 
 
 def test_notes_say_what_happened_and_what_the_label_is() -> None:
