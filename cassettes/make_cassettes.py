@@ -37,6 +37,9 @@ Where the content comes from (see /work/shared/polymarket-api.md, "the doc" belo
   from /work/shared/data/real/pres2024-{trump,harris}-national-hourly.history.json
   (Polymarket website exports, MIT-licensed `ngu-khoi/prediction-market-visualization`).
   The Fed prices are synthetic small wiggles around its recorded 0.0025 (no event expected).
+  Before them come DEMO_LEAD_IN (24) synthetic hourly cycles holding the first recorded
+  prices: the detector judges a move against the market's own volatility, and a market it
+  has watched for a day is not one it has never seen (rules/default.yaml, volatility.prior).
 
 Re-recording against the live API (never done by the tests; needs internet and vcrpy):
 
@@ -105,6 +108,8 @@ V2_NEW_TOKENS = [_illustrative_id("v2-new-yes-token"), _illustrative_id("v2-new-
 DEMO_TRUMP = [0.6085, 0.6155, 0.58, 0.706, 0.711, 0.828, 0.9245, 0.9695, 0.9865, 0.9935]
 DEMO_HARRIS = [0.39, 0.3855, 0.4215, 0.297, 0.288, 0.2005, 0.068, 0.0335, 0.014, 0.006]
 DEMO_FED = [0.0025, 0.003, 0.0025, 0.002, 0.0025, 0.003, 0.0035, 0.003, 0.0025, 0.0025]
+#: Synthetic calm hours before the recorded ten (see the module docstring).
+DEMO_LEAD_IN = 24
 
 CLOUDFLARE_403 = """<!DOCTYPE html>
 <!--[if lt IE 7]> <html class="no-js ie6 oldie" lang="en-US"> <![endif]-->
@@ -597,7 +602,9 @@ def demo() -> list[dict[str, Any]]:
             _response(200, [fed_item(), harris_item(DEMO_HARRIS[0]), trump_item(DEMO_TRUMP[0])]),
         )
     ]
-    for trump, harris, fed in zip(DEMO_TRUMP, DEMO_HARRIS, DEMO_FED, strict=True):
+    lead_in = [(DEMO_TRUMP[0], DEMO_HARRIS[0], DEMO_FED[0])] * DEMO_LEAD_IN
+    recorded = list(zip(DEMO_TRUMP, DEMO_HARRIS, DEMO_FED, strict=True))
+    for trump, harris, fed in lead_in + recorded:
         prices = {FED_YES: _price(fed), HARRIS_YES: _price(harris), TRUMP_YES: _price(trump)}
         interactions.append(_interaction(midpoints_request(tokens), _response(200, prices)))
     return interactions

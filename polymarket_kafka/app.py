@@ -26,7 +26,13 @@ from confluent_kafka import KafkaException
 from polymarket_kafka.backoff import doubling
 from polymarket_kafka.clock import now_utc
 from polymarket_kafka.config import AppConfig
-from polymarket_kafka.detector_state import ClosedMarket, MarketState, StateFormatError, decode
+from polymarket_kafka.detector_state import (
+    ClosedMarket,
+    MarketState,
+    StateFormatError,
+    StateFormatOutdated,
+    decode,
+)
 from polymarket_kafka.kafka.publisher import KafkaPublisher, open_kafka_publisher
 from polymarket_kafka.kafka.state_topic import (
     StateTopicError,
@@ -149,7 +155,8 @@ async def restore_states(
 ) -> list[MarketState | ClosedMarket]:
     """Create the state topic if missing and read every market's state back, retrying
     (logged, and told to `on_retry`) until Kafka answers. A record that cannot be read is
-    skipped with a warning: that market starts afresh."""
+    skipped with a warning: that market starts afresh (records of an earlier detector's
+    format are counted and logged in one line per version)."""
     delays = doubling(*RESTORE_RETRY_SECONDS)
     topic = config.kafka.full_state_topic
     while True:
@@ -172,9 +179,12 @@ async def restore_states(
                 on_retry(str(exc))
             await anyio.sleep(delay)
     states: list[MarketState | ClosedMarket] = []
+    outdated: dict[int, int] = {}
     for market_id, record in sorted(records.items()):
         try:
             states.append(decode(record))
+        except StateFormatOutdated as exc:
+            outdated[exc.version] = outdated.get(exc.version, 0) + 1
         except StateFormatError as exc:
             logger.warning(
                 "state of market %s in %s not restored, it starts afresh: %s",
@@ -183,6 +193,15 @@ async def restore_states(
                 exc,
                 extra={"market_id": market_id},
             )
+    for version, count in sorted(outdated.items()):
+        # One line, not one per market: an upgrade meets every record of the old format.
+        logger.warning(
+            "%d markets in %s have detector state of format version %d (an earlier "
+            "detector); they start afresh",
+            count,
+            topic,
+            version,
+        )
     return states
 
 

@@ -6,64 +6,75 @@ taking the current price as a new baseline. This module is the part without I/O:
 state is (`MarketState`, `ClosedMarket`) and how it is written (`encode`) and read back
 (`decode`). `Detector.export_state` / `Detector.restore_state` convert to and from it.
 
-Format, version 1 (`STATE_FORMAT_VERSION`): one compact JSON object, UTF-8.
+Format, version 2 (`STATE_FORMAT_VERSION`, detection v2): one compact JSON object, UTF-8.
+Times are float seconds since the Unix epoch (UTC).
 
 ```
-{"v": 1, "market_id": "0x..", "state_key": "<DetectionParams.state_key>",
+{"v": 2, "market_id": "0x..", "state_key": "<DetectionParams.state_key>",
  "snapshot": {<MarketSnapshot, JSON mode, defaults left out>},
- "t0": <first observation, integer microseconds since the Unix epoch (UTC)>,
- "dt": [<microseconds from the previous observation>, ...],   # one per later observation
- "p": [<price of each observation, first included>, ...],
- "cooldown_until": <microseconds since the epoch> | null,
- "pending": {"baseline_at": us, "baseline_price": x, "first_at": us, "first_move": x,
+ "t0": <time of the oldest window bucket's last observation, integer microseconds>,
+ "dt": [<microseconds from the previous bucket's to the next one's>, ...],
+ "p": [<price of each bucket's last observation, oldest first>, ...],
+ "bucket_end": <end of the current bucket>, "variance": <volatility, per second>,
+ "anchor": <time> | null, "exit": [<time>, <price>] | null, "previous": [<time>, <price>] | null,
+ "cooldown_until": <time> | null,
+ "pending": {"baseline_at": t, "baseline_price": x, "first_at": t, "first_move": x,
              "polls": n} | null,
- "last_event": [<microseconds since the epoch>, 1 | -1] | null}
+ "last_event": [<time>, 1 | -1] | null}
 ```
 
-A market remembered as closed is `{"v": 1, "market_id": "0x..", "closed": true}`. Times are
-exact (integer microseconds, as the snapshots carry them) and prices are written with
-Python's shortest round-tripping `repr`, so `decode(encode(s)) == s` for every state (a
-property test checks it) and a restored detector decides exactly as the one that never
-stopped. A reader refuses any other version with `StateFormatError` naming it: a newer
-service may add fields; an older one must not guess.
+Bucket times are observation times, whole microseconds, so they are written as integers (a
+third the size of float seconds); a window holding any other time (only possible for a state
+built by hand) is written `"t": [<float seconds>, ...]` instead, and both forms are read.
+A market remembered as closed is `{"v": 2, "market_id": "0x..", "closed": true}`. Numbers are
+written with Python's shortest round-tripping `repr`, so `decode(encode(s)) == s` for every
+state (a property test checks it) and a restored detector decides exactly as the one that
+never stopped. Snapshot times are whole microseconds, and below 2**52 us (the year 2112) a
+float of seconds holds them exactly, so the detector's float times convert back to the very
+datetimes observed.
 
-Size: the window is kept whole, about 14 bytes per observation plus the snapshot
-(bench/state_size.py): 1.4 KB for a 1 h window at 60 s polls, 4.1 KB for the default 2 h at
-30 s, 18.7 KB at 5 s. Over the issue's budget of 2 KB per market for fine polling: a
-summarised window has to come with the detector that keeps one (issue 12), so that a restored
-detector still decides exactly as one that never stopped.
+Older versions: a version-1 record (detection v1 kept every observation of its window, in
+integer microseconds) raises `StateFormatOutdated`; the restore counts such markets and logs
+one line, and they start afresh (a v1 window holds no volatility, and replaying it into v2
+buckets would need its rule's window, which the record does not carry). Any other version
+raises `StateFormatError` naming it: a newer service may add fields; an older one must not
+guess.
+
+Size: at most 62 buckets whatever the polling rate (`detection.window.WINDOW_BUCKETS`),
+about 16 bytes each plus the snapshot: 1.6 KB for a full window (bench/state_size.py).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeGuard, cast
+from typing import Any, TypeGuard
 
 from pydantic import ValidationError
 
 from polymarket_kafka.models import MarketSnapshot
 
 __all__ = [
+    "OUTDATED_VERSIONS",
     "STATE_FORMAT_VERSION",
     "ClosedMarket",
     "MarketState",
     "PendingMove",
     "StateFormatError",
+    "StateFormatOutdated",
     "StateRecord",
     "decode",
     "encode",
 ]
 
-STATE_FORMAT_VERSION = 1
+STATE_FORMAT_VERSION = 2
+#: Versions written by earlier detectors: read as `StateFormatOutdated` (start afresh).
+OUTDATED_VERSIONS = frozenset({1})
 
 #: One record of the state topic: (market id, `encode`d state, or None for a tombstone).
 StateRecord = tuple[str, bytes | None]
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 
 
 class StateFormatError(ValueError):
@@ -71,30 +82,53 @@ class StateFormatError(ValueError):
     the wrong type. `str()` says which, in one line."""
 
 
+class StateFormatOutdated(StateFormatError):
+    """A record of an earlier detector's format (see the module docstring): its market
+    starts afresh."""
+
+    def __init__(self, market_id: str, version: int) -> None:
+        super().__init__(
+            f"state of {market_id} is format version {version} (an earlier detector); "
+            f"this service reads version {STATE_FORMAT_VERSION}"
+        )
+        self.market_id = market_id
+        self.version = version
+
+
 @dataclass(frozen=True)
 class PendingMove:
-    """A move seen once and waiting for confirmation (`Detector`'s pending move)."""
+    """A move seen once and waiting for confirmation (times: seconds since the epoch)."""
 
-    baseline_at: datetime
+    baseline_at: float
     baseline_price: float
-    first_at: datetime
+    first_at: float
     first_move: float
     polls: int
 
 
 @dataclass(frozen=True)
 class MarketState:
-    """Everything the detector holds about one tracked market."""
+    """Everything the detector holds about one tracked market (times: float seconds since
+    the epoch; see `detection.window.MarketWindow` for the window's fields)."""
 
     market_id: str
     state_key: str
-    #: The retained observations, oldest first (never empty).
-    history: tuple[tuple[datetime, float], ...]
     last_snapshot: MarketSnapshot
-    cooldown_until: datetime | None = None
+    #: Time of each window bucket's last observation, oldest first (never empty).
+    times: tuple[float, ...]
+    #: The price of each bucket's last observation.
+    prices: tuple[float, ...]
+    bucket_end: float
+    #: Volatility of the price, variance per second.
+    variance: float
+    anchor: float | None = None
+    exit: tuple[float, float] | None = None
+    #: The observation before the last one (time, price).
+    previous: tuple[float, float] | None = None
+    cooldown_until: float | None = None
     pending: PendingMove | None = None
     #: (time, +1 or -1) of the last event, for hysteresis.
-    last_event: tuple[datetime, int] | None = None
+    last_event: tuple[float, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -113,35 +147,37 @@ def encode(state: MarketState | ClosedMarket) -> bytes:
             "closed": True,
         }
     else:
-        times = [_micros(at) for at, _ in state.history]
         pending = state.pending
         document = {
             "v": STATE_FORMAT_VERSION,
             "market_id": state.market_id,
             "state_key": state.state_key,
             "snapshot": state.last_snapshot.model_dump(mode="json", exclude_defaults=True),
-            "t0": times[0],
-            "dt": [later - earlier for earlier, later in itertools.pairwise(times)],
-            "p": [price for _, price in state.history],
-            "cooldown_until": _optional_micros(state.cooldown_until),
+            **_times(state.times),
+            "p": list(state.prices),
+            "bucket_end": state.bucket_end,
+            "variance": state.variance,
+            "anchor": state.anchor,
+            "exit": None if state.exit is None else list(state.exit),
+            "previous": None if state.previous is None else list(state.previous),
+            "cooldown_until": state.cooldown_until,
             "pending": None
             if pending is None
             else {
-                "baseline_at": _micros(pending.baseline_at),
+                "baseline_at": pending.baseline_at,
                 "baseline_price": pending.baseline_price,
-                "first_at": _micros(pending.first_at),
+                "first_at": pending.first_at,
                 "first_move": pending.first_move,
                 "polls": pending.polls,
             },
-            "last_event": None
-            if state.last_event is None
-            else [_micros(state.last_event[0]), state.last_event[1]],
+            "last_event": None if state.last_event is None else list(state.last_event),
         }
     return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
 
 
 def decode(record: bytes) -> MarketState | ClosedMarket:
-    """Read a record written by `encode`; `StateFormatError` for anything else."""
+    """Read a record written by `encode`; `StateFormatOutdated` for an earlier detector's
+    format, `StateFormatError` for anything else unreadable."""
     try:
         document = json.loads(record)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -149,88 +185,93 @@ def decode(record: bytes) -> MarketState | ClosedMarket:
     if not isinstance(document, dict):
         raise StateFormatError("a state record must be a JSON object")
     version = document.get("v")
-    if version != STATE_FORMAT_VERSION:
+    reader = _Reader(document)
+    if _is_int(version) and version in OUTDATED_VERSIONS:
+        raise StateFormatOutdated(reader.text("market_id"), version)
+    if not _is_int(version) or version != STATE_FORMAT_VERSION:
         raise StateFormatError(
             f"state format version {version!r} is not supported (this service reads "
             f"version {STATE_FORMAT_VERSION})"
         )
-    reader = _Reader(document)
     market_id = reader.text("market_id")
     if document.get("closed") is True:
         return ClosedMarket(market_id)
-    t0 = reader.integer("t0")
-    deltas = reader.integers("dt")
+    times = _read_times(reader, market_id)
     prices = reader.numbers("p")
-    if len(prices) != len(deltas) + 1:
+    if len(prices) != len(times):
         raise StateFormatError(
-            f"state of {market_id}: {len(prices)} prices for {len(deltas) + 1} observation times"
+            f"state of {market_id}: {len(prices)} prices for {len(times)} bucket times"
         )
-    times = _times(t0, deltas)
     try:
         snapshot = MarketSnapshot.model_validate(reader.mapping("snapshot"))
     except ValidationError as exc:
         raise StateFormatError(f"state of {market_id}: invalid snapshot: {exc}") from None
-    pending_document = document.get("pending")
+    pending_document = reader.raw("pending")
     pending = None
     if pending_document is not None:
         if not isinstance(pending_document, dict):
             raise StateFormatError(f"state of {market_id}: pending must be an object or null")
         inner = _Reader(pending_document, "pending.")
         pending = PendingMove(
-            baseline_at=_time(inner.integer("baseline_at")),
+            baseline_at=inner.number("baseline_at"),
             baseline_price=inner.number("baseline_price"),
-            first_at=_time(inner.integer("first_at")),
+            first_at=inner.number("first_at"),
             first_move=inner.number("first_move"),
             polls=inner.integer("polls"),
         )
-    last_event = document.get("last_event")
+    last_event = reader.raw("last_event")
     if last_event is not None and not (
         isinstance(last_event, list)
         and len(last_event) == 2
-        and _is_int(last_event[0])
+        and _is_number(last_event[0])
+        and _is_int(last_event[1])
         and last_event[1] in (1, -1)
     ):
         raise StateFormatError(f"state of {market_id}: last_event must be [time, 1 | -1] or null")
-    cooldown = document.get("cooldown_until")
-    if cooldown is not None and not _is_int(cooldown):
-        raise StateFormatError(f"state of {market_id}: cooldown_until must be an integer or null")
     return MarketState(
         market_id=market_id,
         state_key=reader.text("state_key"),
-        history=tuple(zip(times, prices, strict=True)),
         last_snapshot=snapshot,
-        cooldown_until=None if cooldown is None else _time(cooldown),
+        times=tuple(times),
+        prices=tuple(prices),
+        bucket_end=reader.number("bucket_end"),
+        variance=reader.number("variance"),
+        anchor=reader.optional_number("anchor"),
+        exit=reader.optional_pair("exit"),
+        previous=reader.optional_pair("previous"),
+        cooldown_until=reader.optional_number("cooldown_until"),
         pending=pending,
-        last_event=None if last_event is None else (_time(last_event[0]), last_event[1]),
+        last_event=None if last_event is None else (float(last_event[0]), last_event[1]),
     )
 
 
-def _micros(at: datetime) -> int:
-    return (at - _EPOCH) // _MICROSECOND
+#: Seconds below which a time in whole microseconds is exact as a float (2**52 us: 2112).
+_MICROS_EXACT_BELOW = 2**52 / 1e6
 
 
-def _optional_micros(at: datetime | None) -> int | None:
-    return None if at is None else _micros(at)
+def _times(times: tuple[float, ...]) -> dict[str, Any]:
+    """The bucket times as integer microseconds (`t0`, `dt`) when they are exactly that, as
+    every observation time is; else as float seconds (`t`)."""
+    if not all(-_MICROS_EXACT_BELOW < at < _MICROS_EXACT_BELOW for at in times):
+        return {"t": list(times)}
+    micros = [round(at * 1e6) for at in times]
+    if any(m / 1e6 != at for m, at in zip(micros, times, strict=True)):
+        return {"t": list(times)}
+    return {"t0": micros[0], "dt": [b - a for a, b in itertools.pairwise(micros)]}
 
 
-def _time(micros: int) -> datetime:
-    return _EPOCH + micros * _MICROSECOND
-
-
-#: Below this many microseconds since 1970 (the year 2112), a float of seconds is exact to the
-#: microsecond and `datetime.fromtimestamp` rounds it back exactly (tests/unit/
-#: test_detector_state.py checks the whole range): 30 % faster than timedelta arithmetic,
-#: and a restore builds one datetime per observation kept.
-_FAST_TIMES_BELOW = 2**52
-
-
-def _times(t0: int, deltas: list[int]) -> list[datetime]:
-    """The observation times: `t0` then each delta after the previous (microseconds)."""
-    micros = list(itertools.accumulate(deltas, initial=t0))
-    if micros[-1] >= _FAST_TIMES_BELOW:
-        return [_time(m) for m in micros]
-    from_timestamp = datetime.fromtimestamp
-    return [from_timestamp(m / 1e6, UTC) for m in micros]
+def _read_times(reader: _Reader, market_id: str) -> list[float]:
+    if reader.has("t"):
+        return reader.numbers("t")
+    deltas = reader.integers("dt")
+    micros = itertools.accumulate(deltas, initial=reader.integer("t0"))
+    try:
+        times = [m / 1e6 for m in micros]
+    except OverflowError:
+        times = [math.inf]
+    if not all(map(math.isfinite, times)):
+        raise StateFormatError(f"state of {market_id}: t0 and dt must give finite times")
+    return times
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -238,14 +279,13 @@ def _is_int(value: object) -> TypeGuard[int]:
     return type(value) is int
 
 
-_INT: frozenset[type] = frozenset({int})
-_FLOAT: frozenset[type] = frozenset({float})
 _NUMBER: frozenset[type] = frozenset({int, float})
+_FLOAT: frozenset[type] = frozenset({float})
 
 
 def _is_number(value: object) -> TypeGuard[int | float]:
     """A JSON number (booleans excluded)."""
-    return type(value) in (int, float)
+    return type(value) in _NUMBER
 
 
 class _Reader:
@@ -262,6 +302,20 @@ class _Reader:
 
     def _wrong(self, name: str, kind: str) -> StateFormatError:
         return StateFormatError(f"state record: {self._prefix}{name} must be {kind}")
+
+    def has(self, name: str) -> bool:
+        return name in self._document
+
+    def integers(self, name: str) -> list[int]:
+        raw = self._get(name)
+        # Types compared as a set (C speed): a restore checks every bucket's.
+        if not isinstance(raw, list) or not set(map(type, raw)) <= {int}:
+            raise self._wrong(name, "a list of integers")
+        return raw
+
+    def raw(self, name: str) -> object:
+        """The field as decoded (it must be present, null included)."""
+        return self._get(name)
 
     def text(self, name: str) -> str:
         value = self._get(name)
@@ -281,31 +335,33 @@ class _Reader:
             raise self._wrong(name, "a number")
         return float(value)
 
-    def integers(self, name: str) -> list[int]:
-        raw = self._list(name)
-        # Types compared as a set (C speed): a restore checks every observation's.
-        values = cast("list[int]", raw) if set(map(type, raw)) <= _INT else None
-        if values is None or min(values, default=0) < 0:
-            raise self._wrong(name, "a list of non-negative integers")
-        return values
+    def optional_number(self, name: str) -> float | None:
+        value = self._get(name)
+        if value is None:
+            return None
+        if not _is_number(value):
+            raise self._wrong(name, "a number or null")
+        return float(value)
+
+    def optional_pair(self, name: str) -> tuple[float, float] | None:
+        value = self._get(name)
+        if value is None:
+            return None
+        if not (isinstance(value, list) and len(value) == 2 and all(map(_is_number, value))):
+            raise self._wrong(name, "[time, price] or null")
+        return float(value[0]), float(value[1])
 
     def numbers(self, name: str) -> list[float]:
-        raw = self._list(name)
-        kinds = set(map(type, raw))
-        if not raw or not kinds <= _NUMBER:
+        raw = self._get(name)
+        # Types compared as a set (C speed): a restore checks every bucket's.
+        kinds = set(map(type, raw)) if isinstance(raw, list) else None
+        if not raw or kinds is None or not kinds <= _NUMBER:
             raise self._wrong(name, "a non-empty list of numbers")
-        if kinds == _FLOAT:
-            return cast("list[float]", raw)
-        return [float(cast("float", v)) for v in raw]
+        assert isinstance(raw, list)
+        return [float(v) for v in raw] if kinds != _FLOAT else raw
 
     def mapping(self, name: str) -> dict[str, Any]:
         value = self._get(name)
         if not isinstance(value, dict):
             raise self._wrong(name, "an object")
-        return value
-
-    def _list(self, name: str) -> list[object]:
-        value = self._get(name)
-        if not isinstance(value, list):
-            raise self._wrong(name, "a list")
         return value

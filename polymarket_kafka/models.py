@@ -222,11 +222,19 @@ class PolymarketSubscription(BaseModel):
         le=1.0,
         description="Per-market override of the absolute move threshold (probability units).",
     )
+    # Finite: an infinite window or cooldown is no setting, and could not be written to
+    # the state topic (its JSON has no infinity).
     window_seconds: float | None = Field(
-        default=None, gt=0.0, description="Per-market override of the rolling window."
+        default=None,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="Per-market override of the rolling window.",
     )
     cooldown_seconds: float | None = Field(
-        default=None, ge=0.0, description="Per-market override of the cooldown."
+        default=None,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="Per-market override of the cooldown.",
     )
 
     def is_active(self) -> bool:

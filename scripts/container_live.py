@@ -5,7 +5,8 @@ service container joins them with `--network=host`. See `container_smoke.py` for
 story.
 
 Polymarket is `CassetteServer` replaying cassettes/demo.yaml, the recording the demo replays
-in-process: real response shapes, three real markets, ten hourly cycles of the 2024
+in-process: real response shapes, three real markets, a synthetic calm day of hourly cycles
+(cassettes/make_cassettes.py, DEMO_LEAD_IN) and then ten hourly cycles of the 2024
 election-night price path. The container polls it on real time, and that fits the
 recording: the cassette answers identical requests with their recorded interactions in
 order, so each `POST /midpoints` of the 1-second poll gets the next recorded hour (then the
@@ -217,7 +218,12 @@ class LiveRun:
         from polymarket_kafka.models import PolymarketEvent
         from polymarket_kafka.testing.local_broker import read_events
 
-        wait_until(self._replayed, timeout=30, what=f"the service to poll the {self.cycles} cycles")
+        # One cycle a second: the whole cassette, plus a margin.
+        wait_until(
+            self._replayed,
+            timeout=self.cycles + 30,
+            what=f"the service to poll the {self.cycles} cycles",
+        )
         polls = self.polymarket.request_count("POST /midpoints")
         print(f"    {self.cycles} recorded cycles served ({polls} polls so far)")
         messages = read_events(self.broker, TOPIC, expected=len(EXPECTED_MOVES), timeout=30)
@@ -300,8 +306,8 @@ def live_run(env: dict[str, str], work: Path, steps: Steps) -> None:
                 live.start_until_ready,
             ),
             (
-                f"replay the {live.cycles} election-night cycles; read the moves back from "
-                "the broker",
+                f"replay the {live.cycles} cycles (a calm day, then election night); read the "
+                "moves back from the broker",
                 live.recorded_moves_reach_broker,
             ),
             ("GET /metrics counts the published events", live.metrics_count_them),

@@ -16,13 +16,21 @@ MARKET = "0xdd22472e552920b8438158ea7238bfadfa4f736aa4cee91a6b86c39ead110917"
 
 #: Rules for replay tests: two-poll confirmation, a 2 h window and a liquidity floor, so that
 #: confirmation, cooldown and the watch guard all show in a short synthetic series.
+#: Rules of the pipeline tests: a move of the built-in thresholds fires on its first poll,
+#: judged by thresholds only. The scripted markets are new to the detector, which would judge
+#: their first moves against a prior volatility; these tests are about the plumbing.
+ONE_POLL_YAML = "version: 1\ndefaults:\n  confirm: {polls: 1}\n  volatility: {z: 0}\n"
+
+#: Rules of the replay engine's tests: thresholds only (no volatility test, no ramp), so
+#: their series stay short; the volatility test has tests of its own.
 REPLAY_RULES_YAML = """
 version: 1
 defaults:
   window: 2h
   move: {abs: 0.05, log_odds: 2.0}
   cooldown: 10m
-  confirm: {polls: 2}
+  confirm: {polls: 2, ramp: 0}
+  volatility: {z: 0}
   watch: {min_liquidity: 1000}
 """
 

@@ -11,6 +11,7 @@ expected event must appear and no other event may: `expected_events: []` asserts
 
     rule_files: [../default.yaml]     # optional, relative to this file; --rules wins
     evaluation_interval: 1m           # optional poll interval (default 1m)
+    warm_up: 3d                       # optional: each market first trades flat this long
     tests:
       - name: a 0.40 -> 0.65 move fires toward yes
         markets:
@@ -25,7 +26,10 @@ Series notation (as promtool's): space-separated tokens, one poll each, `interva
 (4 polls); `0.4+0.05x4` 0.40 0.45 0.50 0.55 0.60 (4 steps); `0.6-0.1x2` 0.6 0.5 0.4; `_` a
 missed poll (time advances, no snapshot); `_x3` three missed polls. `at` is an offset from
 the market's `start` (`12m`, `1h30m`) or an absolute ISO time, and must be a poll time of
-that market. rules/tests/README.md documents the format for rule authors.
+that market. `warm_up` (file or market) feeds, before `start`, polls every `interval` at the
+market's first price for that long: the detector then knows the market as one watched for
+that time (its volatility), instead of judging a market never seen before.
+rules/tests/README.md documents the format for rule authors.
 """
 
 from __future__ import annotations
@@ -133,12 +137,19 @@ class MarketSpec(BaseModel):
     spread: NonNegative | None = None
     start: datetime = DEFAULT_START
     interval: float | None = None
+    #: Seconds of flat trading at the first price before `start` (None: the file's).
+    warm_up: float | None = None
     series: tuple[float | None, ...]
 
     @field_validator("interval", mode="before")
     @classmethod
     def _interval(cls, value: object) -> float | None:
         return None if value is None else _duration(value, positive=True)
+
+    @field_validator("warm_up", mode="before")
+    @classmethod
+    def _warm_up(cls, value: object) -> float | None:
+        return None if value is None else _duration(value)
 
     @field_validator("series", mode="before")
     @classmethod
@@ -178,7 +189,13 @@ class _FileSpec(BaseModel):
 
     rule_files: list[str] | None = Field(default=None, min_length=1, max_length=1)
     evaluation_interval: float = 60.0
+    warm_up: float = 0.0
     tests: list[dict[str, Any]] = Field(min_length=1)
+
+    @field_validator("warm_up", mode="before")
+    @classmethod
+    def _warm_up(cls, value: object) -> float:
+        return _duration(value)
 
     @field_validator("rule_files", mode="before")
     @classmethod
@@ -230,9 +247,15 @@ class RuleTestCase:
     markets: Mapping[str, MarketSpec]
     interval: float
     expected: tuple[ExpectedEvent, ...]
+    #: The file's `warm_up`, in seconds (a market's own wins).
+    warm_up: float = 0.0
 
     def market_interval(self, key: str) -> float:
         return self.markets[key].interval or self.interval
+
+    def market_warm_up(self, key: str) -> float:
+        own = self.markets[key].warm_up
+        return self.warm_up if own is None else own
 
 
 @dataclass(frozen=True)
@@ -296,7 +319,7 @@ def parse_rule_tests(text: str, path: Path) -> RuleTestFile:
         where = f"{path}: test {name!r}" if name else f"{path}: tests[{index}]"
         try:
             case_spec = _CaseSpec.model_validate(raw_case)
-            case = _case(case_spec, spec.evaluation_interval)
+            case = _case(case_spec, spec.evaluation_interval, spec.warm_up)
         except ValidationError as exc:
             problems.append(_issues(exc, where))
             continue
@@ -324,7 +347,7 @@ def _issues(exc: ValidationError, where: str) -> str:
     return "\n".join(lines)
 
 
-def _case(spec: _CaseSpec, default_interval: float) -> RuleTestCase:
+def _case(spec: _CaseSpec, default_interval: float, warm_up: float = 0.0) -> RuleTestCase:
     ids = [market.condition_id or key for key, market in spec.markets.items()]
     if len(set(ids)) != len(ids):
         raise ValueError("markets: two markets share a condition id")
@@ -361,7 +384,11 @@ def _case(spec: _CaseSpec, default_interval: float) -> RuleTestCase:
             )
         )
     return RuleTestCase(
-        name=spec.name, markets=spec.markets, interval=default_interval, expected=tuple(expected)
+        name=spec.name,
+        markets=spec.markets,
+        interval=default_interval,
+        expected=tuple(expected),
+        warm_up=warm_up,
     )
 
 
@@ -382,6 +409,12 @@ def _polls(market: MarketSpec, interval: float) -> list[tuple[datetime, float | 
     ]
 
 
+def _warm_up_polls(market: MarketSpec, interval: float, seconds: float) -> list[datetime]:
+    """The flat polls before `start` that `warm_up` asks for (oldest first)."""
+    count = int(seconds // interval)
+    return [market.start - timedelta(seconds=i * interval) for i in range(count, 0, -1)]
+
+
 # --- running -------------------------------------------------------------------------------
 
 
@@ -393,7 +426,10 @@ def run_case(case: RuleTestCase, rules: RuleSource) -> CaseResult:
     for rank, (key, market) in enumerate(case.markets.items()):
         market_id = market.condition_id or key
         ids[market_id] = key
-        for at, price in _polls(market, case.market_interval(key)):
+        interval = case.market_interval(key)
+        first = next(price for price in market.series if price is not None)
+        warm_up = _warm_up_polls(market, interval, case.market_warm_up(key))
+        for at, price in [*((at, first) for at in warm_up), *_polls(market, interval)]:
             if price is None:
                 continue
             snapshot = MarketSnapshot(

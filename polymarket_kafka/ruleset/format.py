@@ -17,7 +17,16 @@ from polymarket_kafka.ruleset.params import BUILT_IN, PARAMETER_NAMES, ResolvedR
 __all__ = ["DURATION_KEYS", "format_explain", "format_ruleset", "format_value"]
 
 #: Dotted parameters holding seconds, written as durations.
-DURATION_KEYS = frozenset({"window", "cooldown", "confirm.for", "watch.max_data_age"})
+DURATION_KEYS = frozenset(
+    {
+        "window",
+        "cooldown",
+        "confirm.for",
+        "watch.max_data_age",
+        "volatility.half_life",
+        "volatility.min_horizon",
+    }
+)
 
 _WIDTH = 100
 _SHORT_ID = 19  # "0x" + 10 hex + "…" + 4 hex: enough to recognise a condition id

@@ -75,7 +75,7 @@ class DetectionParams:
     #: Rolling window the move is measured over (the previous observation always counts).
     window_seconds: float = 2 * 3600.0
     #: Absolute move of the YES price, probability units (0.03 = 3 points).
-    abs_move: float = 0.04
+    abs_move: float = 0.03
     #: Move of logit(YES price) (prices clamped to [0.001, 0.999]).
     log_odds_move: float = 0.4
     #: "any": either threshold fires; "all": both must be reached.
@@ -92,6 +92,20 @@ class DetectionParams:
     confirm_seconds: float = 0.0
     #: Fraction of the first crossing's move that must still stand when it is confirmed.
     confirm_retain: float = 0.5
+    #: A crossing whose previous poll (at least `confirm_seconds` earlier) already showed this
+    #: fraction of the move, same way, is a ramp: confirmed at once (0 = off).
+    confirm_ramp: float = 0.35
+    #: A move must be at least this many times the market's own volatility over its duration
+    #: (a z-score; 0 = off, thresholds only).
+    volatility_z: float = 3.3
+    #: Volatility never counts below this (probability points per square root of an hour).
+    volatility_floor: float = 0.0065
+    #: A market's volatility before its own history is known (per square root of an hour).
+    volatility_prior: float = 0.04
+    #: Half-life of the volatility estimate (an exponentially weighted average).
+    volatility_half_life_seconds: float = 12 * 3600.0
+    #: A move is judged as if it took at least this long (fine polling is not rushed).
+    volatility_min_horizon_seconds: float = 900.0
     #: Watch a market only when its Gamma liquidity / volume (USDC) reach these (if known).
     min_liquidity: float = 0.0
     min_volume: float = 0.0
@@ -146,6 +160,12 @@ PARAMETER_NAMES: Mapping[str, str] = MappingProxyType(
         "confirm.polls": "confirm_polls",
         "confirm.for": "confirm_seconds",
         "confirm.retain": "confirm_retain",
+        "confirm.ramp": "confirm_ramp",
+        "volatility.z": "volatility_z",
+        "volatility.floor": "volatility_floor",
+        "volatility.prior": "volatility_prior",
+        "volatility.half_life": "volatility_half_life_seconds",
+        "volatility.min_horizon": "volatility_min_horizon_seconds",
         "watch.min_liquidity": "min_liquidity",
         "watch.min_volume": "min_volume",
         "watch.max_spread": "max_spread",
@@ -167,6 +187,12 @@ STATE_PARAMETERS: tuple[str, ...] = (
     "confirm_polls",
     "confirm_seconds",
     "confirm_retain",
+    "confirm_ramp",
+    "volatility_z",
+    "volatility_floor",
+    "volatility_prior",
+    "volatility_half_life_seconds",
+    "volatility_min_horizon_seconds",
 )
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "RulesDocument",
     "TierBand",
     "Tiers",
+    "VolatilitySpec",
     "WatchSpec",
 ]
 
@@ -161,6 +162,56 @@ class ConfirmSpec(_Section):
         description="Fraction of the first crossing's move that must still stand when it is "
         "confirmed." + _default(_BUILT_IN.confirm_retain),
     )
+    ramp: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="A crossing reached by a move already under way is a ramp and is confirmed "
+        "at once: the previous poll, at least `for` earlier, already showed this fraction of "
+        "the move, the same way (0 = off). Coarse data then fires on the crossing bar."
+        + _default(_BUILT_IN.confirm_ramp),
+    )
+
+
+class VolatilitySpec(_Section):
+    """Moves judged against the market's own volatility (any field omitted is inherited)."""
+
+    z: float | None = Field(
+        default=None,
+        ge=0,
+        description="A move must be at least this many times the market's volatility over the "
+        "move's duration: |move| >= z x max(sigma x sqrt(h), floor x sqrt(min(h, window))), "
+        "h = the move's duration, at least `min_horizon`. 0 = off (thresholds only)."
+        + _default(_BUILT_IN.volatility_z),
+    )
+    floor: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="Volatility floor, probability points per square root of an hour: a flat "
+        "market still needs a move this size per sqrt(hour), up to its window."
+        + _default(_BUILT_IN.volatility_floor),
+    )
+    prior: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="Volatility a market starts with before its own history is known (per "
+        "sqrt(hour)); it fades with `half_life` as the market is observed."
+        + _default(_BUILT_IN.volatility_prior),
+    )
+    half_life: PositiveDuration | None = Field(
+        default=None,
+        description="Half-life of the volatility estimate, an exponentially weighted average "
+        "of the changes measured before the window."
+        + _default(format_duration(_BUILT_IN.volatility_half_life_seconds)),
+    )
+    min_horizon: Duration | None = Field(
+        default=None,
+        description="A move is judged as if it took at least this long, so fine polling does "
+        "not turn a few minutes of noise into a significant move."
+        + _default(format_duration(_BUILT_IN.volatility_min_horizon_seconds)),
+    )
 
 
 class WatchSpec(_Section):
@@ -237,6 +288,9 @@ class Parameters(_Section):
         "(re-arm)." + _default(_BUILT_IN.hysteresis),
     )
     confirm: ConfirmSpec | None = Field(default=None, description="Confirmation of a move.")
+    volatility: VolatilitySpec | None = Field(
+        default=None, description="Moves judged against the market's own volatility."
+    )
     watch: WatchSpec | None = Field(default=None, description="Market and snapshot guards.")
     catch_up: Literal["report", "rebaseline"] | None = Field(
         default=None,

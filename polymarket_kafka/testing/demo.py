@@ -7,7 +7,8 @@
   response shapes; the prices follow the real 2024 election-night path), through the same
   HTTP client the service uses.
 * Time: a stepping clock. Each poll cycle is one hour of market time, as in the recording,
-  while the cycles themselves run a fraction of a second apart.
+  while the cycles themselves run a fraction of a second apart. A day of calm hours comes
+  before the recorded night, so the detector knows the markets' volatility when it starts.
 
 The demo publishes through the real producer, then reads the topic back from the broker
 and prints every event it finds (one JSON object per line on stdout). It ends by itself
@@ -61,8 +62,9 @@ logger = logging.getLogger(__name__)
 #: The recorded Polymarket session the demo replays (kept next to the package in the repo).
 DEFAULT_CASSETTE = Path(__file__).resolve().parents[2] / "cassettes" / "demo.yaml"
 
-#: Market time of the first demo cycle: election night 2024, 23:00 UTC.
-DEMO_START = datetime(2024, 11, 5, 23, 0, tzinfo=UTC)
+#: Market time of the first demo cycle: 23:00 UTC the day before election night 2024 (the
+#: cassette's 24 calm lead-in hours come first; cassettes/make_cassettes.py says why).
+DEMO_START = datetime(2024, 11, 4, 23, 0, tzinfo=UTC)
 
 
 class DemoUnavailableError(RuntimeError):

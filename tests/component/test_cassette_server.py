@@ -27,8 +27,14 @@ from polymarket_kafka.service.pipeline import run_service
 from polymarket_kafka.service.reloader import RulesHolder
 from polymarket_kafka.service.stats import ServiceSettings
 from polymarket_kafka.testing.cassette_server import MISMATCH_STATUS, CassetteServer
-from polymarket_kafka.testing.demo import DEFAULT_CASSETTE, SteppingClock, demo_market_ids
+from polymarket_kafka.testing.demo import (
+    DEFAULT_CASSETTE,
+    SteppingClock,
+    demo_market_ids,
+    midpoint_cycles,
+)
 from polymarket_kafka.testing.memory_store import InMemorySubscriptionStore
+from tests.component.test_cassette_transport import load_generator
 
 REPO = Path(__file__).resolve().parents[2]
 TRUMP = "0xdd22472e552920b8438158ea7238bfadfa4f736aa4cee91a6b86c39ead110917"
@@ -36,6 +42,10 @@ HARRIS = "0xc6485bb7ea46d7bb89beb9c91e7572ecfc72a6273789496f78bc5e989e4d1638"
 FED = "0x4319532e181605cb15b1bd677759a3bc7f7394b2fdf145195b700eeaedfd5221"
 #: Harris's YES midpoint in the ten recorded cycles (election night 2024, hourly).
 HARRIS_PATH = [0.39, 0.3855, 0.4215, 0.297, 0.288, 0.2005, 0.068, 0.0335, 0.014, 0.006]
+#: The calm synthetic hours before them, holding the first recorded prices.
+LEAD_IN: int = load_generator().DEMO_LEAD_IN
+#: Harris's YES midpoint in every cycle of the cassette.
+HARRIS_CASSETTE_PATH = [HARRIS_PATH[0]] * LEAD_IN + HARRIS_PATH
 
 
 @pytest.fixture
@@ -80,17 +90,18 @@ async def test_a_real_client_gets_the_recorded_session(server: CassetteServer) -
             yes = [metadata.markets[m].yes_token_id or "" for m in markets]
             harris = yes[markets.index(HARRIS)]
             path = []
-            for _ in HARRIS_PATH:
+            for _ in HARRIS_CASSETTE_PATH:
                 prices = await client.fetch_midpoints(yes)
                 assert prices.failures == {}
                 path.append(prices.prices[harris])
-            assert path == HARRIS_PATH
+            assert path[LEAD_IN:] == HARRIS_PATH  # after the calm lead-in, the recorded night
+            assert path == HARRIS_CASSETTE_PATH
             assert server.all_played
             # Past the end of the recording the last cycle repeats: a flat price.
             assert (await client.fetch_midpoints(yes)).prices[harris] == HARRIS_PATH[-1]
     assert server.request_count("GET /markets") == 1
-    assert server.request_count("POST /midpoints") == len(HARRIS_PATH) + 1
-    assert server.play_count == server.request_count() == len(HARRIS_PATH) + 2
+    assert server.request_count("POST /midpoints") == len(HARRIS_CASSETTE_PATH) + 1
+    assert server.play_count == server.request_count() == len(HARRIS_CASSETTE_PATH) + 2
     assert server.errors == []
 
 
@@ -111,10 +122,13 @@ async def test_the_service_on_a_one_second_clock_sees_the_election_night_moves(
     """What scripts/container_live.py expects of the container, in-process.
 
     The container polls every second on the wall clock, with the bundled rules and the
-    default 300 s metadata refresh. Seconds apart, every recorded cycle is inside the 2-hour
-    window and the cooldowns, so each election market fires once, on its first confirmed
-    move, and the calm Fed market never does.
+    default 300 s metadata refresh. Seconds apart, every cycle of the cassette (the calm
+    lead-in, then the recorded night) is inside the 2-hour window and the cooldowns, so each
+    election market fires once, on its first confirmed move, and the calm Fed market never
+    does.
     """
+    cycles = midpoint_cycles(DEFAULT_CASSETTE)
+    assert cycles == LEAD_IN + len(HARRIS_PATH)
     publisher = RecordingPublisher()
     clock = SteppingClock(datetime(2026, 1, 1, tzinfo=UTC), timedelta(seconds=1))
     async with open_polymarket_client(server.polymarket_config()) as client:
@@ -124,12 +138,12 @@ async def test_the_service_on_a_one_second_clock_sees_the_election_night_moves(
                 poller=MarketPoller(client, metadata_refresh_seconds=300),
                 publisher=publisher,
                 settings=ServiceSettings(
-                    poll_interval_seconds=0.01, max_cycles=10, handle_signals=False
+                    poll_interval_seconds=0.01, max_cycles=cycles, handle_signals=False
                 ),
                 clock=clock,
                 rules=RulesHolder.from_path(REPO / "rules" / "default.yaml"),
             )
-    assert stats.poll_cycles == 10
+    assert stats.poll_cycles == cycles
     assert server.all_played
     assert server.errors == []
     moves = {(e.market_id, e.direction) for e in publisher.events}

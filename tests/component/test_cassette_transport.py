@@ -321,8 +321,9 @@ async def test_the_client_replays_committed_cassettes(name: str, ids: list[str])
 
 @pytest.mark.anyio
 async def test_the_demo_cassette_moves_trump_and_keeps_the_fed_calm() -> None:
+    lead_in: int = load_generator().DEMO_LEAD_IN  # calm synthetic hours before the recording
     transport = CassetteTransport(CASSETTES / "demo.yaml", repeat_last=True)
-    start = datetime(2024, 11, 5, 21, tzinfo=UTC)
+    start = datetime(2024, 11, 5, 21, tzinfo=UTC) - timedelta(hours=lead_in)
     subscriptions = [
         PolymarketSubscription(market_id=m, ref_count=1, created_at=start, updated_at=start)
         for m in (TRUMP, HARRIS, FED)
@@ -333,17 +334,22 @@ async def test_the_demo_cassette_moves_trump_and_keeps_the_fed_calm() -> None:
         PolymarketConfig(rate_limit_delay_ms=0, max_retries=0), transport=transport, stats=stats
     ) as client:
         poller = MarketPoller(client, metadata_refresh_seconds=300)
-        for cycle in range(11):  # one more than recorded: repeat_last serves the last prices
+        # One more cycle than recorded: repeat_last serves the last prices.
+        for cycle in range(lead_in + 11):
             result = await poller.poll_once(subscriptions, start + timedelta(hours=cycle))
             assert result.skipped == {}
             for snapshot in result.snapshots:
                 history[snapshot.market_id].append(snapshot.yes_price)
 
     assert transport.all_played
-    assert history[TRUMP][:4] == [0.6085, 0.6155, 0.58, 0.706]
-    assert history[TRUMP][-2:] == [0.9935, 0.9935]
-    moves = [abs(b - a) for a, b in zip(history[TRUMP], history[TRUMP][1:], strict=False)]
+    # The lead-in holds the first recorded prices: a calm day, no move at all.
+    for market in (TRUMP, HARRIS, FED):
+        assert history[market][:lead_in] == [history[market][lead_in]] * lead_in
+    recorded = {market: prices[lead_in:] for market, prices in history.items()}
+    assert recorded[TRUMP][:4] == [0.6085, 0.6155, 0.58, 0.706]
+    assert recorded[TRUMP][-2:] == [0.9935, 0.9935]
+    moves = [abs(b - a) for a, b in zip(recorded[TRUMP], recorded[TRUMP][1:], strict=False)]
     assert max(moves) >= 0.05
     fed = history[FED]
     assert max(fed) - min(fed) < 0.05
-    assert max(history[HARRIS]) - min(history[HARRIS]) > 0.3
+    assert max(recorded[HARRIS]) - min(recorded[HARRIS]) > 0.3

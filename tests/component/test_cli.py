@@ -177,7 +177,7 @@ def subscribed_service_env(
     `settings`, subscribe its first market and return that market's id."""
     rules = env.with_name("rules.yaml")
     # One poll is enough here (the default rules would wait for a second poll).
-    rules.write_text("version: 1\ndefaults:\n  confirm: {polls: 1}\n")
+    rules.write_text("version: 1\ndefaults:\n  confirm: {polls: 1}\n  volatility: {z: 0}\n")
     market = server.markets[0].condition_id
     for key, value in {
         "POLYMARKET_BASE_URL": server.url,
@@ -291,8 +291,8 @@ def test_run_exits_1_when_kafka_never_acknowledged_an_event(
 def test_demo_command_in_process(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--interval", "0.01"]) == 0
     captured = capsys.readouterr()
-    assert len(captured.out.splitlines()) == 6
-    assert "6 read back from the broker" in captured.err
+    assert len(captured.out.splitlines()) == 4
+    assert "4 read back from the broker" in captured.err
 
 
 def test_demo_with_missing_cassette_exits_2(

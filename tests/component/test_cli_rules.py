@@ -33,6 +33,7 @@ defaults:
   window: 2h
   move: {abs: 0.05, log_odds: 2.0}
   confirm: {polls: 2}
+  volatility: {z: 0}
 categories:
   politics: {cooldown: 15m}
 """
@@ -310,7 +311,7 @@ def test_replay_scores_labels_after_the_summary(
         data / "labels.csv",
         "label_id,kind,utc_time,series\n"
         "E1,event,2024-11-06T01:30Z,hourly/*\n"
-        "Q1,negative,2024-11-06T00:00Z,hourly/up\n"
+        "Q1,negative,2024-11-06T02:00Z,hourly/up\n"
         "D1,event,2024-11-06T01:30Z,daily\n",
     )
     history = data / "hourly" / "up.history.json"
@@ -355,7 +356,7 @@ def test_replay_plot_draws_the_scored_labels_of_each_series(
         data / "labels.csv",
         "label_id,kind,utc_time,series\n"
         "E1,event,2024-11-06T01:30Z,hourly/*\n"
-        "Q1,negative,2024-11-06T00:00Z,hourly/up;flat\n",
+        "Q1,negative,2024-11-06T02:00Z,hourly/up;flat\n",
     )
     png = tmp_path / "plot.png"
     args = ["replay", str(up), str(flat), str(unlabelled), "--rules", str(rules)]

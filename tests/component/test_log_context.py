@@ -28,12 +28,13 @@ from polymarket_kafka.service.reloader import RulesHolder
 from polymarket_kafka.service.stats import ServiceSettings
 from polymarket_kafka.testing.fake_polymarket import FakePolymarketServer
 from polymarket_kafka.testing.memory_store import InMemorySubscriptionStore
+from tests.factories import ONE_POLL_YAML
 from tests.unit.test_kafka_publisher_fake import EVENTS, Factory, Sent, publisher_for
 
 pytestmark = pytest.mark.anyio
 
 T0 = datetime(2024, 11, 5, 23, 0, tzinfo=UTC)
-ONE_POLL = load_rules_text("version: 1\ndefaults:\n  confirm: {polls: 1}\n", "one-poll.yaml")
+ONE_POLL = load_rules_text(ONE_POLL_YAML, "one-poll.yaml")
 
 
 @dataclass

@@ -34,22 +34,27 @@ pytestmark = pytest.mark.anyio
 
 T0 = datetime(2024, 11, 5, 23, 0, tzinfo=UTC)
 
+# The volatility test is off (`z: 0`): these tests are about reloading, on fresh markets
+# whose first moves a market-aware detector would judge against its prior volatility.
 ONE_POLL = """\
 version: 1
 defaults:
   confirm: {polls: 1}
   move: {abs: 0.04}
+  volatility: {z: 0}
 """
 STRICT = """\
 version: 1
 defaults:
   confirm: {polls: 1}
   move: {abs: 0.30, log_odds: 5}
+  volatility: {z: 0}
 """
 TWO_POLLS = """\
 version: 1
 defaults:
   confirm: {polls: 2}
+  volatility: {z: 0}
 """
 TWO_POLLS_RENAMED = """\
 version: 1
@@ -57,12 +62,14 @@ defaults:
   name: renamed_move
   confirm: {polls: 2}
   severity: {small: {}, big: {abs: 0.05}}
+  volatility: {z: 0}
 """
 TWO_POLLS_NEW_WINDOW = """\
 version: 1
 defaults:
   window: 30m
   confirm: {polls: 2}
+  volatility: {z: 0}
 """
 BROKEN = """\
 version: 1

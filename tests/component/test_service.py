@@ -36,12 +36,13 @@ from polymarket_kafka.subscriptions import (
 )
 from polymarket_kafka.testing.fake_polymarket import FakePolymarketServer
 from polymarket_kafka.testing.memory_store import InMemorySubscriptionStore
+from tests.factories import ONE_POLL_YAML
 
 pytestmark = pytest.mark.anyio
 
 T0 = datetime(2024, 11, 5, 23, 0, tzinfo=UTC)
 #: The pipeline tests script one price per hourly cycle: fire on the first qualifying poll.
-ONE_POLL = load_rules_text("version: 1\ndefaults:\n  confirm: {polls: 1}\n", "one-poll.yaml")
+ONE_POLL = load_rules_text(ONE_POLL_YAML, "one-poll.yaml")
 
 
 @dataclass
@@ -248,7 +249,7 @@ async def test_rules_that_cannot_be_adopted_keep_the_rules_in_force(
     logged once, counted, and detection goes on with the previous rules."""
     a, b = server.markets[0].condition_id, server.markets[1].condition_id
     holder = RulesHolder(ONE_POLL)
-    strict = "version: 1\ndefaults:\n  confirm: {polls: 1}\n  move: {abs: 0.50, log_odds: 5}\n"
+    strict = ONE_POLL_YAML + "  move: {abs: 0.50, log_odds: 5}\n"
     broken = load_rules_text(strict, "broken.yaml")
     adoptions: list[str] = []
 

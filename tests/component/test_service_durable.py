@@ -81,7 +81,7 @@ async def test_every_market_is_checkpointed_and_a_refused_record_is_written_late
     for market_id, value in latest.items():
         state = decode(value or b"")
         assert isinstance(state, MarketState) and state.market_id == market_id
-        assert state.history[-1][0] == LAST_POLL  # the final checkpoint has the last poll
+        assert state.times[-1] == LAST_POLL.timestamp()  # the final checkpoint has the last poll
     assert stats.state_write_failures == 1
     assert stats.state_records_written == sum(len(batch) for batch in sink.writes)
 
@@ -111,7 +111,7 @@ async def test_a_slow_sink_never_holds_detection_up(
     assert len(sink.writes) < 12
     for value in sink.latest().values():
         state = decode(value or b"")
-        assert isinstance(state, MarketState) and state.history[-1][0] == LAST_POLL
+        assert isinstance(state, MarketState) and state.times[-1] == LAST_POLL.timestamp()
 
 
 async def test_restored_states_are_resumed_and_unsubscribed_ones_deleted(
@@ -143,7 +143,7 @@ async def test_restored_states_are_re_evaluated_under_changed_rules(
     restored = await states_after_a_first_run(server)
     wider = RulesHolder(
         load_rules_text(
-            "version: 1\ndefaults:\n  confirm: {polls: 1}\n  window: 4h\n"
+            "version: 1\ndefaults:\n  confirm: {polls: 1}\n  volatility: {z: 0}\n  window: 4h\n"
             f"markets:\n  '{server.markets[2].condition_id}': {{enabled: false}}\n",
             "wider.yaml",
         )
@@ -166,7 +166,7 @@ async def test_restored_states_are_re_evaluated_under_changed_rules(
         state = decode(latest[market.condition_id] or b"")
         assert isinstance(state, MarketState)
         # The price before the restart is kept, then the restart's own observation.
-        assert [at for at, _ in state.history] == [LAST_POLL, T0 + timedelta(hours=10)]
+        assert list(state.times) == [LAST_POLL.timestamp(), (T0 + timedelta(hours=10)).timestamp()]
 
 
 # --- exactly once: states staged for the publisher's transactions ---------------------------
@@ -220,7 +220,8 @@ async def test_exactly_once_each_event_carries_its_markets_state(
     # The event, then its market's state (one transaction's worth), then the final checkpoint.
     assert kinds[:2] == [("event", a), ("state", a)]
     carried = publisher.states_of(a)[0]
-    assert carried.history[-1] == (event.timestamp, 0.9)  # the state right after the event
+    # The state right after the event: its window ends at the event's observation.
+    assert (carried.times[-1], carried.prices[-1]) == (event.timestamp.timestamp(), 0.9)
     assert sorted(kinds[2:]) == sorted([("state", a), ("state", b), ("state", c)])
     assert stats.state_records_written == 0  # exactly once: committed by the publisher
 
@@ -245,7 +246,7 @@ async def test_exactly_once_a_state_is_never_staged_ahead_of_its_event(
         if kind == "state" and market_id == a:
             state = decode(value or b"")
             assert isinstance(state, MarketState)
-            assert state.history[-1][0] < event.timestamp  # only states from before the move
+            assert state.times[-1] < event.timestamp.timestamp()  # only states from before the move
     assert publisher.stagings >= 3
 
 

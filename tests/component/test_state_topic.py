@@ -93,15 +93,22 @@ async def test_restore_creates_the_topic_and_skips_an_unreadable_record(
     good = encode(ClosedMarket("0xgood"))
     writer = StateWriter(config.kafka)
     try:
-        assert writer.write([("0xgood", good), ("0xbad", b'{"v": 99}')], timeout=10) == []
+        old = b'{"v": 1, "market_id": "0xold"}'  # an earlier detector's record
+        records = [("0xgood", good), ("0xbad", b'{"v": 99}'), ("0xold", old)]
+        assert writer.write(records, timeout=10) == []
     finally:
         writer.close()
     with caplog.at_level(logging.WARNING, logger="polymarket_kafka.app"):
         assert await restore_states(config) == [ClosedMarket("0xgood")]
-    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert warning.getMessage() == (
-        f"state of market 0xbad in {config.kafka.full_state_topic} not restored, it starts "
-        "afresh: state format version 99 is not supported (this service reads version 1)"
+    bad, outdated = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    topic = config.kafka.full_state_topic
+    assert bad == (
+        f"state of market 0xbad in {topic} not restored, it starts "
+        "afresh: state format version 99 is not supported (this service reads version 2)"
+    )
+    assert outdated == (
+        f"1 markets in {topic} have detector state of format version 1 (an earlier detector); "
+        "they start afresh"
     )
 
 

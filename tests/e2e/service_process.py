@@ -26,7 +26,7 @@ def service_env(
     qualifying poll (written to `workdir/rules.yaml`)."""
     uri, database, collection = mongo
     rules = workdir / "rules.yaml"
-    rules.write_text("version: 1\ndefaults:\n  confirm: {polls: 1}\n")
+    rules.write_text("version: 1\ndefaults:\n  confirm: {polls: 1}\n  volatility: {z: 0}\n")
     return {
         **os.environ,
         "POLYMARKET_BASE_URL": server.url,

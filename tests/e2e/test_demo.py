@@ -19,24 +19,29 @@ from polymarket_kafka.testing.demo import (
     midpoint_cycles,
     run_demo,
 )
+from tests.component.test_cassette_transport import load_generator
 
 TRUMP = "0xdd22472e552920b8438158ea7238bfadfa4f736aa4cee91a6b86c39ead110917"
 HARRIS = "0xc6485bb7ea46d7bb89beb9c91e7572ecfc72a6273789496f78bc5e989e4d1638"
 FED = "0x4319532e181605cb15b1bd677759a3bc7f7394b2fdf145195b700eeaedfd5221"
+#: Calm synthetic hours before the ten recorded ones (cassettes/make_cassettes.py says why).
+LEAD_IN: int = load_generator().DEMO_LEAD_IN
 
 pytestmark = pytest.mark.broker
 
 
 def test_demo_cassette_describes_three_real_markets() -> None:
     assert sorted(demo_market_ids(DEFAULT_CASSETTE)) == sorted([TRUMP, HARRIS, FED])
-    assert midpoint_cycles(DEFAULT_CASSETTE) == 10
+    assert midpoint_cycles(DEFAULT_CASSETTE) == LEAD_IN + 10
 
 
 def test_stepping_clock() -> None:
-    from datetime import timedelta
+    from datetime import UTC, datetime, timedelta
 
     clock = SteppingClock(DEMO_START, timedelta(hours=1))
     assert [clock(), clock()] == [DEMO_START, DEMO_START + timedelta(hours=1)]
+    # After the lead-in, the first recorded cycle is election night 2024, 23:00 UTC.
+    assert DEMO_START + timedelta(hours=LEAD_IN) == datetime(2024, 11, 5, 23, tzinfo=UTC)
 
 
 @pytest.mark.anyio
@@ -44,18 +49,22 @@ async def test_demo_publishes_and_reads_back_the_election_night_moves() -> None:
     out = io.StringIO()
     stats, read_back = await run_demo(interval_seconds=0.01, out=out, handle_signals=False)
     events = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert read_back == stats.events_acknowledged == len(events) == 6
+    assert read_back == stats.events_acknowledged == len(events) == 4
     assert stats.everything_delivered
-    assert stats.poll_cycles == 10
+    assert stats.poll_cycles == LEAD_IN + 10
     assert {e["market_id"] for e in events} == {TRUMP, HARRIS}  # the calm Fed market is silent
+    # The calm lead-in day is silent: every event is on election night.
+    assert {e["timestamp"] for e in events} == {
+        "2024-11-06T03:00:00+00:00",
+        "2024-11-06T05:00:00+00:00",
+    }
     trump = [(e["baseline_yes_price"], e["yes_price"]) for e in events if e["market_id"] == TRUMP]
-    # rules/default.yaml: each move is confirmed on the next hourly poll before it fires.
-    assert trump == [(0.58, 0.711), (0.711, 0.9245), (0.9245, 0.9865)]
-    assert [e["severity"] for e in events if e["market_id"] == TRUMP] == [
-        "major",
-        "extreme",
-        "extreme",
-    ]
+    # rules/default.yaml: each move is confirmed on the next hourly poll before it fires, and
+    # must stand out from the market's own volatility (`volatility`), learnt since the lead-in.
+    assert trump == [(0.58, 0.711), (0.711, 0.9245)]
+    assert [e["severity"] for e in events if e["market_id"] == TRUMP] == ["major", "extreme"]
+    harris = [(e["baseline_yes_price"], e["yes_price"]) for e in events if e["market_id"] == HARRIS]
+    assert harris == [(0.4215, 0.288), (0.288, 0.068)]
     assert {e["rules_version"] for e in events} == {load_rules("rules/default.yaml").version}
     assert all(e["direction"] == "toward_no" for e in events if e["market_id"] == HARRIS)
     assert all(e["published_at"] for e in events)
@@ -77,9 +86,9 @@ def test_demo_command_prints_events_and_exits_zero() -> None:
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 6
+    assert len(lines) == 4
     assert all(json.loads(line)["source"] == "polymarket-kafka" for line in lines)
-    summary = "6 events detected, 6 acknowledged by Kafka, 6 read back from the broker"
+    summary = "4 events detected, 4 acknowledged by Kafka, 4 read back from the broker"
     assert summary in result.stderr
 
 

@@ -31,12 +31,12 @@ from polymarket_kafka.service.stats import ServiceSettings, ServiceStats
 from polymarket_kafka.testing.fake_polymarket import FakePolymarketServer
 from polymarket_kafka.testing.local_broker import LocalBroker, read_events
 from polymarket_kafka.testing.memory_store import InMemorySubscriptionStore
-from tests.factories import scripted_prices_clock
+from tests.factories import ONE_POLL_YAML, scripted_prices_clock
 
 pytestmark = [pytest.mark.broker, pytest.mark.anyio]
 
 T0 = datetime(2024, 11, 5, 23, 0, tzinfo=UTC)
-ONE_POLL = load_rules_text("version: 1\ndefaults:\n  confirm: {polls: 1}\n", "one-poll.yaml")
+ONE_POLL = load_rules_text(ONE_POLL_YAML, "one-poll.yaml")
 CYCLES = 4
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

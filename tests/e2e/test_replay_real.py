@@ -1,13 +1,16 @@
 """Replay of the shared, real Polymarket histories under rules/default.yaml.
 
-Structural assertions only (the rules are tuned over time; exact counts are not a contract):
-every file loads, events are valid Kafka values in time order, the labelled moves are found
-and the detector is not noisy. Skipped when `shared/data/real` is not beside the repository.
+Every file loads, events are valid Kafka values in time order, and the defaults meet the
+detection targets of issue 12 on the labels (recall >= 90 %, no false alarm, at most 60
+events) — also on the minute files resampled to 5 and 15 minutes, a sampling rate they were
+not tuned on. A retune that breaks a target fails here. Skipped when `shared/data/real` is
+not beside the repository.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ import pytest
 from polymarket_kafka.cli import main
 from polymarket_kafka.models import PolymarketEvent
 from polymarket_kafka.replay.engine import ReplayResult, replay
-from polymarket_kafka.replay.history import load_history, market_for
+from polymarket_kafka.replay.history import PricePoint, PriceSeries, load_history, market_for
 from polymarket_kafka.replay.labels import SeriesFacts, read_labels, score, series_key
 from polymarket_kafka.ruleset import load_rules
 from tests.plugins.untraced import untraced
@@ -64,10 +67,7 @@ def test_events_are_valid_kafka_values_in_time_order(results: list[ReplayResult]
             assert result.series.start <= event.baseline_timestamp < event.timestamp
 
 
-def test_labelled_moves_are_found_and_the_detector_is_not_noisy(
-    results: list[ReplayResult],
-) -> None:
-    labels = read_labels(REAL / "labels.csv")
+def _facts(results: list[ReplayResult]) -> list[SeriesFacts]:
     facts = []
     for result in results:
         key = series_key(result.series.source, REAL)
@@ -78,13 +78,46 @@ def test_labelled_moves_are_found_and_the_detector_is_not_noisy(
                 key, series.start, series.end, series.median_step_seconds, result.event_times()
             )
         )
-    card = score(labels, facts)
+    return facts
+
+
+def test_the_defaults_meet_the_detection_targets(results: list[ReplayResult]) -> None:
+    """Issue 12: recall >= 90 % of the scored moves, no false alarm, at most 60 events."""
+    card = score(read_labels(REAL / "labels.csv"), _facts(results))
     assert card.not_replayed == ()  # every series a label names was replayed
     assert {row.label.kind for row in card.rows} >= {"event", "negative", "calm"}
-    hits = card.count("hit")
-    assert hits >= 3
-    assert hits > card.count("false alarm")
-    assert card.total_events / card.market_days < 1.0  # well under one event per market-day
+    scored = card.count("hit", "miss")
+    assert scored >= 19
+    assert card.count("hit") >= 0.9 * scored
+    assert card.count("false alarm") == 0, [r for r in card.rows if r.outcome == "false alarm"]
+    assert card.total_events <= 60
+
+
+def _resampled(series: PriceSeries, seconds: int) -> PriceSeries:
+    """The first point of every `seconds`-long interval: the series as a slower poll saw it."""
+    points: list[PricePoint] = []
+    for point in series.points:
+        if not points or point.at.timestamp() // seconds > points[-1].at.timestamp() // seconds:
+            points.append(point)
+    return replace(series, points=tuple(points))
+
+
+@pytest.mark.parametrize("seconds", [300, 900])
+def test_minute_files_resampled_to_a_slower_rate_stay_free_of_false_alarms(
+    seconds: int,
+) -> None:
+    """The defaults were tuned on these files at one minute; at 5 and 15 minutes (rates no
+    file has) the calm windows and negatives must stay quiet."""
+    rules = load_rules(ROOT / "rules" / "default.yaml")
+    with untraced():
+        results = [
+            replay(_resampled(load_history(path), seconds), market_for(path), rules)
+            for path in sorted(REAL.rglob("*-minute.history.json"))
+        ]
+    assert len(results) >= 10
+    card = score(read_labels(REAL / "labels.csv"), _facts(results))
+    assert card.count("false alarm", "quiet") >= 20  # the calm windows were scored
+    assert card.count("false alarm") == 0, [r for r in card.rows if r.outcome == "false alarm"]
 
 
 def test_the_replay_command_on_the_real_files(
@@ -165,7 +198,7 @@ def test_the_labelled_plot_of_real_histories(results: list[ReplayResult], tmp_pa
     (legend,) = figure.legends
     entries = {text.get_text() for text in legend.get_texts()}
     used = {style_of(row) for row in card.rows if style_of(row) is not None}
-    assert {"hit", "false alarm"} <= used
+    assert "hit" in used  # and no false alarm is left on the real data (detection v2)
     assert {STYLES[style].legend for style in used if style is not None} <= entries
     assert "YES price" in entries
 

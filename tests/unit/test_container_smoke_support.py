@@ -171,7 +171,7 @@ def test_the_reloaded_rules_are_the_bundled_ones_with_a_larger_move(
     assert before.version != after.version
     assert before.document.defaults.move is not None
     assert after.document.defaults.move is not None
-    assert before.document.defaults.move.abs == 0.04
+    assert before.document.defaults.move.abs == 0.03
     assert after.document.defaults.move.abs == 0.05
     other = after.document.model_copy(
         update={

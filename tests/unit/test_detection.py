@@ -20,19 +20,22 @@ from polymarket_kafka.detection import (
 )
 from polymarket_kafka.detector_state import MarketState
 from polymarket_kafka.models import ConvictionDirection, MarketSnapshot
-from polymarket_kafka.ruleset.params import DetectionParams, SeverityBand
+from polymarket_kafka.ruleset.params import DetectionParams, ResolvedRule, SeverityBand
 from tests.factories import MARKET, FixedRules
 
 T0 = datetime(2024, 11, 5, 23, 0, tzinfo=UTC)
-#: Plain threshold semantics: fire on the first qualifying poll, no cooldown, no hysteresis.
+#: Plain threshold semantics: fire on the first qualifying poll, no cooldown, no hysteresis,
+#: no volatility test (tests/unit/test_detection_volatility.py covers it).
 INSTANT = DetectionParams(
     abs_move=0.05,
     log_odds_move=10.0,
     floor=0.0,
     window_seconds=3600,
     confirm_polls=1,
+    confirm_ramp=0.0,
     cooldown_seconds=0,
     hysteresis=0.0,
+    volatility_z=0.0,
 )
 
 
@@ -455,8 +458,9 @@ def test_a_reload_trims_the_window_and_recomputes_the_cooldown() -> None:
     assert len(detector.apply_rules(FixedRules(short))) == 1
     state = detector.export_state(MARKET)
     assert isinstance(state, MarketState)
-    assert [price for _, price in state.history] == [0.60, 0.80]  # 150 s back from minute 3
-    assert state.cooldown_until == snap(0, 2).taken_at + timedelta(seconds=60)
+    assert state.prices == (0.60, 0.60, 0.80)  # 150 s back from minute 3
+    assert state.anchor == snap(0, 2).taken_at.timestamp()  # measured from the event on
+    assert state.cooldown_until == (snap(0, 2).taken_at + timedelta(seconds=60)).timestamp()
     assert detector.observe(snap(0.80, 4), FixedRules(short), T0) == []  # opens now
     (change,) = detector.observe(snap(0.80, 5), FixedRules(short), T0)
     assert (change.baseline_price, change.price) == (0.60, 0.80)
@@ -569,3 +573,63 @@ def test_reloading_identical_rules_changes_nothing(
     first = feed(raw[:cut], params, detector)
     assert detector.apply_rules(FixedRules(replace(params))) == []
     assert first + feed(raw[cut:], params, detector) == straight
+
+
+# --- detection v2: paths of the state machine ----------------------------------------------
+
+
+def test_a_glitch_through_the_baseline_within_a_reloaded_cooldown_fires_nothing() -> None:
+    detector = Detector()
+    assert feed([(0, 0.40), (1, 0.50), (2, 0.50), (5, 0.62)], CONFIRM, detector) == [
+        (2, 0.40, 0.50)
+    ]
+    assert detector.pending(MARKET)  # 0.50 -> 0.62, no cooldown under CONFIRM
+    slow = replace(CONFIRM, cooldown_seconds=3600)
+    (reset,) = detector.apply_rules(FixedRules(slow))  # the cooldown now runs to +62m
+    assert not reset.pending_dropped
+    # The spike falls through 0.50 to 0.30: a move of its own, but inside the cooldown.
+    assert feed([(6, 0.30), (7, 0.30)], slow, detector) == []
+
+
+def test_a_market_that_changes_tier_between_snapshots_is_reshaped() -> None:
+    class ByLiquidity:
+        version = "t"
+
+        def resolve(self, snapshot: MarketSnapshot) -> ResolvedRule:
+            wide = (snapshot.liquidity or 0) > 100
+            return ResolvedRule(replace(CONFIRM, window_seconds=7200 if wide else 3600), "t")
+
+    detector = Detector()
+    rules = ByLiquidity()
+    detector.observe(snap(0.50, 0, liquidity=10.0), rules, T0)
+    detector.observe(snap(0.50, 1, liquidity=10.0), rules, T0)
+    narrow = detector.export_state(MARKET)
+    detector.observe(snap(0.60, 2, liquidity=500.0), rules, T0)  # another tier: 2h window
+    state = detector.export_state(MARKET)
+    assert isinstance(narrow, MarketState) and isinstance(state, MarketState)
+    assert state.state_key != narrow.state_key
+    assert state.state_key == replace(CONFIRM, window_seconds=7200).state_key
+    (change,) = detector.observe(snap(0.60, 3, liquidity=500.0), rules, T0)
+    assert change.baseline_price == 0.50  # the prices seen under the old tier still count
+
+
+def test_the_gap_of_a_restore_is_forgotten_once_the_window_has_moved_past_it() -> None:
+    params = replace(CONFIRM, window_seconds=600)  # 10-second buckets
+    first = Detector()
+    feed([(0, 0.50), (1, 0.50)], params, first)
+    state = first.export_state(MARKET)
+    assert isinstance(state, MarketState)
+    second = Detector()
+    second.restore_state(state)
+    assert second.knows(MARKET) and not second.knows("other")
+    # Back after an hour: the window moves past the observations before the gap; a later
+    # move is measured from after it and is no catch-up.
+    fired = feed([(61, 0.50), (72, 0.50), (73, 0.60), (74, 0.60)], params, second)
+    assert fired == [(74, 0.50, 0.60)]
+    detector = Detector()
+    detector.restore_state(state)
+    changes = []
+    for minute, price in [(61, 0.50), (72, 0.50), (73, 0.60), (74, 0.60)]:
+        s = snap(price, minute)
+        changes += detector.observe(s, FixedRules(params), s.taken_at)
+    assert [c.gap_seconds for c in changes] == [None]

@@ -158,7 +158,8 @@ def test_event_with_every_optional_field_set_validates(validator: Draft202012Val
 
 def test_events_built_by_the_detector_validate(validator: Draft202012Validator) -> None:
     """The service's own path (Detector -> build_event) under rules/default.yaml."""
-    prices = [0.30] * 6 + [0.45, 0.46, 0.47, 0.25, 0.24, 0.24]
+    # Two flat days first: a market not seen before is judged against a prior volatility.
+    prices = [0.30] * 48 + [0.45, 0.46, 0.47, 0.25, 0.24, 0.24]
     series = PriceSeries(
         name="s",
         source="test",

@@ -148,6 +148,15 @@ def test_subscription_contract() -> None:
     assert problems(caught.value) == [("extra_forbidden", ("other",))]
 
 
+@pytest.mark.parametrize("field", ["window_seconds", "cooldown_seconds"])
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_subscription_overrides_are_finite(field: str, bad: float) -> None:
+    """An infinite window or cooldown is no setting, and the detector state that carries
+    it could not be written to the state topic (JSON has no infinity)."""
+    with pytest.raises(ValidationError, match=field):
+        PolymarketSubscription(market_id=MARKET, **{field: bad})
+
+
 def test_subscription_timestamps_are_optional_as_in_the_specification() -> None:
     # The specification's fields, as in the platform's CandleSubscription: created_at and
     # updated_at are Optional[datetime] = None, so neither is needed to build one...

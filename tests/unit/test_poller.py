@@ -28,7 +28,7 @@ from polymarket_kafka.polymarket import (
     open_polymarket_client,
 )
 from polymarket_kafka.polymarket.poller import MarketPoller, PollerStats, PollResult
-from polymarket_kafka.ruleset import load_rules
+from polymarket_kafka.ruleset import load_rules_text
 from polymarket_kafka.testing.cassette import CassetteTransport
 
 T0 = datetime(2024, 11, 5, 21, tzinfo=UTC)
@@ -546,7 +546,6 @@ def test_refresh_interval_must_be_positive() -> None:
 # --- over the real client and a recorded cassette --------------------------------------------
 
 CASSETTES = Path(__file__).resolve().parents[2] / "cassettes"
-RULES = Path(__file__).resolve().parents[2] / "rules" / "default.yaml"
 TRUMP = "0xdd22472e552920b8438158ea7238bfadfa4f736aa4cee91a6b86c39ead110917"
 HARRIS = "0xc6485bb7ea46d7bb89beb9c91e7572ecfc72a6273789496f78bc5e989e4d1638"
 FED = "0x4319532e181605cb15b1bd677759a3bc7f7394b2fdf145195b700eeaedfd5221"
@@ -650,7 +649,8 @@ async def test_a_recorded_void_market_closes_with_its_last_price_and_no_winner()
     """Client, poller, detector and event builder over void_market.yaml: the legacy market
     closed at outcomePrices ["0", "0"] must not end with an event saying NO won."""
     transport = CassetteTransport(CASSETTES / "void_market.yaml")
-    rules = load_rules(RULES)
+    # A 1-minute window (1-second buckets): the polls 30 s apart are two observations.
+    rules = load_rules_text("version: 1\ndefaults: {window: 1m}\n", "one-minute.yaml")
     detector = Detector()
     events = []
     async with open_polymarket_client(

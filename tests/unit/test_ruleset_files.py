@@ -59,7 +59,7 @@ def test_default_rules_exist_with_tiers_and_categories() -> None:
     assert rules.tiers_by == "liquidity"
     labels = {layer.label for layer in rules.layers}
     assert {"tier:thin", "tier:standard", "tier:deep"} <= labels
-    assert {f"category:{c}" for c in ("politics", "crypto", "sports", "economy")} <= labels
+    assert {f"category:{c}" for c in ("politics", "crypto", "sports")} <= labels
 
 
 def test_default_rules_spell_out_the_builtin_defaults() -> None:

@@ -91,7 +91,7 @@ def test_explain_lists_every_parameter_with_its_layer() -> None:
         "category  crypto",
         "layers    built-in, defaults, tier:thin, category:crypto, subscription",
         "",
-        "PARAMETER            SET BY           VALUE",
+        "PARAMETER               SET BY           VALUE",
     ]
     rows = {line.split()[0]: line.split(None, 2)[1:] for line in lines[7:] if line[0] != " "}
     assert list(rows) == list(PARAMETER_NAMES)
@@ -101,6 +101,8 @@ def test_explain_lists_every_parameter_with_its_layer() -> None:
     assert rows["cooldown"] == ["subscription", "5.5s"]
     assert rows["confirm.polls"] == ["tier:thin", "3"]
     assert rows["confirm.for"] == ["tier:thin", "2m"]
+    assert rows["volatility.half_life"] == ["built-in", "12h"]
+    assert rows["volatility.min_horizon"] == ["built-in", "15m"]
     defaults = DetectionParams()
     assert rows["watch.max_data_age"] == [
         "built-in",

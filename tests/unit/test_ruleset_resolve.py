@@ -366,7 +366,14 @@ def test_layer_settings_cover_every_parameter() -> None:
             "cooldown": "0s",
             "hysteresis": 0,
             "move": {"abs": 1, "log_odds": 2, "combine": "all", "floor": 0},
-            "confirm": {"polls": 1, "for": "1m", "retain": 1},
+            "confirm": {"polls": 1, "for": "1m", "retain": 1, "ramp": 0.5},
+            "volatility": {
+                "z": 2,
+                "floor": 0.01,
+                "prior": 0.02,
+                "half_life": "6h",
+                "min_horizon": "5m",
+            },
             "watch": {"min_liquidity": 1, "min_volume": 2, "max_spread": 1, "max_data_age": "1d"},
             "catch_up": "rebaseline",
             "severity": {"a": {}, "b": {"abs": 0.5}},
@@ -377,6 +384,8 @@ def test_layer_settings_cover_every_parameter() -> None:
     assert settings["window"] == 3600.0
     assert settings["confirm.for"] == 60.0
     assert settings["watch.max_data_age"] == 86400.0
+    assert settings["volatility.half_life"] == 6 * 3600.0
+    assert settings["volatility.min_horizon"] == 300.0
     assert settings["severity"] == (SeverityBand("a"), SeverityBand("b", abs_move=0.5))
     params = DetectionParams(**{PARAMETER_NAMES[k]: v for k, v in settings.items()})
     assert params.abs_move == 1.0

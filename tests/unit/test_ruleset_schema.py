@@ -57,13 +57,14 @@ categories:
 """
     assert issues(tmp_path, text) == [
         "F:3:3: defaults.windw: unknown key 'windw' (did you mean 'window'?); allowed here: "
-        "name, enabled, window, move, cooldown, hysteresis, confirm, watch, catch_up, severity",
+        "name, enabled, window, move, cooldown, hysteresis, confirm, volatility, watch, catch_up, "
+        "severity",
         "F:5:5: defaults.move.abss: unknown key 'abss' (did you mean 'abs'?); "
         "allowed here: abs, log_odds, combine, floor",
         "F:8:13: defaults.severity.major.absolute: unknown key 'absolute'; "
         "allowed here: abs, log_odds",
         "F:14:9: tiers.bands.thin.confirm.pols: unknown key 'pols' (did you mean 'polls'?); "
-        "allowed here: polls, for, retain",
+        "allowed here: polls, for, retain, ramp",
         "F:17:22: categories.crypto.move.x: unknown key 'x'; "
         "allowed here: abs, log_odds, combine, floor",
     ]

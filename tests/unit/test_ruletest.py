@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from polymarket_kafka.replay.ruletest import (
     DEFAULT_START,
+    RuleTestCase,
     RuleTestError,
     format_case,
     load_rule_tests,
@@ -29,7 +30,8 @@ defaults:
   move: {abs: 0.05, log_odds: 2.0, floor: 0.02}
   cooldown: 10m
   hysteresis: 0
-  confirm: {polls: 2, for: 0s, retain: 0.5}
+  confirm: {polls: 2, for: 0s, retain: 0.5, ramp: 0}
+  volatility: {z: 0}
 """,
     "test-rules.yaml",
 )
@@ -349,3 +351,56 @@ def test_builtin_rules_run_too() -> None:
         "tests: [{name: x, markets: {m: {series: 0.5x30}}, expected_events: []}]", Path("t.yaml")
     ).cases
     assert run_case(case, RuleSet.builtin()).passed
+
+
+# --- warm-up -------------------------------------------------------------------------------
+
+WARM_UP = """
+warm_up: 3d
+tests:
+  - name: w
+    markets:
+      known:
+        series: 0.50x10 0.56x10
+      new:
+        warm_up: 0s
+        series: 0.50x10 0.56x10
+    expected_events:
+      - {market: known, at: 12m, direction: toward_yes}
+"""
+
+
+def test_warm_up_is_read_at_file_and_market_level() -> None:
+    (case,) = parse_rule_tests(WARM_UP, Path("t.yaml")).cases
+    assert case.warm_up == 3 * 86400.0
+    assert case.market_warm_up("known") == 3 * 86400.0
+    assert case.market_warm_up("new") == 0.0
+    (plain,) = _parse("tests: [{name: x, markets: {m: {series: 0.5}}, expected_events: []}]")
+    assert isinstance(plain, RuleTestCase) and plain.market_warm_up("m") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("warm_up: 3\ntests: [{}]", "/tests/t.yaml: warm_up: use a duration like 15m"),
+        (
+            "tests: [{name: x, markets: {m: {warm_up: 1, series: 0.5}}, expected_events: []}]",
+            "markets.m.warm_up: use a duration like 15m",
+        ),
+    ],
+)
+def test_warm_up_must_be_a_duration(text: str, message: str) -> None:
+    with pytest.raises(RuleTestError) as caught:
+        _parse(text)
+    assert message in str(caught.value)
+
+
+def test_a_warmed_up_market_is_judged_as_a_known_one() -> None:
+    """Under the built-in volatility test, 6 points in a minute fire on a market that traded
+    flat for 3 days, and not on one seen for the first time (its prior volatility)."""
+    (case,) = parse_rule_tests(WARM_UP, Path("t.yaml")).cases
+    result = run_case(case, RuleSet.builtin())
+    assert result.passed, format_case(result)
+    without = parse_rule_tests(WARM_UP.replace("warm_up: 3d", "warm_up: 0s"), Path("t.yaml"))
+    failed = run_case(without.cases[0], RuleSet.builtin())
+    assert [m.market for m in failed.missing] == ["known"] and not failed.unexpected
