@@ -3,8 +3,8 @@
     .venv/bin/python bench/detector_throughput.py [--markets 10000] [--cycles 5]
         [--window-hours 1] [--poll 5] [--rounds 3]
 
-Every market starts with a full window (restored through `Detector.restore_state`: a window
-of `--window-hours` of `--poll`-second observations, a small random walk), so the figures
+Every market starts with a full window (one market observes `--window-hours` of
+`--poll`-second snapshots, a small random walk, and every market restores its state), so the figures
 are the steady state of a service that has run for a while, not of an empty detector. Then
 `--cycles` cycles of one snapshot per market (built beforehand, not timed) go through
 `Detector.observe` with the default rules (`rules/default.yaml`), timed with the process CPU
@@ -25,6 +25,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -37,7 +38,6 @@ from polymarket_kafka.ruleset import load_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
-_ZERO = timedelta(0)
 
 
 def snapshot(market_id: str, price: float, at: datetime) -> MarketSnapshot:
@@ -56,26 +56,36 @@ def snapshot(market_id: str, price: float, at: datetime) -> MarketSnapshot:
 def filled_detector(
     ids: list[str], rules: RuleSource, window_seconds: float, poll: float, *, own: bool = False
 ) -> tuple[Detector, datetime]:
-    """A detector whose every market has a full window of observations: the same time and
-    price objects for all (throughput), or each market its own, as in a service (`own`:
-    memory)."""
+    """A detector whose every market has a full window: one market observes `window_seconds`
+    of `poll`-second snapshots (a small random walk), and every market restores a copy of its
+    exported state; with `own`, each copy has its own objects (as in a service: memory)."""
     rng = random.Random(1)
     points = int(window_seconds // poll)
-    price, history = 0.5, []
-    for n in range(points):
+    price = 0.5
+    seed = Detector()
+    at = T0
+    for n in range(points + 1):
         price = min(0.9, max(0.1, price + rng.uniform(-0.002, 0.002)))
-        history.append((T0 + timedelta(seconds=poll * n), round(price, 4)))
-    last_at = history[-1][0]
+        at = T0 + timedelta(seconds=poll * n)
+        first = snapshot(ids[0], round(price, 4), at)
+        seed.observe(first, rules, at)
+    template = seed.export_state(ids[0])
+    assert isinstance(template, MarketState)
     detector = Detector()
     for market_id in ids:
-        last = snapshot(market_id, history[-1][1], last_at)
-        key = rules.resolve(last).params.state_key
-        kept = tuple((at + _ZERO, price + 0.0) for at, price in history) if own else history
-        detector.restore_state(MarketState(market_id, key, tuple(kept), last))
+        last = template.last_snapshot.model_copy(update={"market_id": market_id})
+        state = replace(template, market_id=market_id, last_snapshot=last)
+        if own:
+            state = replace(
+                state,
+                times=tuple(t + 0.0 for t in state.times),
+                prices=tuple(p + 0.0 for p in state.prices),
+            )
+        detector.restore_state(state)
+    following = at + timedelta(seconds=poll)
     for market_id in ids:  # the first observation after a restore ends its resumption
-        first = snapshot(market_id, history[-1][1], last_at + timedelta(seconds=poll))
-        detector.observe(first, rules, first.taken_at)
-    return detector, last_at + timedelta(seconds=poll)
+        detector.observe(snapshot(market_id, round(price, 4), following), rules, following)
+    return detector, following
 
 
 def cycles_of(ids: list[str], start: datetime, cycles: int, poll: float) -> list[MarketSnapshot]:

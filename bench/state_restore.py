@@ -68,7 +68,7 @@ def main() -> None:
             decode(value)
         decoded = time.perf_counter() - started
     print(
-        f"{args.markets} markets, {len(state.history)} observations each, "
+        f"{args.markets} markets, {len(state.times)} window buckets each, "
         f"{size / args.markets:,.0f} bytes per record ({size / 1e6:.1f} MB)"
     )
     print(f"  write (StateWriter, acknowledged):   {wrote:6.2f} s")
