@@ -21,10 +21,15 @@ Design (detection v2):
   price of each), plus always the previous observation, so memory and work per market do not
   grow with the polling rate (`window.MarketWindow`). With coarse data (hourly, daily) each
   observation is its own bucket.
-* **Robust reference.** A move is measured from a candidate level of the window — a bucket
-  before the current one, since the last event — and the largest move that passes every test
-  is taken. A one-poll spike never becomes a reference: a spike is a pending move that
-  retraced, and its buckets are dropped (`glitch`).
+* **Reference.** A move is measured from a candidate level of the window — the last price
+  of a bucket before the current one, since the last event, or the previous observation —
+  and the largest move that passes every test is taken. Each candidate is judged against
+  the volatility over its own age, so an old extreme needs a larger move than a recent one.
+  A one-poll spike never becomes a reference: a spike is a pending move that retraced, and
+  its buckets are dropped (`glitch`). A dip too small to open a pending move stays a level;
+  a move from it must still pass every test. (A 3-bucket running median of the levels, which
+  would also smooth those, was tried on the labelled real data: it cost a false alarm in a
+  calm window of the Fed 2024 market and was not kept.)
 * **Qualifying move.** |Δp| ≥ `floor` and, combined by `any`/`all`, |Δp| ≥ `abs` and
   |Δlogit(p)| ≥ `log_odds` (`moves.qualifies`) — *and* the volatility test: the move must be
   at least `volatility.z` times the market's own volatility over the move's duration, never
