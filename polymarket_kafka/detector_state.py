@@ -50,7 +50,7 @@ import itertools
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, cast
 
 from pydantic import ValidationError
 
@@ -179,7 +179,7 @@ def decode(record: bytes) -> MarketState | ClosedMarket:
     """Read a record written by `encode`; `StateFormatOutdated` for an earlier detector's
     format, `StateFormatError` for anything else unreadable."""
     try:
-        document = json.loads(record)
+        document = json.loads(record, parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StateFormatError(f"not a JSON state record: {exc}") from None
     if not isinstance(document, dict):
@@ -224,6 +224,7 @@ def decode(record: bytes) -> MarketState | ClosedMarket:
         isinstance(last_event, list)
         and len(last_event) == 2
         and _is_number(last_event[0])
+        and math.isfinite(last_event[0])
         and _is_int(last_event[1])
         and last_event[1] in (1, -1)
     ):
@@ -235,7 +236,7 @@ def decode(record: bytes) -> MarketState | ClosedMarket:
         times=tuple(times),
         prices=tuple(prices),
         bucket_end=reader.number("bucket_end"),
-        variance=reader.number("variance"),
+        variance=_variance(reader.number("variance"), market_id),
         anchor=reader.optional_number("anchor"),
         exit=reader.optional_pair("exit"),
         previous=reader.optional_pair("previous"),
@@ -272,6 +273,18 @@ def _read_times(reader: _Reader, market_id: str) -> list[float]:
     if not all(map(math.isfinite, times)):
         raise StateFormatError(f"state of {market_id}: t0 and dt must give finite times")
     return times
+
+
+def _no_constant(name: str) -> float:
+    # `json.loads` reads NaN and Infinity by default; `encode` never writes them, and a
+    # non-finite time, price or volatility would stop the market (or the checkpoint).
+    raise StateFormatError(f"not a JSON state record: {name} is not a number")
+
+
+def _variance(value: float, market_id: str) -> float:
+    if value < 0:
+        raise StateFormatError(f"state of {market_id}: variance must not be negative")
+    return value
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -331,24 +344,29 @@ class _Reader:
 
     def number(self, name: str) -> float:
         value = self._get(name)
-        if not _is_number(value):
-            raise self._wrong(name, "a number")
+        if not _is_number(value) or not math.isfinite(value):
+            raise self._wrong(name, "a finite number")
         return float(value)
 
     def optional_number(self, name: str) -> float | None:
         value = self._get(name)
         if value is None:
             return None
-        if not _is_number(value):
-            raise self._wrong(name, "a number or null")
+        if not _is_number(value) or not math.isfinite(value):
+            raise self._wrong(name, "a finite number or null")
         return float(value)
 
     def optional_pair(self, name: str) -> tuple[float, float] | None:
         value = self._get(name)
         if value is None:
             return None
-        if not (isinstance(value, list) and len(value) == 2 and all(map(_is_number, value))):
-            raise self._wrong(name, "[time, price] or null")
+        if not (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(map(_is_number, value))
+            and all(map(math.isfinite, value))
+        ):
+            raise self._wrong(name, "[time, price] (finite) or null")
         return float(value[0]), float(value[1])
 
     def numbers(self, name: str) -> list[float]:
@@ -357,6 +375,8 @@ class _Reader:
         kinds = set(map(type, raw)) if isinstance(raw, list) else None
         if not raw or kinds is None or not kinds <= _NUMBER:
             raise self._wrong(name, "a non-empty list of numbers")
+        if not all(map(math.isfinite, cast("list[float]", raw))):
+            raise self._wrong(name, "a list of finite numbers")
         assert isinstance(raw, list)
         return [float(v) for v in raw] if kinds != _FLOAT else raw
 

@@ -42,11 +42,13 @@ Design (detection v2):
   *pending* move with its baseline fixed. It fires on the poll where `confirm.polls` polls
   have seen it and `confirm.for` has elapsed, each keeping the move's direction, at least
   `confirm.retain` of the first crossing and the floor. A crossing that continues a move
-  already under way on the previous poll (a ramp: `confirm.ramp` of the move, at least
-  `confirm.for` before) is confirmed at once, so an hourly series that moves over two bars
-  fires on the second instead of a third. A poll where the move retraced makes it a glitch:
-  dropped and counted; through the baseline to the other side it is judged as a move of its
-  own from before the spike, else the market measures from the current price.
+  already under way on the previous poll (a ramp: `confirm.ramp` of the move, at least a
+  bucket and `confirm.for` before) is confirmed at once, so an hourly series that moves over
+  two bars fires on the second instead of a third; polls closer than a bucket confirm poll by
+  poll. A poll where the move retraced makes it a glitch: dropped and counted, its buckets
+  never a baseline, but both its legs fold into the volatility (a market that turns choppy
+  after a calm spell learns it); through the baseline to the other side it is judged as a
+  move of its own from before the spike, else the market measures from the current price.
 * **Re-anchoring and cooldown.** After an event the window's candidates start at the event,
   and for `cooldown` nothing new starts (observations are still recorded).
 * **Hysteresis (re-arm).** Within one window after an event, a move *against* it is judged

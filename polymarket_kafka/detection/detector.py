@@ -27,7 +27,7 @@ from polymarket_kafka.detection.moves import (
     required_move,
     severity_of,
 )
-from polymarket_kafka.detection.window import MarketWindow
+from polymarket_kafka.detection.window import MarketWindow, bucket_width
 from polymarket_kafka.detector_state import ClosedMarket, MarketState, PendingMove
 from polymarket_kafka.models import MarketSnapshot
 from polymarket_kafka.ruleset.params import DetectionParams, ResolvedRule
@@ -320,6 +320,14 @@ class Detector:
         state.pending = None
         price = snapshot.yes_price
         window = state.window
+        # The spike is no baseline, but it is the market's noise: both its legs count in the
+        # volatility, or a market that turns choppy after a calm spell would never learn it.
+        params = resolved.params
+        window.learn(pending.first_move, pending.first_at - pending.baseline_at, params)
+        window.learn(
+            price - pending.baseline_price - pending.first_move, at - pending.first_at, params
+        )
+        window.stale = True
         window.drop_since(pending.first_at)
         window.add(at, price, resolved.params)
         through = (price - pending.baseline_price) * pending.first_move < 0
@@ -508,8 +516,10 @@ class Detector:
 
 def _ramp(state: _MarketState, pending: _Pending, at: float, params: DetectionParams) -> bool:
     """Whether the crossing continues a move already under way: the previous observation,
-    after the baseline and at least `confirm.for` before this one, already showed
-    `confirm.ramp` of the move, the same way."""
+    after the baseline and at least a bucket's width and `confirm.for` before this one,
+    already showed `confirm.ramp` of the move, the same way. (Polls closer together than a
+    bucket are many: they confirm a move poll by poll, and two of them in a row are no ramp
+    but possibly one spike.)"""
     since = state.previous_at
     if params.confirm_ramp <= 0 or since is None:
         return False
@@ -517,7 +527,7 @@ def _ramp(state: _MarketState, pending: _Pending, at: float, params: DetectionPa
     return (
         since > pending.baseline_at
         and before * pending.first_move > 0
-        and at - since >= params.confirm_seconds
+        and at - since >= max(params.confirm_seconds, bucket_width(params))
         and at_least(abs(before), params.confirm_ramp * abs(pending.first_move))
     )
 

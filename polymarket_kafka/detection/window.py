@@ -31,7 +31,13 @@ from collections.abc import Iterator
 from polymarket_kafka.detection.moves import per_second, required_move
 from polymarket_kafka.ruleset.params import DetectionParams
 
-__all__ = ["VOLATILITY_CLIP", "WINDOW_BUCKETS", "MarketWindow", "bucket_width"]
+__all__ = [
+    "MIN_BUCKET_SECONDS",
+    "VOLATILITY_CLIP",
+    "WINDOW_BUCKETS",
+    "MarketWindow",
+    "bucket_width",
+]
 
 #: Buckets per window (their width is `window / WINDOW_BUCKETS`).
 WINDOW_BUCKETS = 60
@@ -41,9 +47,14 @@ VOLATILITY_CLIP = 5.0
 _BAND_MARGIN = 2e-9
 
 
+#: Narrowest bucket: a window below 60 ms (a subscription override can ask for one) still
+#: has buckets whose boundaries are finite numbers.
+MIN_BUCKET_SECONDS = 0.001
+
+
 def bucket_width(params: DetectionParams) -> float:
     """Width of a window bucket, in seconds."""
-    return params.window_seconds / WINDOW_BUCKETS
+    return max(params.window_seconds / WINDOW_BUCKETS, MIN_BUCKET_SECONDS)
 
 
 class MarketWindow:
@@ -118,13 +129,18 @@ class MarketWindow:
 
     def _feed(self, at: float, price: float, params: DetectionParams) -> None:
         previous, self.exit = self.exit, (at, price)
-        if previous is None or at <= previous[0]:
+        if previous is not None:
+            self.learn(price - previous[1], at - previous[0], params)
+
+    def learn(self, change: float, seconds: float, params: DetectionParams) -> None:
+        """Fold one price change over `seconds` into the volatility (clipped at
+        `VOLATILITY_CLIP` standard deviations, when there is a scale to clip at)."""
+        if seconds <= 0:
             return
-        seconds = at - previous[0]
-        change = price - previous[1]
-        floor = per_second(params.volatility_floor)
-        limit = VOLATILITY_CLIP * math.sqrt(max(self.variance, floor) * seconds)
-        change = max(-limit, min(limit, change))
+        scale = max(self.variance, per_second(params.volatility_floor))
+        if scale > 0:  # with prior and floor both 0 there is nothing to clip at yet
+            limit = VOLATILITY_CLIP * math.sqrt(scale * seconds)
+            change = max(-limit, min(limit, change))
         weight = -math.expm1(-seconds * math.log(2) / params.volatility_half_life_seconds)
         self.variance += weight * (change * change / seconds - self.variance)
 
@@ -175,8 +191,9 @@ class MarketWindow:
         self.stale = True
 
     def drop_since(self, at: float) -> None:
-        """Forget the buckets observed at or after `at` (a glitch: never a baseline, and not
-        volatility either); the next observation opens a new bucket."""
+        """Forget the buckets observed at or after `at` (a glitch: never a baseline; the
+        detector folds the glitch into the volatility itself, `learn`); the next observation
+        opens a new bucket."""
         times, prices = self.times, self.prices
         while times and times[-1] >= at:
             times.pop()

@@ -92,8 +92,9 @@ class DetectionParams:
     confirm_seconds: float = 0.0
     #: Fraction of the first crossing's move that must still stand when it is confirmed.
     confirm_retain: float = 0.5
-    #: A crossing whose previous poll (at least `confirm_seconds` earlier) already showed this
-    #: fraction of the move, same way, is a ramp: confirmed at once (0 = off).
+    #: A crossing whose previous poll (at least a bucket, window / 60, and `confirm_seconds`
+    #: earlier) already showed this fraction of the move, same way, is a ramp: confirmed at
+    #: once (0 = off).
     confirm_ramp: float = 0.35
     #: A move must be at least this many times the market's own volatility over its duration
     #: (a z-score; 0 = off, thresholds only).

@@ -167,8 +167,9 @@ class ConfirmSpec(_Section):
         ge=0,
         le=1,
         description="A crossing reached by a move already under way is a ramp and is confirmed "
-        "at once: the previous poll, at least `for` earlier, already showed this fraction of "
-        "the move, the same way (0 = off). Coarse data then fires on the crossing bar."
+        "at once: the previous poll, at least a bucket (window / 60) and `for` earlier, "
+        "already showed this fraction of the move, the same way (0 = off). Coarse data then "
+        "fires on the crossing bar; polls closer than a bucket confirm poll by poll."
         + _default(_BUILT_IN.confirm_ramp),
     )
 

@@ -18,6 +18,7 @@ from polymarket_kafka.detection import (
     qualifies,
     severity_of,
 )
+from polymarket_kafka.detection.window import MarketWindow
 from polymarket_kafka.detector_state import MarketState
 from polymarket_kafka.models import ConvictionDirection, MarketSnapshot
 from polymarket_kafka.ruleset.params import DetectionParams, ResolvedRule, SeverityBand
@@ -633,3 +634,18 @@ def test_the_gap_of_a_restore_is_forgotten_once_the_window_has_moved_past_it() -
         s = snap(price, minute)
         changes += detector.observe(s, FixedRules(params), s.taken_at)
     assert [c.gap_seconds for c in changes] == [None]
+
+
+def test_with_neither_prior_nor_floor_the_volatility_is_still_learnt() -> None:
+    """Clipping at 5 sigma with sigma 0 would clip every change to nothing, for ever."""
+    params = replace(INSTANT, volatility_prior=0.0, volatility_floor=0.0, window_seconds=600)
+    window = MarketWindow.start(0.0, 0.50, params)
+    for n, price in enumerate([0.52, 0.49, 0.53, 0.50, 0.51] * 4, start=1):
+        window.add(60.0 * n, price, params)
+    assert window.variance > 0
+
+
+def test_a_window_far_below_a_second_does_not_break_the_market() -> None:
+    """A subscription may ask for any positive window: the buckets stay finite."""
+    tiny = replace(INSTANT, window_seconds=1e-300)
+    assert feed([(0, 0.50), (1, 0.60), (2, 0.60)], tiny) == [(1, 0.50, 0.60)]

@@ -218,7 +218,7 @@ def market_states(draw: st.DrawFn) -> MarketState:
         times=tuple(at for at, _ in buckets),
         prices=tuple(price for _, price in buckets),
         bucket_end=draw(floats),
-        variance=draw(floats),
+        variance=draw(floats.map(abs)),
         anchor=draw(optional_floats),
         exit=draw(st.none() | pairs),
         previous=draw(st.none() | pairs),
@@ -283,9 +283,9 @@ def wrong(field: str, kind: str) -> str:
     return f"state record: {field} must be {kind}"
 
 
-NUMBER = "a number"
-NUMBER_OR_NULL = "a number or null"
-PAIR = "[time, price] or null"
+NUMBER = "a finite number"
+NUMBER_OR_NULL = "a finite number or null"
+PAIR = "[time, price] (finite) or null"
 NUMBERS = "a non-empty list of numbers"
 UNSUPPORTED_3 = "state format version 3 is not supported (this service reads version 2)"
 LAST_EVENT = "state of 0xaaa: last_event must be [time, 1 | -1] or null"
@@ -325,6 +325,7 @@ LAST_EVENT = "state of 0xaaa: last_event must be [time, 1 | -1] or null"
         (edit(dt="1,2"), wrong("dt", "a list of integers")),
         (edit(t0=1.5), wrong("t0", "an integer")),
         (edit(t0=10**400), "state of 0xaaa: t0 and dt must give finite times"),
+        (edit(variance=-1e-9), "state of 0xaaa: variance must not be negative"),
         (edit(t=[]), wrong("t", NUMBERS)),
         (edit(t=None), wrong("t", NUMBERS)),
         (edit(t="1,2,3"), wrong("t", NUMBERS)),
@@ -765,3 +766,35 @@ def test_gap_seconds_only_on_a_catch_up_event() -> None:
         make_event(catch_up=True)
     with pytest.raises(ValidationError, match="gap_seconds is set on a catch-up event"):
         make_event(gap_seconds=5.0)
+
+
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ("variance", wrong("variance", NUMBER)),
+        ("anchor", wrong("anchor", NUMBER_OR_NULL)),
+        ("cooldown_until", wrong("cooldown_until", NUMBER_OR_NULL)),
+        ("exit", wrong("exit", PAIR)),
+        ("t", wrong("t", "a list of finite numbers")),
+        ("last_event", LAST_EVENT),
+    ],
+)
+def test_numbers_too_large_for_a_float_are_refused(field: str, message: str) -> None:
+    """JSON's 1e999 reads as infinity: a time or volatility that would stop the market."""
+    value = {"t": [1.0, "BIG", 3.0], "exit": ["BIG", 0.5], "last_event": ["BIG", 1]}.get(
+        field, "BIG"
+    )
+    record = edit(**{field: value}).replace(b'"BIG"', b"1e999")
+    with pytest.raises(StateFormatError) as caught:
+        decode(record)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_json_constants_are_refused(constant: str) -> None:
+    record = edit().replace(
+        b'"variance": 6.944444444444445e-07', b'"variance": ' + constant.encode()
+    )
+    assert constant.encode() in record
+    with pytest.raises(StateFormatError, match=f"{constant} is not a number"):
+        decode(record)
