@@ -108,8 +108,11 @@ class Model:
             if previous is not None and at > previous[0]:
                 seconds = at - previous[0]
                 floor = params.volatility_floor**2 / 3600.0
-                limit = VOLATILITY_CLIP * math.sqrt(max(variance, floor) * seconds)
-                change = min(max(price - previous[1], -limit), limit)
+                change = price - previous[1]
+                scale = max(variance, floor)
+                if scale > 0:  # no scale yet (prior and floor 0): nothing to clip at
+                    limit = VOLATILITY_CLIP * math.sqrt(scale * seconds)
+                    change = min(max(change, -limit), limit)
                 weight = 1.0 - 2.0 ** (-seconds / params.volatility_half_life_seconds)
                 variance = (1.0 - weight) * variance + weight * change * change / seconds
             previous = (at, price)
