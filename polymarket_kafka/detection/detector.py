@@ -54,8 +54,7 @@ class RuleSource(Protocol):
 
 
 def _resolution_key(snapshot: MarketSnapshot) -> tuple[object, ...]:
-    """What a resolution depends on besides the market id (see `RuleSource`; `observe`
-    builds the same tuple inline)."""
+    """What a resolution depends on besides the market id (see `RuleSource`)."""
     return (
         snapshot.liquidity,
         snapshot.volume,
@@ -172,15 +171,7 @@ class Detector:
         state = self._markets.get(market_id)
         # The market's resolution is reused while the rule source and what it depends on are
         # unchanged (`RuleSource`): resolving costs more than the rest of a quiet observation.
-        key = (
-            snapshot.liquidity,
-            snapshot.volume,
-            snapshot.category,
-            snapshot.tags,
-            snapshot.threshold,
-            snapshot.window_seconds,
-            snapshot.cooldown_seconds,
-        )
+        key = _resolution_key(snapshot)
         memo = None if state is None else state.resolution
         if memo is not None and memo[0] is rules and memo[1] == key:
             resolved, watched = memo[2], memo[3]
@@ -327,9 +318,8 @@ class Detector:
         window.learn(
             price - pending.baseline_price - pending.first_move, at - pending.first_at, params
         )
-        window.stale = True
-        window.drop_since(pending.first_at)
-        window.add(at, price, resolved.params)
+        window.drop_since(pending.first_at)  # and the quiet band is recomputed
+        window.add(at, price, params)
         through = (price - pending.baseline_price) * pending.first_move < 0
         if through and any(True for _ in window.candidates()):
             # Through the baseline to the other side: a move in its own right, measured from
