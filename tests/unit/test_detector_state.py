@@ -253,6 +253,16 @@ def test_snapshot_times_survive_float_seconds_to_the_microsecond(micros: int) ->
     assert datetime.fromtimestamp(at.timestamp(), UTC) == at
 
 
+def changed(document: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`document` with `changes` applied: a value replaces a field, `...` removes it."""
+    for key, value in changes.items():
+        if value is ...:
+            del document[key]
+        else:
+            document[key] = value
+    return document
+
+
 def edit(**changes: Any) -> bytes:
     """The record of `full_state()` with fields replaced (`...`: removed). Changing `t` turns
     the record's bucket times into float seconds (`t`) first."""
@@ -260,23 +270,12 @@ def edit(**changes: Any) -> bytes:
     if "t" in changes:
         micros = itertools.accumulate(document.pop("dt"), initial=document.pop("t0"))
         document["t"] = [m / 1e6 for m in micros]
-    for key, value in changes.items():
-        if value is ...:
-            del document[key]
-        else:
-            document[key] = value
-    return json.dumps(document).encode()
+    return json.dumps(changed(document, changes)).encode()
 
 
 def edit_pending(**changes: Any) -> bytes:
     """The record of `full_state()` with fields of its pending move replaced (`...`: removed)."""
-    pending = json.loads(encode(full_state()))["pending"]
-    for key, value in changes.items():
-        if value is ...:
-            del pending[key]
-        else:
-            pending[key] = value
-    return edit(pending=pending)
+    return edit(pending=changed(json.loads(encode(full_state()))["pending"], changes))
 
 
 def wrong(field: str, kind: str) -> str:
@@ -417,12 +416,7 @@ def v1_record(**changes: Any) -> bytes:
         "pending": None,
         "last_event": None,
     }
-    for key, value in changes.items():
-        if value is ...:
-            del document[key]
-        else:
-            document[key] = value
-    return json.dumps(document).encode()
+    return json.dumps(changed(document, changes)).encode()
 
 
 def test_a_record_of_the_earlier_format_is_outdated_not_misread() -> None:
