@@ -41,13 +41,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from polymarket_kafka.config import KafkaConfig
 from polymarket_kafka.detector_state import StateRecord
-from polymarket_kafka.kafka.publisher import open_kafka_publisher
+from polymarket_kafka.kafka.publisher import KafkaPublisher, open_kafka_publisher
 from polymarket_kafka.kafka.state_topic import StateWriter, ensure_state_topic
-from polymarket_kafka.kafka.transactional import open_transactional_publisher
+from polymarket_kafka.kafka.transactional import (
+    TransactionalPublisher,
+    open_transactional_publisher,
+)
 from polymarket_kafka.models import MarketSnapshot, PolymarketEvent, PolymarketSubscription
 from polymarket_kafka.polymarket.poller import PollResult
 from polymarket_kafka.service.pipeline import DurableState, run_service
-from polymarket_kafka.service.stats import ServiceSettings
+from polymarket_kafka.service.stats import ServiceSettings, ServiceStats
 from polymarket_kafka.testing.local_broker import create_topic, open_tansu_broker
 from polymarket_kafka.testing.memory_store import InMemorySubscriptionStore
 
@@ -151,34 +154,43 @@ async def run_mode(mode: str, bootstrap: str, args: argparse.Namespace) -> dict[
     async def on_published(event: PolymarketEvent) -> None:
         per_cycle[round((event.timestamp - T0).total_seconds() / args.interval)] += 1
 
-    async def watch(publisher: object) -> None:
+    async def watch(publisher: KafkaPublisher | TransactionalPublisher) -> None:
         seen = 0
         while True:
-            delivered = publisher.stats.delivered  # type: ignore[attr-defined]
+            delivered = publisher.stats.delivered
             if delivered != seen:
                 seen = delivered
                 acknowledged_at.append((time.monotonic(), delivered))
             await anyio.sleep(0.001)
 
     store = InMemorySubscriptionStore(seed=markets)
+
+    async def serve(
+        publisher: KafkaPublisher | TransactionalPublisher, durable: DurableState | None
+    ) -> ServiceStats:
+        """The service over `publisher` until its cycles are done and everything is flushed,
+        its acknowledgements watched meanwhile."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch, publisher)
+            stats = await run_service(
+                store=store,
+                poller=poller,
+                publisher=publisher,
+                settings=settings,
+                clock=lambda: T0,
+                on_published=on_published,
+                durable=durable,
+            )
+            await publisher.flush(60)
+            tg.cancel_scope.cancel()
+        return stats
+
     started_cpu = time.process_time()
     started = time.monotonic()
     if mode == "exactly_once":
         async with open_transactional_publisher(kafka, grace_seconds=60) as publisher:
             stager = CountingStager(publisher)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(watch, publisher)
-                stats = await run_service(
-                    store=store,
-                    poller=poller,
-                    publisher=publisher,
-                    settings=settings,
-                    clock=lambda: T0,
-                    on_published=on_published,
-                    durable=DurableState(None, checkpoint_seconds, stager=stager),
-                )
-                await publisher.flush(60)
-                tg.cancel_scope.cancel()
+            stats = await serve(publisher, DurableState(None, checkpoint_seconds, stager=stager))
             state_bytes = stager.staged_bytes
             delivered = publisher.stats.delivered
     else:
@@ -188,19 +200,7 @@ async def run_mode(mode: str, bootstrap: str, args: argparse.Namespace) -> dict[
             if mode == "at_least_once":
                 sink = CountingSink(await anyio.to_thread.run_sync(StateWriter, kafka))
                 durable = DurableState(sink, checkpoint_seconds)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(watch, idempotent)
-                stats = await run_service(
-                    store=store,
-                    poller=poller,
-                    publisher=idempotent,
-                    settings=settings,
-                    clock=lambda: T0,
-                    on_published=on_published,
-                    durable=durable,
-                )
-                await idempotent.flush(60)
-                tg.cancel_scope.cancel()
+            stats = await serve(idempotent, durable)
             if sink is not None:
                 state_bytes = sink.written_bytes
                 sink.writer.close()
