@@ -40,6 +40,16 @@ Where the content comes from (see /work/shared/polymarket-api.md, "the doc" belo
   Before them come DEMO_LEAD_IN (24) synthetic hourly cycles holding the first recorded
   prices: the detector judges a move against the market's own volatility, and a market it
   has watched for a day is not one it has never seen (rules/default.yaml, volatility.prior).
+- demo_channel.yaml: the market-channel frames the demo streams through a loopback
+  WebSocket server (`testing.demo`), one list per demo cycle from the second on. They carry
+  the same prices as demo.yaml's midpoints at the same hours, in the message shapes of doc
+  §4 (no public recording of election night's market channel exists): cycle 1 is one array
+  frame of `book`s (as the dump after a subscription), then per hour one frame per market,
+  Trump as `price_change` (the current shape, best bid and ask inside `price_changes[]`),
+  Harris as `best_bid_ask`, the Fed as an array of the 2024 top-level `price_change`s
+  (no best bid/ask: the client keeps the book), with a `last_trade_price` every 6 hours.
+  Each book is one level a side around the price (DEMO_HALF_SPREAD); timestamps are Unix
+  ms, 2 s before the hour the cycle stands for.
 
 Re-recording against the live API (never done by the tests; needs internet and vcrpy):
 
@@ -110,6 +120,10 @@ DEMO_HARRIS = [0.39, 0.3855, 0.4215, 0.297, 0.288, 0.2005, 0.068, 0.0335, 0.014,
 DEMO_FED = [0.0025, 0.003, 0.0025, 0.002, 0.0025, 0.003, 0.0035, 0.003, 0.0025, 0.0025]
 #: Synthetic calm hours before the recorded ten (see the module docstring).
 DEMO_LEAD_IN = 24
+#: The demo's first cycle: 2024-11-04 23:00 UTC (testing.demo.DEMO_START), in Unix ms.
+DEMO_START_MS = 1730761200000
+#: Half the bid-ask spread of each demo market's one-level book (the midpoint is the price).
+DEMO_HALF_SPREAD = {"trump": 0.005, "harris": 0.005, "fed": 0.0005}
 
 CLOUDFLARE_403 = """<!DOCTYPE html>
 <!--[if lt IE 7]> <html class="no-js ie6 oldie" lang="en-US"> <![endif]-->
@@ -602,12 +616,140 @@ def demo() -> list[dict[str, Any]]:
             _response(200, [fed_item(), harris_item(DEMO_HARRIS[0]), trump_item(DEMO_TRUMP[0])]),
         )
     ]
-    lead_in = [(DEMO_TRUMP[0], DEMO_HARRIS[0], DEMO_FED[0])] * DEMO_LEAD_IN
-    recorded = list(zip(DEMO_TRUMP, DEMO_HARRIS, DEMO_FED, strict=True))
-    for trump, harris, fed in lead_in + recorded:
+    for trump, harris, fed in _demo_prices():
         prices = {FED_YES: _price(fed), HARRIS_YES: _price(harris), TRUMP_YES: _price(trump)}
         interactions.append(_interaction(midpoints_request(tokens), _response(200, prices)))
     return interactions
+
+
+def _demo_prices() -> list[tuple[float, float, float]]:
+    """(Trump, Harris, Fed) YES per demo cycle: the lead-in hours, then the recorded ones."""
+    lead_in = [(DEMO_TRUMP[0], DEMO_HARRIS[0], DEMO_FED[0])] * DEMO_LEAD_IN
+    return lead_in + list(zip(DEMO_TRUMP, DEMO_HARRIS, DEMO_FED, strict=True))
+
+
+def _level(value: float) -> str:
+    return f"{round(value, 4):.4f}".rstrip("0").rstrip(".")
+
+
+def _channel_book(asset: str, market: str, price: float, half: float, ts: int) -> dict[str, Any]:
+    return {
+        "event_type": "book",
+        "asset_id": asset,
+        "market": market,
+        "bids": [{"price": _level(price - half), "size": "1500"}],
+        "asks": [{"price": _level(price + half), "size": "1500"}],
+        "timestamp": str(ts),
+        "hash": hashlib.sha1(f"{asset}{ts}".encode()).hexdigest(),  # noqa: S324 - an id
+        "tick_size": "0.001" if half < 0.001 else "0.01",
+        "last_trade_price": _level(price),
+    }
+
+
+def demo_channel() -> dict[str, Any]:
+    """The frames of demo_channel.yaml (see the module docstring)."""
+    prices = _demo_prices()
+    cycles: list[list[str]] = []
+    previous = prices[0]
+    markets = (
+        ("trump", TRUMP_YES, TRUMP),
+        ("harris", HARRIS_YES, HARRIS),
+        ("fed", FED_YES, FED),
+    )
+    for cycle, current in enumerate(prices):
+        if cycle == 0:
+            continue  # the first cycle is REST's: it finds the markets the stream subscribes to
+        ts = DEMO_START_MS + cycle * 3_600_000 - 2_000
+        if cycle == 1:
+            books = [
+                _channel_book(asset, market, price, DEMO_HALF_SPREAD[name], ts)
+                for (name, asset, market), price in zip(markets, current, strict=True)
+            ]
+            cycles.append([_compact(books)])
+            previous = current
+            continue
+        frames = []
+        (_, trump_asset, trump_market), (_, harris_asset, harris_market), fed = markets
+        trump, harris, fed_price = current
+        half = DEMO_HALF_SPREAD["trump"]
+        frames.append(
+            _compact(
+                {
+                    "event_type": "price_change",
+                    "market": trump_market,
+                    "price_changes": [
+                        {
+                            "asset_id": trump_asset,
+                            "price": _level(trump - half),
+                            "size": "1500",
+                            "side": "BUY",
+                            "hash": hashlib.sha1(f"t{cycle}".encode()).hexdigest(),  # noqa: S324
+                            "best_bid": _level(trump - half),
+                            "best_ask": _level(trump + half),
+                        }
+                    ],
+                    "timestamp": str(ts),
+                }
+            )
+        )
+        half = DEMO_HALF_SPREAD["harris"]
+        frames.append(
+            _compact(
+                {
+                    "event_type": "best_bid_ask",
+                    "market": harris_market,
+                    "asset_id": harris_asset,
+                    "best_bid": _level(harris - half),
+                    "best_ask": _level(harris + half),
+                    "spread": _level(2 * half),
+                    "timestamp": str(ts),
+                }
+            )
+        )
+        _, fed_asset, fed_market = fed
+        half = DEMO_HALF_SPREAD["fed"]
+        old = previous[2]
+        changes = []
+        if old != fed_price:
+            for side, before, after in (
+                ("BUY", old - half, fed_price - half),
+                ("SELL", old + half, fed_price + half),
+            ):
+                changes += [
+                    {"price": _level(after), "size": "1500", "side": side},
+                    {"price": _level(before), "size": "0", "side": side},
+                ]
+        elif cycle % 6 == 0:
+            changes = [{"price": _level(fed_price - half), "size": "1600", "side": "BUY"}]
+        messages: list[dict[str, Any]] = [
+            {
+                "event_type": "price_change",
+                "asset_id": fed_asset,
+                "market": fed_market,
+                **change,
+                "hash": hashlib.sha1(f"f{cycle}{i}".encode()).hexdigest(),  # noqa: S324
+                "timestamp": str(ts),
+            }
+            for i, change in enumerate(changes)
+        ]
+        if cycle % 6 == 0:
+            messages.append(
+                {
+                    "event_type": "last_trade_price",
+                    "asset_id": fed_asset,
+                    "market": fed_market,
+                    "price": _level(fed_price),
+                    "side": "BUY",
+                    "size": "25",
+                    "fee_rate_bps": "0",
+                    "timestamp": str(ts),
+                }
+            )
+        if messages:
+            frames.append(_compact(messages))
+        cycles.append(frames)
+        previous = current
+    return {"version": 1, "first_cycle": 1, "cycles": cycles}
 
 
 SCENARIOS = {
@@ -634,7 +776,12 @@ def render(interactions: list[dict[str, Any]]) -> str:
 
 def build_all() -> dict[str, str]:
     """File name → YAML text of every synthetic cassette."""
-    return {f"{name}.yaml": render(make()) for name, make in SCENARIOS.items()}
+    files = {f"{name}.yaml": render(make()) for name, make in SCENARIOS.items()}
+    header = "# Generated by cassettes/make_cassettes.py; edit the script, not this file.\n"
+    files["demo_channel.yaml"] = header + yaml.safe_dump(
+        demo_channel(), sort_keys=True, width=1_000_000
+    )
+    return files
 
 
 # --- live recording (opt-in, needs internet) -------------------------------------------------

@@ -25,7 +25,7 @@ from confluent_kafka import KafkaException
 
 from polymarket_kafka.backoff import doubling
 from polymarket_kafka.clock import now_utc
-from polymarket_kafka.config import AppConfig
+from polymarket_kafka.config import AppConfig, PolymarketConfig
 from polymarket_kafka.detector_state import (
     ClosedMarket,
     MarketState,
@@ -50,14 +50,17 @@ from polymarket_kafka.ops.http_server import serve_ops
 from polymarket_kafka.ops.metrics import MetricSources, build_registry
 from polymarket_kafka.polymarket import open_polymarket_client
 from polymarket_kafka.polymarket.poller import MarketPoller
+from polymarket_kafka.polymarket.stream import MarketStream, open_market_stream
 from polymarket_kafka.service.pipeline import DurableState, run_service
 from polymarket_kafka.service.reloader import RulesHolder, default_rules_path
 from polymarket_kafka.service.stats import ServiceSettings, ServiceStats, log_stopped
+from polymarket_kafka.service.streaming import StreamCoordinator
 from polymarket_kafka.subscriptions import open_subscription_store
 
 __all__ = [
     "KafkaStateSink",
     "StateRestore",
+    "coordinate_stream",
     "kafka_check",
     "load_initial_rules",
     "restore_states",
@@ -237,6 +240,26 @@ class StateRestore:
         self._status = ComponentStatus(False, f"cannot restore from {topic} yet: {error}")
 
 
+def coordinate_stream(
+    stream: MarketStream, poller: MarketPoller, config: PolymarketConfig, health: ServiceHealth
+) -> StreamCoordinator:
+    """REST as the stream's watchdog and fallback, with its readiness component "stream"
+    (always ready: REST serves what the stream does not; it says which markets that is)."""
+    coordinator = StreamCoordinator(
+        stream,
+        poller,
+        reconcile_seconds=config.ws_reconcile_seconds,
+        tolerance=config.ws_tolerance,
+    )
+
+    def check() -> ComponentStatus:
+        detail, extra = coordinator.readiness()
+        return ComponentStatus(True, detail, extra)
+
+    health.add_check("stream", check)
+    return coordinator
+
+
 async def run_app(
     config: AppConfig,
     rules: RulesHolder | None = None,
@@ -272,6 +295,12 @@ async def run_app(
             poller = MarketPoller(
                 client, metadata_refresh_seconds=config.polymarket.metadata_refresh_seconds
             )
+            coordinator = None
+            if config.polymarket.streaming:
+                stream = await stack.enter_async_context(
+                    open_market_stream(config.polymarket, clock=now_utc)
+                )
+                coordinator = coordinate_stream(stream, poller, config.polymarket, health)
             health.add_check("kafka", kafka_check(publisher))
             registry = build_registry(
                 MetricSources(
@@ -280,6 +309,7 @@ async def run_app(
                     poller=poller.stats,
                     delivery=publisher.stats,
                     rules=rules,
+                    stream=coordinator,
                 )
             )
             serve = partial(
@@ -322,6 +352,7 @@ async def run_app(
                 stats=stats,
                 health=health,
                 background=[http_server],
+                stream=coordinator,
             )
     finally:
         # However the service ended (a stop, or a stage that failed), the publisher has

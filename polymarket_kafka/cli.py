@@ -314,7 +314,8 @@ async def _demo(args: argparse.Namespace) -> int:
         print(f"polymarket-kafka: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(
-        f"demo: {stats.poll_cycles} poll cycles, {stats.snapshots} snapshots, "
+        f"demo: {stats.poll_cycles} poll cycles, {stats.snapshots} snapshots "
+        f"({stats.snapshots_streamed} streamed over the market channel), "
         f"{stats.events_detected} events detected, {stats.events_acknowledged} acknowledged "
         f"by Kafka, {read_back} read back from the broker",
         file=sys.stderr,

@@ -1,5 +1,10 @@
 """Configuration from environment variables and an optional `.env` file.
 
+Why this file is over 400 lines: every setting of the service is declared, defaulted and
+read here, in one place, so `known_variables` can list them and app.env.example can be
+checked against them; splitting the dataclasses from their readers would separate each
+variable's default from its validation.
+
 Read once at start-up. Every variable, its default and its meaning is listed in
 `app.env.example`. A missing or malformed value raises `ConfigError`, whose message is one
 line naming the variable; the CLI writes it on stderr (a JSON log line when `LOG_FORMAT=json`)
@@ -64,6 +69,31 @@ class PolymarketConfig:
     rate_limit_delay_ms: float = 200.0
     max_retries: int = 4
     metadata_refresh_seconds: float = 300.0
+    #: Added: the market channel (WebSocket) prices are streamed from; empty turns streaming
+    #: off (every price then comes from REST polls, as before).
+    ws_url: str = "wss://ws-subscriptions-clob.polymarket.com/ws/market"
+    #: Assets per connection (connections stall silently above ~250 live, §8.5).
+    ws_assets_per_connection: int = 200
+    #: The text `PING` every this often; a connection whose `PING` got no `PONG` by the next
+    #: one is dead.
+    ws_ping_seconds: float = 10.0
+    #: A connection that delivers no data frame for this long is dead (sockets freeze).
+    ws_silence_seconds: float = 30.0
+    #: At most one snapshot per market per this many milliseconds (the latest wins).
+    ws_coalesce_ms: float = 100.0
+    #: While streamed, a market is still polled over REST this often (reconciliation); a
+    #: market the stream does not serve is polled every `POLL_INTERVAL_SECONDS`.
+    ws_reconcile_seconds: float = 120.0
+    #: A REST price further than this from the streamed one is a disagreement: counted,
+    #: REST is trusted and the market's book is asked for again.
+    ws_tolerance: float = 0.02
+    #: The reconnect backoff doubles from 1 s up to this cap (each wait jittered).
+    ws_reconnect_max_seconds: float = 60.0
+
+    @property
+    def streaming(self) -> bool:
+        """Prices are streamed from the market channel (`POLYMARKET_WS_URL` is set)."""
+        return bool(self.ws_url)
 
 
 @dataclass(frozen=True)
@@ -280,6 +310,19 @@ def unknown_variable_warnings(
     return warnings
 
 
+def _ws_url(r: EnvReader) -> str:
+    """`POLYMARKET_WS_URL`: a ws(s):// URL, or empty (streaming off)."""
+    value = r.text("POLYMARKET_WS_URL", PolymarketConfig.ws_url).strip()
+    if not value:
+        return ""
+    parts = urlsplit(value)
+    if parts.scheme not in ("ws", "wss") or not parts.netloc:
+        raise ConfigError(
+            "POLYMARKET_WS_URL", f"must be a ws(s):// URL or empty (no streaming), got {value!r}"
+        )
+    return value
+
+
 def _build(r: EnvReader) -> AppConfig:
 
     polymarket = PolymarketConfig(
@@ -298,6 +341,33 @@ def _build(r: EnvReader) -> AppConfig:
             "POLYMARKET_METADATA_REFRESH_SECONDS",
             PolymarketConfig.metadata_refresh_seconds,
             strict=True,
+        ),
+        ws_url=_ws_url(r),
+        ws_assets_per_connection=r.integer(
+            "POLYMARKET_WS_ASSETS_PER_CONNECTION",
+            PolymarketConfig.ws_assets_per_connection,
+            minimum=1,
+        ),
+        ws_ping_seconds=r.number(
+            "POLYMARKET_WS_PING_SECONDS", PolymarketConfig.ws_ping_seconds, strict=True
+        ),
+        ws_silence_seconds=r.number(
+            "POLYMARKET_WS_SILENCE_SECONDS", PolymarketConfig.ws_silence_seconds, strict=True
+        ),
+        ws_coalesce_ms=r.number(
+            "POLYMARKET_WS_COALESCE_MS", PolymarketConfig.ws_coalesce_ms, strict=False
+        ),
+        ws_reconcile_seconds=r.number(
+            "POLYMARKET_WS_RECONCILE_SECONDS", PolymarketConfig.ws_reconcile_seconds, strict=True
+        ),
+        ws_tolerance=r.number(
+            "POLYMARKET_WS_TOLERANCE", PolymarketConfig.ws_tolerance, strict=True
+        ),
+        ws_reconnect_max_seconds=r.number(
+            "POLYMARKET_WS_RECONNECT_MAX_SECONDS",
+            PolymarketConfig.ws_reconnect_max_seconds,
+            minimum=1.0,
+            strict=False,
         ),
     )
 

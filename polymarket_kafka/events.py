@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 
 from polymarket_kafka.detection import ConvictionChange
-from polymarket_kafka.models import PolymarketEvent
+from polymarket_kafka.models import MarketSnapshot, PolymarketEvent
 
 __all__ = ["EVENT_NAMESPACE", "build_event", "event_id_for"]
 
@@ -57,4 +57,14 @@ def build_event(change: ConvictionChange) -> PolymarketEvent:
         resolution=snapshot.resolution if change.final else None,
         catch_up=change.gap_seconds is not None,
         gap_seconds=change.gap_seconds,
+        price_source=snapshot.source,
+        price_age_seconds=_price_age(snapshot),
     )
+
+
+def _price_age(snapshot: MarketSnapshot) -> float | None:
+    """Observation time minus Polymarket's time of a streamed update (never negative: the
+    two clocks differ by a little)."""
+    if snapshot.source_at is None:
+        return None
+    return round(max(0.0, (snapshot.taken_at - snapshot.source_at).total_seconds()), 3)

@@ -33,6 +33,7 @@ __all__ = [
     "MarketSnapshot",
     "PolymarketEvent",
     "PolymarketSubscription",
+    "PriceSource",
     "Resolution",
     "SignalType",
     "utc",
@@ -49,6 +50,9 @@ def utc(value: datetime) -> datetime:
 UtcDatetime = Annotated[datetime, AfterValidator(utc)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+#: Where a price came from: a REST poll (`/midpoints`, Gamma for closed markets) or the
+#: market channel (WebSocket).
+PriceSource = Literal["rest", "ws"]
 #: How a closed market resolved: YES won, NO won, no winner (void), or not clear from the
 #: outcome prices Gamma reports (a 50-50 resolution, or closed but still settling).
 Resolution = Literal["yes", "no", "void", "unknown"]
@@ -174,6 +178,19 @@ class PolymarketEvent(BaseModel):
         "(from the last observation before the stop to the first after it); null otherwise.",
     )
 
+    price_source: PriceSource | None = Field(
+        default=None,
+        description="Where the triggering price came from: `ws` (Polymarket's market channel, "
+        "streamed) or `rest` (a poll). Added with the WebSocket source: older events have no "
+        "such key.",
+    )
+    price_age_seconds: NonNegative | None = Field(
+        default=None,
+        description="How old the triggering price was when the service observed it: "
+        "`timestamp` minus Polymarket's own timestamp of the update (`ws` only; null for "
+        "`rest`, whose price is as of the poll). Added with `price_source`.",
+    )
+
     @field_validator("price_change", "abs_price_change")
     @classmethod
     def _finite(cls, value: float) -> float:
@@ -275,6 +292,9 @@ class MarketSnapshot(BaseModel):
     threshold: float | None = None
     window_seconds: float | None = None
     cooldown_seconds: float | None = None
+    #: Where the price came from, and (streamed only) Polymarket's timestamp of the update.
+    source: PriceSource = "rest"
+    source_at: UtcDatetime | None = None
 
     @model_validator(mode="after")
     def _resolution_only_when_closed(self) -> MarketSnapshot:

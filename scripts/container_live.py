@@ -160,6 +160,7 @@ class LiveRun:
             "POLYMARKET_BASE_URL": self.polymarket.url,
             "POLYMARKET_GAMMA_URL": self.polymarket.url,
             "POLYMARKET_RATE_LIMIT_DELAY_MS": "0",
+            "POLYMARKET_WS_URL": "",
             "KAFKA_BOOTSTRAP_SERVERS": broker,
             "KAFKA_TOPIC": TOPIC,
             "MONGODB_URI": mongo_uri,

@@ -36,6 +36,7 @@ from polymarket_kafka.polymarket.poller import SKIP_KINDS, PollerStats
 from polymarket_kafka.polymarket.results import ClientStats
 from polymarket_kafka.service.reloader import RulesHolder
 from polymarket_kafka.service.stats import ServiceStats
+from polymarket_kafka.service.streaming import StreamCoordinator
 
 __all__ = ["PREFIX", "MetricSources", "build_registry"]
 
@@ -53,6 +54,7 @@ class MetricSources:
     poller: PollerStats | None = None
     delivery: DeliveryStats | None = None
     rules: RulesHolder | None = None
+    stream: StreamCoordinator | None = None
 
 
 def build_registry(sources: MetricSources) -> CollectorRegistry:
@@ -79,6 +81,8 @@ class _StatsCollector(Collector):
             yield from _delivery_metrics(sources.delivery)
         if sources.rules is not None:
             yield from _rules_metrics(sources.rules, sources.service)
+        if sources.stream is not None:
+            yield from _stream_metrics(sources.stream)
 
 
 # --- per source ----------------------------------------------------------------------------
@@ -230,6 +234,75 @@ def _client_metrics(stats: ClientStats) -> Iterator[_Family]:
         "polymarket_malformed_payloads_total",
         "Polymarket responses that could not be parsed as a whole.",
         {(): stats.malformed_payloads},
+    )
+
+
+def _stream_metrics(coordinator: StreamCoordinator) -> Iterator[_Family]:
+    stream = coordinator.stream
+    stats = stream.stats
+    shards = stream.connections
+    yield _gauge("stream_connections", "Market channel connections (shards).", len(shards))
+    yield _gauge(
+        "stream_connections_up",
+        "Market channel connections open and subscribed.",
+        sum(1 for shard in shards if shard.connected),
+    )
+    yield _gauge("stream_markets", "Markets subscribed on the market channel.", stream.markets)
+    yield _gauge(
+        "stream_rest_fallback_markets",
+        "Subscribed markets the stream does not serve now (polled over REST at the poll interval).",
+        len(coordinator.fallback),
+    )
+    yield _counter(
+        "stream_connects_total", "Market channel connections opened.", {(): stats.connects}
+    )
+    yield _counter(
+        "stream_disconnects_total",
+        "Market channel connections ended or not opened, by reason (silent: the inbound-"
+        "silence watchdog; no_pong; server_closed; network; refused; connect_failed).",
+        {(kind,): n for kind, n in sorted(stats.disconnects.items())},
+        labels=("reason",),
+    )
+    yield _counter(
+        "stream_silence_trips_total",
+        "Connections the inbound-silence watchdog gave up (open, but no data frame).",
+        {(): stats.disconnects["silent"]},
+    )
+    yield _counter(
+        "stream_messages_total",
+        "Market channel messages received, by type (unknown and malformed included).",
+        {(kind,): n for kind, n in sorted(stats.messages.items())},
+        labels=("type",),
+    )
+    yield _counter(
+        "stream_malformed_messages_total",
+        "Market channel messages that could not be decoded (skipped).",
+        {(): stats.malformed},
+    )
+    yield _counter(
+        "stream_coalesced_updates_total",
+        "Price updates absorbed by a snapshot already pending for their market.",
+        {(): stream.coalescer.coalesced},
+    )
+    yield _counter(
+        "stream_snapshots_total",
+        "Snapshots the stream sent to the detector.",
+        {(): stats.snapshots},
+    )
+    yield _counter(
+        "stream_rest_fallback_polls_total",
+        "Market polls over REST because the stream did not serve the market.",
+        {(): coordinator.fallback_polls},
+    )
+    yield _counter(
+        "stream_reconciliations_total",
+        "Poll cycles that polled every market to check the stream.",
+        {(): coordinator.reconciliations},
+    )
+    yield _counter(
+        "stream_disagreements_total",
+        "Streamed prices REST contradicted beyond POLYMARKET_WS_TOLERANCE (REST trusted).",
+        {(): coordinator.disagreements},
     )
 
 

@@ -48,6 +48,7 @@ from polymarket_kafka.models import MarketSnapshot, PolymarketSubscription, utc
 from polymarket_kafka.polymarket.errors import PolymarketBlockedError, PolymarketError
 from polymarket_kafka.polymarket.parsing import MarketMetadata
 from polymarket_kafka.polymarket.results import MetadataBatch, PriceBatch
+from polymarket_kafka.polymarket.snapshots import build_snapshot
 
 __all__ = ["MarketDataSource", "MarketPoller", "PollResult", "PollerStats"]
 
@@ -147,20 +148,28 @@ class MarketPoller:
         return None if cached is None else cached.metadata
 
     async def poll_once(
-        self, subscriptions: Collection[PolymarketSubscription], now: datetime
+        self,
+        subscriptions: Collection[PolymarketSubscription],
+        now: datetime,
+        *,
+        only: Collection[str] | None = None,
     ) -> PollResult:
         """Poll every subscribed market once; `now` stamps the snapshots (`taken_at`).
 
         The caller passes the active subscriptions; each distinct `market_id` yields either
-        one snapshot or one entry in `skipped`. Raises only `PolymarketBlockedError`; a
-        Polymarket outage is reported in `PollResult.unavailable` instead.
+        one snapshot or one entry in `skipped`. `only` (the streaming service's fallback
+        cycles) polls just those of them; the metadata of the others stays cached. Raises only
+        `PolymarketBlockedError`; a Polymarket outage is reported in `PollResult.unavailable`
+        instead.
         """
         by_id: dict[str, PolymarketSubscription] = {}
         for subscription in subscriptions:
             by_id.setdefault(subscription.market_id, subscription)
-        cycle = _Cycle(utc(now), {k: by_id[k] for k in sorted(by_id)})
         for market_id in [m for m in self._cache if m not in by_id]:
             del self._cache[market_id]
+        if only is not None:
+            by_id = {k: v for k, v in by_id.items() if k in only}
+        cycle = _Cycle(utc(now), {k: by_id[k] for k in sorted(by_id)})
 
         metadata_errors = await self._refresh_metadata(cycle)
         open_markets = self._sort_markets(cycle, metadata_errors)
@@ -274,22 +283,7 @@ class MarketPoller:
     def _emit(self, cycle: _Cycle, market_id: str, metadata: MarketMetadata, price: float) -> None:
         subscription = cycle.subscriptions[market_id]
         try:
-            snapshot = MarketSnapshot(
-                market_id=market_id,
-                question=metadata.question or subscription.question or "",
-                yes_price=price,
-                taken_at=cycle.now,
-                closed=metadata.closed,
-                resolution=metadata.resolution if metadata.closed else None,
-                volume=metadata.volume,
-                liquidity=metadata.liquidity,
-                category=metadata.category,
-                tags=metadata.tags,
-                spread=metadata.spread,
-                threshold=subscription.threshold,
-                window_seconds=subscription.window_seconds,
-                cooldown_seconds=subscription.cooldown_seconds,
-            )
+            snapshot = build_snapshot(subscription, metadata, price, cycle.now)
         except ValidationError as exc:
             self._skip(cycle, market_id, "invalid", f"invalid snapshot: {exc.errors()[0]['msg']}")
             return

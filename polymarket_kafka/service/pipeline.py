@@ -52,6 +52,7 @@ from polymarket_kafka.service.refresh import refresh_subscriptions
 from polymarket_kafka.service.reloader import RulesHolder, run_reloader
 from polymarket_kafka.service.stages import LatestSubscriptions, Stopper, run_stage, task_name
 from polymarket_kafka.service.stats import ServiceSettings, ServiceStats, SourceOutcomes
+from polymarket_kafka.service.streaming import StreamCoordinator
 
 __all__ = ["DurableState", "run_service"]
 
@@ -72,6 +73,7 @@ async def run_service(
     health: ServiceHealth | None = None,
     background: Sequence[Callable[[], Awaitable[None]]] = (),
     durable: DurableState | None = None,
+    stream: StreamCoordinator | None = None,
     task_status: TaskStatus[Stopper] = anyio.TASK_STATUS_IGNORED,
 ) -> ServiceStats:
     """Run the pipeline until stopped (signal, `Stopper.stop()`, or `max_cycles`), drained.
@@ -131,7 +133,7 @@ async def run_service(
                     state_recv.close()
                 with stopper.sources:
                     refresh = (refresh_subscriptions, store, subscriptions, settings, outcomes)
-                    polling = (snap_send, poller, subscriptions, settings, clock, outcomes)
+                    polling = (snap_send, poller, subscriptions, settings, clock, outcomes, stream)
                     await _run_sources(health, refresh, polling)
                 health.mark_stopping()
                 if stopper.requested:
@@ -176,12 +178,17 @@ async def _run_sources(
         ServiceSettings,
         Callable[[], datetime],
         SourceOutcomes,
+        StreamCoordinator | None,
     ],
 ) -> None:
-    """The sources: subscription refresh and polling, until polling ends (`max_cycles`) or
-    the caller's scope is cancelled (a stop request)."""
+    """The sources: subscription refresh, polling and the stream (if any), until polling
+    ends (`max_cycles`) or the caller's scope is cancelled (a stop request)."""
     async with anyio.create_task_group() as sources:
         sources.start_soon(run_stage, health, "refresh_subscriptions", *refresh)
+        coordinator = polling[-1]
+        if coordinator is not None:
+            stream = coordinator.stream.run
+            sources.start_soon(run_stage, health, "stream", stream, polling[0].clone())
         with health.stage("poll_markets"):
             await poll_markets(*polling)
         sources.cancel_scope.cancel()
@@ -236,6 +243,7 @@ async def _detect(
                 else:
                     rules.reject(rules.current, in_force)
             stats.snapshots += 1
+            stats.snapshots_streamed += snapshot.source == "ws"
             try:
                 # The snapshot's age is how long it waited in the pipeline, on the monotonic
                 # clock (the injected wall clock may be a scripted one).

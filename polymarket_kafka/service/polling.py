@@ -4,6 +4,10 @@
 subscriptions and sends each snapshot down the pipeline; a failed or unavailable cycle is
 recorded (`SourceOutcomes`) and retried on the next tick; a cycle that overran the interval
 skips the ticks already past (`next_poll_tick`, pure) instead of bursting.
+
+With the market channel on (`coordinator`), a tick polls only what the stream does not serve,
+and everything once per reconciliation interval (`service.streaming`); a tick with nothing to
+poll still counts as a successful cycle (the stream serves every market).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from polymarket_kafka.models import MarketSnapshot
 from polymarket_kafka.service.ports import Poller, PollOutcome
 from polymarket_kafka.service.stages import LatestSubscriptions
 from polymarket_kafka.service.stats import ServiceSettings, SourceOutcomes
+from polymarket_kafka.service.streaming import StreamCoordinator
 
 __all__ = ["Polled", "next_poll_tick", "poll_markets"]
 
@@ -36,6 +41,7 @@ async def poll_markets(
     settings: ServiceSettings,
     clock: Callable[[], datetime],
     outcomes: SourceOutcomes,
+    coordinator: StreamCoordinator | None = None,
 ) -> None:
     async with snapshots:
         await subscriptions.loaded.wait()
@@ -45,8 +51,14 @@ async def poll_markets(
             cycles += 1
             now = clock()
             started = anyio.current_time()
+            result: PollOutcome | None = None
+            active = subscriptions.value
+            plan = None if coordinator is None else coordinator.plan(active, started)
             try:
-                result = await poller.poll_once(subscriptions.value, now)
+                if coordinator is None or plan is None:
+                    result = await poller.poll_once(active, now)
+                else:
+                    result = await coordinator.poll(active, now, plan)
             except Exception as exc:
                 outcomes.poll_failed(exc, anyio.current_time() - started)
                 logger.exception(
@@ -67,6 +79,9 @@ async def poll_markets(
                     )
                 for snapshot in result.snapshots:
                     await snapshots.send((snapshot, anyio.current_time()))
+            if coordinator is not None and plan is not None:
+                polled = [] if result is None else result.snapshots
+                coordinator.after_poll(active, plan, polled)
             now_monotonic = anyio.current_time()
             interval = settings.poll_interval_seconds
             next_tick, missed = next_poll_tick(next_tick, interval, now_monotonic)

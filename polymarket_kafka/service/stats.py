@@ -56,6 +56,8 @@ class ServiceStats:
     #: Poll ticks not run because a cycle overran the interval (`next_poll_tick`).
     poll_ticks_skipped: int = 0
     snapshots: int = 0
+    #: Of `snapshots`, those streamed from the market channel (the rest were polled).
+    snapshots_streamed: int = 0
     markets_skipped: int = 0
     events_detected: int = 0
     #: Handed to the publisher (accepted by the producer's queue): not yet "delivered".

@@ -86,6 +86,9 @@ class LoopbackHttpServer:
         return f"http://{host!s}:{port}"
 
     def polymarket_config(self, **overrides: Any) -> PolymarketConfig:
-        """A config pointing both base URLs here, with no client-side pacing by default."""
-        config = PolymarketConfig(base_url=self.url, gamma_url=self.url, rate_limit_delay_ms=0)
+        """A config pointing both base URLs here, with no client-side pacing and no market
+        channel by default (a test that streams names its fake channel: `ws_url=`)."""
+        config = PolymarketConfig(
+            base_url=self.url, gamma_url=self.url, rate_limit_delay_ms=0, ws_url=""
+        )
         return replace(config, **overrides)

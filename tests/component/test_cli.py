@@ -183,6 +183,8 @@ def subscribed_service_env(
         "POLYMARKET_BASE_URL": server.url,
         "POLYMARKET_GAMMA_URL": server.url,
         "POLYMARKET_RATE_LIMIT_DELAY_MS": "0",
+        # No market channel unless a test streams from a fake one (never the live one).
+        "POLYMARKET_WS_URL": "",
         "POLL_INTERVAL_SECONDS": "0.05",
         "MONGODB_POLL_INTERVAL_SECONDS": "0.05",
         "RULES_PATH": str(rules),

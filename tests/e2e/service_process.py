@@ -32,6 +32,8 @@ def service_env(
         "POLYMARKET_BASE_URL": server.url,
         "POLYMARKET_GAMMA_URL": server.url,
         "POLYMARKET_RATE_LIMIT_DELAY_MS": "0",
+        # No market channel unless a test streams from a fake one (never the live one).
+        "POLYMARKET_WS_URL": "",
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
         "KAFKA_TOPIC": topic,
         "MONGODB_URI": uri,

@@ -125,6 +125,10 @@ def test_the_pure_core_does_no_io_and_reads_no_clock() -> None:
         "redact",
         "histogram",
         "backoff",
+        "polymarket.snapshots",
+        "polymarket.stream.frames",
+        "polymarket.stream.quotes",
+        "polymarket.stream.coalesce",
     ]
     forbidden = {"socket", "httpx", "pymongo", "confluent_kafka", "anyio", "trio", "time"}
     for name in core:

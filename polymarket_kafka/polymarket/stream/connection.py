@@ -1,0 +1,286 @@
+"""One market-channel connection: a shard of assets on one WebSocket, kept alive.
+
+`Shard.run` connects (httpx-ws, anyio-native), subscribes to the shard's assets, and then
+runs three tasks until the connection dies:
+
+* the reader hands every text frame to the `FrameSink` at once (it never waits on the
+  pipeline: the sink decodes and coalesces synchronously), and trips the **silence watchdog**
+  when no data frame (`PONG` does not count) arrived for `silence_seconds`: live sockets are
+  known to freeze for hours while the heartbeat still works (§8.5);
+* the heartbeat sends the text `PING` every `ping_interval_seconds`, only after the
+  subscription (a `PING` first gets the socket closed with 1008, §4.1), and gives the
+  connection up when the previous `PING` got no `PONG`;
+* the subscription keeper sends `{"operation": "subscribe"|"unsubscribe"}` when the shard's
+  assets change while connected.
+
+A connection that ends for any reason (closed by the server, network error, refused upgrade,
+watchdog, missing `PONG`) is reported to the sink, and the shard reconnects after a jittered
+exponential backoff (`reconnect_delay`: 1 s doubling to 60 s by default, each wait drawn in
+[d/2, d]) and subscribes to its whole current set again. The backoff starts again from the
+bottom once a connection has delivered data. An empty shard ends its task.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+import httpx
+from httpx_ws import (
+    AsyncWebSocketSession,
+    HTTPXWSException,
+    WebSocketDisconnect,
+    WebSocketUpgradeError,
+    aconnect_ws,
+)
+from wsproto.events import BytesMessage, TextMessage
+
+__all__ = [
+    "ConnectionLost",
+    "FrameSink",
+    "Shard",
+    "StreamSettings",
+    "reconnect_delays",
+    "subscribe_message",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Read size per socket read (not a message size limit: frames larger than this are joined).
+_READ_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How the market channel is used (`PolymarketConfig.ws_*`)."""
+
+    url: str
+    assets_per_connection: int = 200
+    ping_interval_seconds: float = 10.0
+    silence_seconds: float = 30.0
+    reconnect_min_seconds: float = 1.0
+    reconnect_max_seconds: float = 60.0
+    connect_timeout_seconds: float = 10.0
+
+
+class ConnectionLost(Exception):
+    """Why a connection was given up (the reason is the message; no payload, no secret)."""
+
+
+class FrameSink(Protocol):
+    """Where a shard reports to (the stream source). Called on the event loop, never blocks."""
+
+    def connected(self, shard: Shard) -> None: ...
+
+    def frame(self, shard: Shard, text: str) -> None: ...
+
+    def disconnected(self, shard: Shard, reason: str) -> None:
+        """The connection ended, or could not be opened."""
+        ...
+
+
+def subscribe_message(assets: Iterator[str] | list[str]) -> str:
+    """The first message of a connection (custom features on: `best_bid_ask`,
+    `market_resolved`)."""
+    return json.dumps(
+        {"assets_ids": sorted(assets), "type": "market", "custom_feature_enabled": True}
+    )
+
+
+def _operation(operation: str, assets: set[str]) -> str:
+    return json.dumps(
+        {"operation": operation, "assets_ids": sorted(assets), "custom_feature_enabled": True}
+    )
+
+
+def reconnect_delays(
+    first: float, cap: float, rand: Callable[[], float] = random.random
+) -> Iterator[float]:
+    """Jittered exponential backoff: the n-th wait is drawn in [d/2, d], d = first * 2**n
+    capped at `cap`."""
+    ceiling = first
+    while True:
+        yield ceiling * (0.5 + 0.5 * rand())
+        ceiling = min(2 * ceiling, cap)
+
+
+class Shard:
+    """Up to `StreamSettings.assets_per_connection` assets on one connection."""
+
+    def __init__(
+        self,
+        index: int,
+        settings: StreamSettings,
+        sink: FrameSink,
+        http: httpx.AsyncClient,
+        *,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.index = index
+        self.settings = settings
+        self.assets: set[str] = set()
+        self.connected = False
+        #: Connections opened so far; a quote belongs to the connection it was seen on.
+        self.generation = 0
+        #: Monotonic time of the last data frame on the current connection.
+        self.last_data = 0.0
+        self.delivered = False
+        self.reconnects = 0
+        self._sink = sink
+        self._http = http
+        self._rand = rand
+        self._told: set[str] = set()
+        self._changed = anyio.Event()
+        self._pong = True
+
+    @property
+    def room(self) -> int:
+        return self.settings.assets_per_connection - len(self.assets)
+
+    def add(self, asset_id: str) -> None:
+        self.assets.add(asset_id)
+        self._changed.set()
+
+    def remove(self, asset_id: str) -> None:
+        self.assets.discard(asset_id)
+        self._changed.set()
+
+    def resubscribe(self, asset_id: str) -> None:
+        """Ask for a fresh `book` of `asset_id` (unsubscribe and subscribe again)."""
+        self._told.discard(asset_id)
+        self._resubscribe.add(asset_id)
+        self._changed.set()
+
+    _resubscribe: set[str]
+
+    async def run(self) -> None:
+        """Keep the shard connected until it has no assets (then return)."""
+        self._resubscribe = set()
+        delays = reconnect_delays(
+            self.settings.reconnect_min_seconds, self.settings.reconnect_max_seconds, self._rand
+        )
+        while self.assets:
+            reason = await self._connect_once()
+            if not self.assets:
+                return
+            if self.delivered:
+                delays = reconnect_delays(
+                    self.settings.reconnect_min_seconds,
+                    self.settings.reconnect_max_seconds,
+                    self._rand,
+                )
+            delay = next(delays)
+            self.reconnects += 1
+            logger.warning(
+                "market channel connection %d lost (%s); reconnecting in %.1fs",
+                self.index,
+                reason,
+                delay,
+                extra={"connection": self.index},
+            )
+            await anyio.sleep(delay)
+
+    async def _connect_once(self) -> str:
+        """One connection, from connect to its end; returns why it ended."""
+        self.delivered = False
+        reason = "closed"
+        ws: AsyncWebSocketSession
+        try:
+            # The handshake's timeout is httpx's (a cancel scope cannot wrap entering the
+            # session: it opens a task group that outlives the scope).
+            async with aconnect_ws(
+                self.settings.url,
+                self._http,
+                keepalive_ping_interval_seconds=None,
+                max_message_size_bytes=_READ_BYTES,
+                timeout=httpx.Timeout(self.settings.connect_timeout_seconds),
+            ) as ws:
+                reason = await self._session(ws)
+        except* httpx.TimeoutException:
+            reason = f"connect timed out after {self.settings.connect_timeout_seconds:g}s"
+        except* WebSocketUpgradeError as group:
+            refused = group.exceptions[0]
+            assert isinstance(refused, WebSocketUpgradeError)
+            reason = f"upgrade refused: HTTP {refused.response.status_code}"
+        except* WebSocketDisconnect as group:
+            closed = group.exceptions[0]
+            assert isinstance(closed, WebSocketDisconnect)
+            reason = f"closed by the server: {closed.code} {closed.reason}".rstrip()
+        except* ConnectionLost as group:
+            reason = str(group.exceptions[0])
+        except* (HTTPXWSException, OSError, httpx.HTTPError) as group:
+            failed = group.exceptions[0]
+            reason = f"network error: {type(failed).__name__} {failed}".rstrip()
+        self.connected = False
+        self._sink.disconnected(self, reason)
+        return reason
+
+    async def _session(self, ws: AsyncWebSocketSession) -> str:
+        self._told = set(self.assets)
+        self._resubscribe.clear()
+        self._changed = anyio.Event()
+        await ws.send_text(subscribe_message(list(self._told)))
+        self.generation += 1
+        self.connected = True
+        self.last_data = anyio.current_time()
+        self._pong = True
+        self._sink.connected(self)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._heartbeat, ws)
+            tasks.start_soon(self._keep_subscriptions, ws)
+            await self._read(ws)
+            tasks.cancel_scope.cancel()
+        return "shard emptied"
+
+    async def _read(self, ws: AsyncWebSocketSession) -> None:
+        silence = self.settings.silence_seconds
+        while self.assets:
+            remaining = self.last_data + silence - anyio.current_time()
+            try:
+                event = await ws.receive(timeout=max(remaining, 0.0))
+            except TimeoutError:
+                raise ConnectionLost(
+                    f"silent for {silence:g}s (no data frame): treated as dead"
+                ) from None
+            if isinstance(event, TextMessage):
+                text = event.data
+            elif isinstance(event, BytesMessage):
+                text = bytes(event.data).decode("utf-8", errors="replace")
+            else:
+                continue
+            if text.strip() == "PONG":
+                self._pong = True
+                continue
+            self.last_data = anyio.current_time()
+            self.delivered = True
+            self._sink.frame(self, text)
+
+    async def _heartbeat(self, ws: AsyncWebSocketSession) -> None:
+        while True:
+            await anyio.sleep(self.settings.ping_interval_seconds)
+            if not self._pong:
+                raise ConnectionLost(
+                    f"no PONG within {self.settings.ping_interval_seconds:g}s of a PING"
+                )
+            self._pong = False
+            await ws.send_text("PING")
+
+    async def _keep_subscriptions(self, ws: AsyncWebSocketSession) -> None:
+        while True:
+            await self._changed.wait()
+            self._changed = anyio.Event()
+            fresh = set(self._resubscribe)
+            self._resubscribe.clear()
+            gone = (self._told - self.assets) | (fresh & self.assets)
+            if gone:
+                await ws.send_text(_operation("unsubscribe", gone))
+                self._told -= gone
+            new = self.assets - self._told
+            if new:
+                await ws.send_text(_operation("subscribe", new))
+                self._told |= new

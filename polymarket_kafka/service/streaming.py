@@ -1,0 +1,166 @@
+"""REST as watchdog and fallback of the market channel: which markets a poll tick polls.
+
+With streaming on, the poll stage still ticks every `poll_interval_seconds`, but asks REST
+only for what the stream does not serve (`StreamCoordinator.plan`):
+
+* every market not live on the stream (not subscribed yet, its connection down, silent or
+  reconnecting, no book yet, or distrusted): polled every tick, i.e. at the normal interval;
+* every market, once per `reconcile_seconds`: the reconciliation. A streamed market whose
+  REST price differs from the streamed one by more than `tolerance` is a disagreement
+  (`after_poll`): counted, logged, REST's snapshot goes to the detector as every polled one
+  does, and the stream is asked for a fresh book of it (until that arrives, REST serves it).
+
+After each poll the stream is told the markets to stream: every subscribed, open market whose
+metadata (Gamma, via the poller's cache) names its YES asset. Metadata stays on REST.
+
+The coordinator holds no I/O and reads no clock: times are passed in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from polymarket_kafka.models import MarketSnapshot, PolymarketSubscription
+from polymarket_kafka.polymarket.parsing import MarketMetadata
+from polymarket_kafka.polymarket.poller import PollResult
+from polymarket_kafka.polymarket.stream.source import MarketStream, StreamedMarket
+
+__all__ = ["Plan", "SelectivePoller", "StreamCoordinator"]
+
+logger = logging.getLogger(__name__)
+
+#: How many fallback markets readiness names (the count is always complete).
+_NAMED_FALLBACKS = 20
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one tick polls: `only` these markets (None: all), and whether it reconciles."""
+
+    only: frozenset[str] | None
+    reconcile: bool
+    #: Markets the stream served when the tick was planned (their REST price is compared).
+    live: frozenset[str]
+
+
+class SelectivePoller(Protocol):
+    """A poller that can poll a subset and share its metadata (`MarketPoller`)."""
+
+    async def poll_once(
+        self,
+        subscriptions: Collection[PolymarketSubscription],
+        now: datetime,
+        *,
+        only: Collection[str] | None = None,
+    ) -> PollResult: ...
+
+    def cached_metadata(self, market_id: str) -> MarketMetadata | None: ...
+
+
+#: The outcome of a tick on which the stream served every market.
+_NOTHING_TO_POLL = PollResult(snapshots=[], skipped={})
+
+
+class StreamCoordinator:
+    """See the module notes."""
+
+    def __init__(
+        self,
+        stream: MarketStream,
+        poller: SelectivePoller,
+        *,
+        reconcile_seconds: float,
+        tolerance: float,
+    ) -> None:
+        self.stream = stream
+        self._poller = poller
+        self._reconcile_seconds = reconcile_seconds
+        self._tolerance = tolerance
+        self._next_reconcile: float | None = None
+        self.disagreements = 0
+        self.reconciliations = 0
+        #: Markets polled because the stream did not serve them, summed over ticks.
+        self.fallback_polls = 0
+        self.fallback: frozenset[str] = frozenset()
+
+    def plan(self, subscriptions: Collection[PolymarketSubscription], now: float) -> Plan:
+        """The markets to poll at monotonic time `now`."""
+        live = frozenset(self.stream.live_markets())
+        subscribed = {s.market_id for s in subscriptions}
+        self.fallback = frozenset(subscribed - live)
+        if self._next_reconcile is None or now >= self._next_reconcile:
+            self._next_reconcile = now + self._reconcile_seconds
+            self.reconciliations += 1
+            return Plan(None, True, live)
+        self.fallback_polls += len(self.fallback)
+        return Plan(self.fallback, False, live)
+
+    async def poll(
+        self, subscriptions: Collection[PolymarketSubscription], now: datetime, plan: Plan
+    ) -> PollResult:
+        """Run the poll `plan` asks for (none when the stream serves every market)."""
+        if plan.only is not None and not plan.only:
+            return _NOTHING_TO_POLL
+        return await self._poller.poll_once(subscriptions, now, only=plan.only)
+
+    def after_poll(
+        self,
+        subscriptions: Collection[PolymarketSubscription],
+        plan: Plan,
+        snapshots: Sequence[MarketSnapshot],
+    ) -> None:
+        """Compare REST with the stream, then tell the stream what to stream."""
+        for snapshot in snapshots:
+            if snapshot.closed or snapshot.market_id not in plan.live:
+                continue
+            streamed = self.stream.price(snapshot.market_id)
+            if streamed is None or abs(streamed - snapshot.yes_price) <= self._tolerance:
+                continue
+            self.disagreements += 1
+            logger.warning(
+                "market %s: REST says %.4f, the stream %.4f (tolerance %g): trusting REST "
+                "and asking the stream for a fresh book",
+                snapshot.market_id,
+                snapshot.yes_price,
+                streamed,
+                self._tolerance,
+                extra={"market_id": snapshot.market_id},
+            )
+            self.stream.distrust(snapshot.market_id)
+        self.stream.set_markets(self._streamable(subscriptions))
+
+    def _streamable(
+        self, subscriptions: Collection[PolymarketSubscription]
+    ) -> dict[str, StreamedMarket]:
+        markets = {}
+        for subscription in subscriptions:
+            metadata = self._poller.cached_metadata(subscription.market_id)
+            if metadata is None or metadata.closed or metadata.yes_token_id is None:
+                continue
+            markets[subscription.market_id] = StreamedMarket(
+                subscription, metadata, metadata.yes_token_id
+            )
+        return markets
+
+    def readiness(self) -> tuple[str, dict[str, object]]:
+        """The detail and extra of the `stream` readiness component."""
+        shards = self.stream.connections
+        up = sum(1 for s in shards if s.connected)
+        fallback = sorted(self.fallback)
+        extra: dict[str, object] = {
+            "connections": len(shards),
+            "connections_up": up,
+            "streamed_markets": self.stream.markets,
+            "rest_fallback_markets": len(fallback),
+            "rest_fallback": fallback[:_NAMED_FALLBACKS],
+            "disagreements": self.disagreements,
+        }
+        detail = (
+            f"{up}/{len(shards)} market channel connection(s) up, {self.stream.markets} "
+            f"market(s) streamed, {len(fallback)} on REST fallback"
+        )
+        return detail, extra
