@@ -1,5 +1,9 @@
 """Prometheus metrics, read from the components' plain counters at scrape time.
 
+Why this file is over 400 lines: it is the one place every counter of every component
+(service, poller, client, publisher, rules, stream) becomes a documented metric family; one
+short section per source, sharing the family builders at the end.
+
 Why it is shaped like this: the components (service, poller, client, publisher, rules holder)
 count in plain dataclasses that know nothing about Prometheus. This module is the only one
 that imports `prometheus_client`. `build_registry` returns a *new* `CollectorRegistry` holding

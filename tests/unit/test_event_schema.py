@@ -150,6 +150,8 @@ def test_event_with_every_optional_field_set_validates(validator: Draft202012Val
             abs_price_change=1.0,
             catch_up=True,
             gap_seconds=36_000.0,
+            price_source="ws",
+            price_age_seconds=0.25,
         )
     )
     assert all(v is not None for v in value.values())
