@@ -6,9 +6,16 @@
 * Polymarket: responses replayed from the recorded cassette `cassettes/demo.yaml` (real
   response shapes; the prices follow the real 2024 election-night path), through the same
   HTTP client the service uses.
+* The market channel: frames in the real message shapes (`cassettes/demo_channel.yaml`,
+  the same prices at the same hours) streamed through a loopback WebSocket server
+  (`testing.fake_market_channel`) to the service's real stream client. REST stays the
+  watchdog: every cycle also polls, and the stream must agree with it.
 * Time: a stepping clock. Each poll cycle is one hour of market time, as in the recording,
   while the cycles themselves run a fraction of a second apart. A day of calm hours comes
   before the recorded night, so the detector knows the markets' volatility when it starts.
+  Each hour's frames go out at the start of its cycle and are stamped with that hour; the
+  cycle's REST poll then finds the same prices at the same time, which the detector has
+  already seen: the events come from the stream (`price_source: ws`), deterministically.
 
 The demo publishes through the real producer, then reads the topic back from the broker
 and prints every event it finds (one JSON object per line on stdout). It ends by itself
@@ -20,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,12 +39,18 @@ import yaml
 
 from polymarket_kafka.config import KafkaConfig, PolymarketConfig
 from polymarket_kafka.kafka.publisher import open_kafka_publisher
+from polymarket_kafka.models import PolymarketSubscription
 from polymarket_kafka.polymarket import open_polymarket_client
-from polymarket_kafka.polymarket.poller import MarketPoller
+from polymarket_kafka.polymarket.parsing import MarketMetadata
+from polymarket_kafka.polymarket.poller import MarketPoller, PollResult
+from polymarket_kafka.polymarket.stream import MarketStream, open_market_stream
+from polymarket_kafka.polymarket.stream.frames import decode_frame
 from polymarket_kafka.service.pipeline import run_service
 from polymarket_kafka.service.reloader import RulesHolder, default_rules_path
 from polymarket_kafka.service.stats import ServiceSettings, ServiceStats, log_stopped
+from polymarket_kafka.service.streaming import StreamCoordinator
 from polymarket_kafka.testing.cassette import CassetteTransport
+from polymarket_kafka.testing.fake_market_channel import FakeMarketChannel
 from polymarket_kafka.testing.local_broker import (
     BrokerStartError,
     create_topic,
@@ -48,10 +62,12 @@ from polymarket_kafka.testing.memory_store import InMemorySubscriptionStore
 
 __all__ = [
     "DEFAULT_CASSETTE",
+    "DEFAULT_CHANNEL_CASSETTE",
     "DEMO_START",
     "DemoUnavailableError",
     "InvalidCassetteError",
     "SteppingClock",
+    "channel_cycles",
     "check_demo_installed",
     "midpoint_cycles",
     "run_demo",
@@ -61,6 +77,9 @@ logger = logging.getLogger(__name__)
 
 #: The recorded Polymarket session the demo replays (kept next to the package in the repo).
 DEFAULT_CASSETTE = Path(__file__).resolve().parents[2] / "cassettes" / "demo.yaml"
+
+#: The market-channel frames the demo streams (see `channel_cycles`).
+DEFAULT_CHANNEL_CASSETTE = DEFAULT_CASSETTE.with_name("demo_channel.yaml")
 
 #: Market time of the first demo cycle: 23:00 UTC the day before election night 2024 (the
 #: cassette's 24 calm lead-in hours come first; cassettes/make_cassettes.py says why).
@@ -109,6 +128,87 @@ class SteppingClock:
         self.calls += 1
         return now
 
+    def current(self) -> datetime:
+        """The time the latest call returned (`start` before the first), without stepping."""
+        return self.start + max(self.calls - 1, 0) * self.step
+
+
+def channel_cycles(cassette: Path) -> dict[int, list[str]]:
+    """The market-channel frames of each demo cycle (`cassettes/demo_channel.yaml`)."""
+    try:
+        document: Any = yaml.safe_load(cassette.read_text(encoding="utf-8"))
+        first = int(document["first_cycle"])
+        cycles = document["cycles"]
+        valid = document.get("version") == 1 and isinstance(cycles, list)
+        frames = {first + i: [str(text) for text in cycle] for i, cycle in enumerate(cycles)}
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise InvalidCassetteError(
+            f"demo channel cassette {cassette} is not a version-1 list of cycles of frames"
+        ) from None
+    return frames
+
+
+class _StreamingPoller:
+    """The demo's poller: before each REST cycle, that hour's frames go out on the channel
+    and the demo waits until the stream has handed their snapshots to the detector, so the
+    detector sees every hour's stream before its REST poll (see the module notes)."""
+
+    #: How long one cycle's frames may take to come through before the demo moves on.
+    WAIT_SECONDS = 10.0
+
+    def __init__(
+        self,
+        poller: MarketPoller,
+        channel: FakeMarketChannel,
+        stream: MarketStream,
+        frames: dict[int, list[str]],
+    ) -> None:
+        self._poller = poller
+        self._channel = channel
+        self._stream = stream
+        self._frames = frames
+        self._cycle = 0
+
+    def cached_metadata(self, market_id: str) -> MarketMetadata | None:
+        return self._poller.cached_metadata(market_id)
+
+    async def poll_once(
+        self,
+        subscriptions: Collection[PolymarketSubscription],
+        now: datetime,
+        *,
+        only: Collection[str] | None = None,
+    ) -> PollResult:
+        frames = self._frames.get(self._cycle, [])
+        self._cycle += 1
+        if frames:
+            await self._stream_frames(frames)
+        return await self._poller.poll_once(subscriptions, now, only=only)
+
+    async def _stream_frames(self, frames: list[str]) -> None:
+        wanted = [m.yes_asset for m in self._stream.streamed()]
+        try:
+            await anyio.to_thread.run_sync(self._channel.wait_subscribed, wanted, self.WAIT_SECONDS)
+        except TimeoutError as exc:
+            logger.warning("demo: the stream did not subscribe in time: %s", exc)
+            return
+        # One snapshot per market the frames touch (a frame may be an array of several).
+        touched = {
+            getattr(message, "asset_id", None)
+            for frame in frames
+            for message in decode_frame(frame).messages
+        }
+        before = self._stream.stats.snapshots
+        for frame in frames:
+            self._channel.send_raw(frame)
+        with anyio.move_on_after(self.WAIT_SECONDS) as waited:
+            while self._stream.stats.snapshots < before + len(touched):  # noqa: ASYNC110
+                await anyio.sleep(0.002)  # a demo-only wait on the stream's counter
+        if waited.cancelled_caught:
+            logger.warning("demo: a cycle's frames did not come through the stream in time")
+
 
 class InvalidCassetteError(ValueError):
     """The demo cassette is not a vcrpy cassette of Polymarket requests (one-line message)."""
@@ -153,6 +253,7 @@ def demo_market_ids(cassette: Path) -> list[str]:
 async def run_demo(
     *,
     cassette: Path = DEFAULT_CASSETTE,
+    channel_cassette: Path = DEFAULT_CHANNEL_CASSETTE,
     interval_seconds: float = 0.25,
     out: IO[str] | None = None,
     handle_signals: bool = True,
@@ -170,7 +271,7 @@ async def run_demo(
     # Read before anything starts: a wrong file is a usage error, not a crash mid-way.
     cycles = midpoint_cycles(cassette)
     markets = demo_market_ids(cassette)
-    with open_tansu_broker() as broker:
+    with open_tansu_broker() as broker, FakeMarketChannel() as channel:
         kafka = KafkaConfig(
             bootstrap_servers=broker.bootstrap_servers, client_id="polymarket-kafka-demo"
         )
@@ -185,17 +286,34 @@ async def run_demo(
         clock = SteppingClock(DEMO_START, timedelta(hours=1))
         store = InMemorySubscriptionStore(seed=markets, clock=lambda: DEMO_START)
         transport = CassetteTransport(cassette, repeat_last=True)
-        polymarket = PolymarketConfig(rate_limit_delay_ms=0.0, max_retries=0)
+        polymarket = PolymarketConfig(
+            rate_limit_delay_ms=0.0,
+            max_retries=0,
+            ws_url=channel.url,
+            # Compressed time: every cycle is an hour, so no coalescing, and every cycle is
+            # a reconciliation (the REST cassette replays each cycle's one request).
+            ws_coalesce_ms=0.0,
+            ws_reconcile_seconds=1e-6,
+        )
         async with (
             open_polymarket_client(polymarket, transport=transport) as client,
             open_kafka_publisher(kafka, grace_seconds=10.0) as publisher,
+            open_market_stream(polymarket, clock=clock.current) as stream,
         ):
             poller = MarketPoller(
                 client, metadata_refresh_seconds=polymarket.metadata_refresh_seconds
             )
+            streaming = _StreamingPoller(poller, channel, stream, channel_cycles(channel_cassette))
+            coordinator = StreamCoordinator(
+                stream,
+                streaming,
+                reconcile_seconds=polymarket.ws_reconcile_seconds,
+                tolerance=polymarket.ws_tolerance,
+            )
             stats = await run_service(
+                stream=coordinator,
                 store=store,
-                poller=poller,
+                poller=streaming,
                 publisher=publisher,
                 settings=ServiceSettings(
                     poll_interval_seconds=interval_seconds,

@@ -13,8 +13,11 @@ import pytest
 from polymarket_kafka.ruleset import load_rules
 from polymarket_kafka.testing.demo import (
     DEFAULT_CASSETTE,
+    DEFAULT_CHANNEL_CASSETTE,
     DEMO_START,
+    InvalidCassetteError,
     SteppingClock,
+    channel_cycles,
     demo_market_ids,
     midpoint_cycles,
     run_demo,
@@ -39,7 +42,9 @@ def test_stepping_clock() -> None:
     from datetime import UTC, datetime, timedelta
 
     clock = SteppingClock(DEMO_START, timedelta(hours=1))
+    assert clock.current() == DEMO_START  # before the first call
     assert [clock(), clock()] == [DEMO_START, DEMO_START + timedelta(hours=1)]
+    assert clock.current() == DEMO_START + timedelta(hours=1)  # peeking does not step
     # After the lead-in, the first recorded cycle is election night 2024, 23:00 UTC.
     assert DEMO_START + timedelta(hours=LEAD_IN) == datetime(2024, 11, 5, 23, tzinfo=UTC)
 
@@ -68,6 +73,51 @@ async def test_demo_publishes_and_reads_back_the_election_night_moves() -> None:
     assert {e["rules_version"] for e in events} == {load_rules("rules/default.yaml").version}
     assert all(e["direction"] == "toward_no" for e in events if e["market_id"] == HARRIS)
     assert all(e["published_at"] for e in events)
+    # The moves came through the market channel (each hour's frames before its REST poll),
+    # their prices as REST reported them, 2 s old by Polymarket's clock.
+    assert {(e["price_source"], e["price_age_seconds"]) for e in events} == {("ws", 2.0)}
+    frames = channel_cycles(DEFAULT_CHANNEL_CASSETTE)
+    messages = sum(
+        len(json.loads(f)) if f.startswith("[") else 1 for c in frames.values() for f in c
+    )
+    assert messages > len(frames)  # arrays and single objects, as live
+    # One streamed snapshot per market an hour's frames touch (the first hour's one frame is
+    # an array of the three books), every one handed over.
+    assert stats.snapshots_streamed == 3 + sum(len(c) for k, c in frames.items() if k > 1)
+
+
+def test_demo_channel_cassette_follows_the_rest_cassette() -> None:
+    """Every streamed frame carries the price REST reports at that cycle (the midpoint of
+    its book, or the server's best bid and ask)."""
+    from polymarket_kafka.polymarket.stream.frames import decode_frame
+    from polymarket_kafka.polymarket.stream.quotes import Quotes
+
+    generator = load_generator()
+    prices = generator._demo_prices()
+    assets = [generator.TRUMP_YES, generator.HARRIS_YES, generator.FED_YES]
+    quotes = Quotes()
+    for asset in assets:
+        quotes.track(asset)
+    for cycle, frames in sorted(channel_cycles(DEFAULT_CHANNEL_CASSETTE).items()):
+        for frame in frames:
+            decoded = decode_frame(frame)
+            assert decoded.errors == []
+            for message in decoded.messages:
+                quotes.apply(message)
+        for asset, expected in zip(assets, prices[cycle], strict=True):
+            priced = quotes.price(asset)
+            assert priced is not None
+            assert priced[0] == pytest.approx(expected, abs=1e-9), (cycle, asset)
+
+
+def test_invalid_channel_cassette_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "channel.yaml"
+    for text in ("[not: yaml", "version: 2\nfirst_cycle: 1\ncycles: []\n", "cycles: 3\n"):
+        bad.write_text(text, encoding="utf-8")
+        with pytest.raises(InvalidCassetteError, match="not a version-1 list"):
+            channel_cycles(bad)
+    with pytest.raises(InvalidCassetteError):
+        channel_cycles(tmp_path / "missing.yaml")
 
 
 @pytest.mark.anyio
