@@ -77,11 +77,13 @@ async def poll_markets(
                         result.unavailable,
                         extra={"cycle": cycles},
                     )
-                for snapshot in result.snapshots:
+                polled = result.snapshots
+                if coordinator is not None and plan is not None:
+                    polled = coordinator.after_poll(active, plan, polled, clock)
+                for snapshot in polled:
                     await snapshots.send((snapshot, anyio.current_time()))
-            if coordinator is not None and plan is not None:
-                polled = [] if result is None else result.snapshots
-                coordinator.after_poll(active, plan, polled)
+            if coordinator is not None and plan is not None and result is None:
+                coordinator.after_poll(active, plan, [], clock)  # the stream still follows
             now_monotonic = anyio.current_time()
             interval = settings.poll_interval_seconds
             next_tick, missed = next_poll_tick(next_tick, interval, now_monotonic)

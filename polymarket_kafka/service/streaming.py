@@ -19,7 +19,7 @@ The coordinator holds no I/O and reads no clock: times are passed in.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -112,9 +112,19 @@ class StreamCoordinator:
         subscriptions: Collection[PolymarketSubscription],
         plan: Plan,
         snapshots: Sequence[MarketSnapshot],
-    ) -> None:
-        """Compare REST with the stream, then tell the stream what to stream."""
-        for snapshot in snapshots:
+        clock: Callable[[], datetime],
+    ) -> list[MarketSnapshot]:
+        """Compare REST with the stream and tell the stream what to stream; return the
+        snapshots to send on.
+
+        A streamed market whose REST price disagrees is restamped with `clock()` (called
+        only then): REST is trusted, so its price must be the detector's newest observation
+        of the market (a poll's time is when it started, and the stream may have sent a later
+        one meanwhile).
+        """
+        sent = list(snapshots)
+        now: datetime | None = None
+        for index, snapshot in enumerate(sent):
             if snapshot.closed or snapshot.market_id not in plan.live:
                 continue
             streamed = self.stream.price(snapshot.market_id)
@@ -131,7 +141,10 @@ class StreamCoordinator:
                 extra={"market_id": snapshot.market_id},
             )
             self.stream.distrust(snapshot.market_id)
+            now = now or clock()
+            sent[index] = snapshot.model_copy(update={"taken_at": max(now, snapshot.taken_at)})
         self.stream.set_markets(self._streamable(subscriptions))
+        return sent
 
     def _streamable(
         self, subscriptions: Collection[PolymarketSubscription]

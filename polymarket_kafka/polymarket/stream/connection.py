@@ -137,6 +137,8 @@ class Shard:
         self._told: set[str] = set()
         self._changed = anyio.Event()
         self._pong = True
+        self._resubscribe: set[str] = set()
+        self._session_scope: anyio.CancelScope | None = None
 
     @property
     def room(self) -> int:
@@ -156,11 +158,8 @@ class Shard:
         self._resubscribe.add(asset_id)
         self._changed.set()
 
-    _resubscribe: set[str]
-
     async def run(self) -> None:
         """Keep the shard connected until it has no assets (then return)."""
-        self._resubscribe = set()
         delays = reconnect_delays(
             self.settings.reconnect_min_seconds, self.settings.reconnect_max_seconds, self._rand
         )
@@ -217,7 +216,8 @@ class Shard:
             failed = group.exceptions[0]
             reason = f"network error: {type(failed).__name__} {failed}".rstrip()
         self.connected = False
-        self._sink.disconnected(self, reason)
+        if self.assets:  # an emptied shard just ends
+            self._sink.disconnected(self, reason)
         return reason
 
     async def _session(self, ws: AsyncWebSocketSession) -> str:
@@ -231,6 +231,7 @@ class Shard:
         self._pong = True
         self._sink.connected(self)
         async with anyio.create_task_group() as tasks:
+            self._session_scope = tasks.cancel_scope
             tasks.start_soon(self._heartbeat, ws)
             tasks.start_soon(self._keep_subscriptions, ws)
             await self._read(ws)
@@ -274,6 +275,11 @@ class Shard:
         while True:
             await self._changed.wait()
             self._changed = anyio.Event()
+            if not self.assets:
+                # Emptied: end the session (the reader may be waiting on a quiet socket).
+                assert self._session_scope is not None
+                self._session_scope.cancel()
+                return
             fresh = set(self._resubscribe)
             self._resubscribe.clear()
             gone = (self._told - self.assets) | (fresh & self.assets)

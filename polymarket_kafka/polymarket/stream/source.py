@@ -162,11 +162,12 @@ class MarketStream:
 
     def distrust(self, market_id: str) -> None:
         """REST disagreed with the stream: ask for a fresh book; until it arrives the market
-        is not live (REST serves it)."""
+        is not live (REST serves it) and its stream updates are not sent on."""
         market = self._markets.get(market_id)
         if market is None:
             return
         self._distrusted.add(market_id)
+        self.coalescer.forget(market_id)
         shard = self._asset_shard.get(market.yes_asset)
         if shard is not None:
             shard.resubscribe(market.yes_asset)
@@ -244,7 +245,9 @@ class MarketStream:
                 continue
             market_id = self._by_asset[asset]
             self._seen_on[asset] = (shard.index, shard.generation)
-            if isinstance(message, Book):
+            if market_id in self._distrusted:
+                if not isinstance(message, Book):
+                    continue  # REST contradicted this quote: only a fresh book counts again
                 self._distrusted.discard(market_id)
             self.coalescer.offer(market_id, now)
             woke = True
