@@ -3,8 +3,9 @@
 With streaming on, the poll stage still ticks every `poll_interval_seconds`, but asks REST
 only for what the stream does not serve (`StreamCoordinator.plan`):
 
-* every market not live on the stream (not subscribed yet, its connection down, silent or
-  reconnecting, no book yet, or distrusted): polled every tick, i.e. at the normal interval;
+* every open market not live on the stream (not subscribed yet, its connection down, silent
+  or reconnecting, no book yet, or distrusted): polled every tick, i.e. at the normal
+  interval (a market known to be closed had its final snapshot already);
 * every market, once per `reconcile_seconds`: the reconciliation. A streamed market whose
   REST price differs from the streamed one by more than `tolerance` is a disagreement
   (`after_poll`): counted, logged, REST's snapshot goes to the detector as every polled one
@@ -90,8 +91,15 @@ class StreamCoordinator:
     def plan(self, subscriptions: Collection[PolymarketSubscription], now: float) -> Plan:
         """The markets to poll at monotonic time `now`."""
         live = frozenset(self.stream.live_markets())
-        subscribed = {s.market_id for s in subscriptions}
-        self.fallback = frozenset(subscribed - live)
+        # A closed market has had its final snapshot (the poll that found it closed sent
+        # it): it is left to the reconciliation, not polled every tick.
+        open_markets = {
+            s.market_id
+            for s in subscriptions
+            if (metadata := self._poller.cached_metadata(s.market_id)) is None
+            or not metadata.closed
+        }
+        self.fallback = frozenset(open_markets - live)
         if self._next_reconcile is None or now >= self._next_reconcile:
             self._next_reconcile = now + self._reconcile_seconds
             self.reconciliations += 1

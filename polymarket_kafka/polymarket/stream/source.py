@@ -212,6 +212,7 @@ class MarketStream:
             shard.remove(asset)
             if not shard.assets:
                 self._shards.remove(shard)  # its task ends by itself
+                self._malformed_logged.pop(shard.index, None)
 
     # --- FrameSink (called by the shards, on the event loop) ----------------------------
 
