@@ -312,9 +312,9 @@ def unknown_variable_warnings(
 
 def _ws_url(r: EnvReader) -> str:
     """`POLYMARKET_WS_URL`: a ws(s):// URL, or empty (streaming off)."""
-    value = r.text("POLYMARKET_WS_URL", PolymarketConfig.ws_url).strip()
-    if not value:
+    if r.blank("POLYMARKET_WS_URL"):
         return ""
+    value = r.text("POLYMARKET_WS_URL", PolymarketConfig.ws_url)
     parts = urlsplit(value)
     if parts.scheme not in ("ws", "wss") or not parts.netloc:
         raise ConfigError(

@@ -60,6 +60,13 @@ class EnvReader:
     def text(self, name: str, default: str) -> str:
         return self._raw(name) or default
 
+    def blank(self, name: str) -> bool:
+        """Whether `name` is set, to nothing (or spaces): unset for every reader above,
+        but a variable may give it a meaning (`POLYMARKET_WS_URL=` turns streaming off)."""
+        self.names.add(name)
+        value = self._env.get(name)
+        return value is not None and not value.strip()
+
     def optional_str(self, name: str) -> str | None:
         return self._raw(name)
 

@@ -383,3 +383,128 @@ def test_check_env_file(tmp_path: Path) -> None:
         check_env_file(tmp_path / "missing.env")
     with pytest.raises(ConfigError, match="^--env-file: is a directory"):
         check_env_file(tmp_path)
+
+
+# --- the market channel (POLYMARKET_WS_*) ----------------------------------------------------
+
+
+def test_market_channel_defaults() -> None:
+    polymarket = load_config({}, env_file=None).polymarket
+    assert polymarket.ws_url == "wss://ws-subscriptions-clob.polymarket.com/ws/market"
+    assert polymarket.streaming
+    assert polymarket.ws_assets_per_connection == 200
+    assert polymarket.ws_ping_seconds == 10.0
+    assert polymarket.ws_silence_seconds == 30.0
+    assert polymarket.ws_coalesce_ms == 100.0
+    assert polymarket.ws_reconcile_seconds == 120.0
+    assert polymarket.ws_tolerance == 0.02
+    assert polymarket.ws_reconnect_max_seconds == 60.0
+    assert polymarket == PolymarketConfig()
+
+
+def test_every_market_channel_variable_is_read() -> None:
+    env = {
+        "POLYMARKET_WS_URL": " ws://127.0.0.1:8765/ws/market ",
+        "POLYMARKET_WS_ASSETS_PER_CONNECTION": "50",
+        "POLYMARKET_WS_PING_SECONDS": "5",
+        "POLYMARKET_WS_SILENCE_SECONDS": "12.5",
+        "POLYMARKET_WS_COALESCE_MS": "0",
+        "POLYMARKET_WS_RECONCILE_SECONDS": "600",
+        "POLYMARKET_WS_TOLERANCE": "0.05",
+        "POLYMARKET_WS_RECONNECT_MAX_SECONDS": "1",
+    }
+    polymarket = load_config(env, env_file=None).polymarket
+    assert polymarket.ws_url == "ws://127.0.0.1:8765/ws/market"
+    assert polymarket.streaming
+    assert polymarket.ws_assets_per_connection == 50
+    assert polymarket.ws_ping_seconds == 5.0
+    assert polymarket.ws_silence_seconds == 12.5
+    assert polymarket.ws_coalesce_ms == 0.0  # no coalescing: every update
+    assert polymarket.ws_reconcile_seconds == 600.0
+    assert polymarket.ws_tolerance == 0.05
+    assert polymarket.ws_reconnect_max_seconds == 1.0
+
+
+def test_the_market_channel_variables_are_known() -> None:
+    assert {
+        "POLYMARKET_WS_URL",
+        "POLYMARKET_WS_ASSETS_PER_CONNECTION",
+        "POLYMARKET_WS_PING_SECONDS",
+        "POLYMARKET_WS_SILENCE_SECONDS",
+        "POLYMARKET_WS_COALESCE_MS",
+        "POLYMARKET_WS_RECONCILE_SECONDS",
+        "POLYMARKET_WS_TOLERANCE",
+        "POLYMARKET_WS_RECONNECT_MAX_SECONDS",
+    } <= known_variables()
+
+
+@pytest.mark.parametrize(
+    "url", ["wss://example.test/ws/market", "ws://localhost:9000", "WSS://Example.test/x"]
+)
+def test_a_ws_url_streams(url: str) -> None:
+    polymarket = load_config({"POLYMARKET_WS_URL": url}, env_file=None).polymarket
+    assert polymarket.ws_url == url
+    assert polymarket.streaming
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_ws_url_turns_streaming_off(value: str) -> None:
+    """app.env.example: "Empty turns streaming off". The reader takes a blank value for "use
+    the default", so the variable cannot be emptied."""
+    polymarket = load_config({"POLYMARKET_WS_URL": value}, env_file=None).polymarket
+    assert polymarket.ws_url == ""
+    assert not polymarket.streaming
+
+
+def test_streaming_follows_the_url() -> None:
+    assert PolymarketConfig().streaming
+    assert not PolymarketConfig(ws_url="").streaming
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://ws-subscriptions-clob.polymarket.com/ws/market",
+        "http://localhost:9000",
+        "ws-subscriptions-clob.polymarket.com/ws/market",
+        "wss://",
+        "wss:///ws/market",
+        "ftp://example.test",
+    ],
+)
+def test_a_ws_url_that_is_not_ws_or_wss_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({"POLYMARKET_WS_URL": url}, env_file=None)
+    text = str(info.value)
+    assert text == (
+        f"POLYMARKET_WS_URL: must be a ws(s):// URL or empty (no streaming), got {url!r}"
+    )
+    assert info.value.variable == "POLYMARKET_WS_URL"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("POLYMARKET_WS_ASSETS_PER_CONNECTION", "0", "must be >= 1"),
+        ("POLYMARKET_WS_ASSETS_PER_CONNECTION", "2.5", "must be an integer"),
+        ("POLYMARKET_WS_PING_SECONDS", "0", "must be > 0"),
+        ("POLYMARKET_WS_PING_SECONDS", "often", "must be a number"),
+        ("POLYMARKET_WS_SILENCE_SECONDS", "-1", "must be > 0"),
+        ("POLYMARKET_WS_SILENCE_SECONDS", "inf", "finite"),
+        ("POLYMARKET_WS_COALESCE_MS", "-1", "must be >= 0"),
+        ("POLYMARKET_WS_COALESCE_MS", "nan", "finite"),
+        ("POLYMARKET_WS_RECONCILE_SECONDS", "0", "must be > 0"),
+        ("POLYMARKET_WS_TOLERANCE", "0", "must be > 0"),
+        ("POLYMARKET_WS_TOLERANCE", "-0.1", "must be > 0"),
+        ("POLYMARKET_WS_RECONNECT_MAX_SECONDS", "0.5", "must be >= 1"),
+    ],
+)
+def test_malformed_market_channel_values_name_the_variable(
+    variable: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({variable: value}, env_file=None)
+    text = str(info.value)
+    assert text.startswith(f"{variable}: ")
+    assert message in text
+    assert info.value.variable == variable

@@ -45,6 +45,8 @@ class Coalescer:
 
     def next_due(self) -> float | None:
         """When the earliest pending key is due; None when nothing is pending."""
+        while self._heap and self._pending.get(self._heap[0][1]) != self._heap[0][0]:
+            heapq.heappop(self._heap)  # forgotten while waiting
         return self._heap[0][0] if self._heap else None
 
     def take_due(self, now: float) -> list[str]:

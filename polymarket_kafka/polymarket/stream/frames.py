@@ -135,7 +135,7 @@ def decode_frame(text: str) -> Frame:
         return frame
     try:
         payload = json.loads(stripped)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         frame.count("malformed")
         frame.errors.append(f"not JSON: {_excerpt(text)}")
         return frame
@@ -174,8 +174,8 @@ def _book(item: Mapping[str, Any], frame: Frame) -> None:
     frame.messages.append(
         Book(
             asset_id=_asset(item, "asset_id"),
-            bids=_levels(item.get("bids", ()), "bids"),
-            asks=_levels(item.get("asks", ()), "asks"),
+            bids=_levels(item.get("bids", []), "bids"),
+            asks=_levels(item.get("asks", []), "asks"),
             timestamp_ms=_timestamp(item),
             last_trade=_optional_price(item, "last_trade_price"),
         )
@@ -271,7 +271,7 @@ def _number(value: Any, what: str) -> float:
         raise _Bad(f"{what} is not a number: {_excerpt(repr(value))}")
     try:
         number = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an integer beyond any float
         raise _Bad(f"{what} is not a number: {_excerpt(repr(value))}") from None
     if not math.isfinite(number):
         raise _Bad(f"{what} is not finite: {_excerpt(repr(value))}")
@@ -327,4 +327,6 @@ def _timestamp(item: Mapping[str, Any]) -> int | None:
 
 
 def _excerpt(text: str) -> str:
-    return text if len(text) <= _EXCERPT else text[:_EXCERPT] + "..."
+    """The start of `text` on one line (control characters escaped)."""
+    cut = text if len(text) <= _EXCERPT else text[:_EXCERPT] + "..."
+    return cut.encode("unicode_escape").decode("ascii")

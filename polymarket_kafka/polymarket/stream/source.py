@@ -85,6 +85,8 @@ class StreamStats:
     #: Due markets with no usable price (one side of the book empty, or a crossed book).
     unpriced: int = 0
     invalid_snapshots: int = 0
+    #: Frames whose handling raised (a bug; logged with the traceback, the frame skipped).
+    frame_errors: int = 0
 
 
 class MarketStream:
@@ -230,6 +232,19 @@ class MarketStream:
         self.stats.disconnects[_disconnect_kind(reason)] += 1
 
     def frame(self, shard: Shard, text: str) -> None:
+        try:
+            self._frame(shard, text)
+        except Exception:
+            # A bug, not bad input (that is counted as malformed): the frame is lost, the
+            # connection and the service go on.
+            self.stats.frame_errors += 1
+            logger.exception(
+                "market channel connection %d: a frame could not be handled (skipped)",
+                shard.index,
+                extra={"connection": shard.index},
+            )
+
+    def _frame(self, shard: Shard, text: str) -> None:
         decoded = decode_frame(text)
         self.stats.frames += 1
         self.stats.messages.update(decoded.kinds)
