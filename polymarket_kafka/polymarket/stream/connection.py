@@ -45,6 +45,7 @@ __all__ = [
     "FrameSink",
     "Shard",
     "StreamSettings",
+    "disconnect_reason",
     "reconnect_delays",
     "subscribe_message",
 ]
@@ -107,6 +108,31 @@ def reconnect_delays(
     while True:
         yield ceiling * (0.5 + 0.5 * rand())
         ceiling = min(2 * ceiling, cap)
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The first leaf of nested exception groups (httpx-ws and the session's own task group
+    each wrap what ends a connection)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def disconnect_reason(exc: BaseException, settings: StreamSettings) -> str:
+    """Why a connection ended, in one line (no payload, no secret)."""
+    if isinstance(exc, ConnectionLost):
+        return str(exc)
+    if isinstance(exc, httpx.TimeoutException):
+        return f"connect timed out after {settings.connect_timeout_seconds:g}s"
+    if isinstance(exc, httpx.ConnectError):
+        return f"connect failed: {exc}".rstrip(": ")
+    if isinstance(exc, WebSocketUpgradeError):
+        return f"upgrade refused: HTTP {exc.response.status_code}"
+    if isinstance(exc, WebSocketDisconnect):
+        return f"closed by the server: {exc.code} {exc.reason}".rstrip()
+    if isinstance(exc, HTTPXWSException | OSError | httpx.HTTPError):
+        return f"network error: {type(exc).__name__} {exc}".rstrip()
+    return f"unexpected error: {type(exc).__name__}: {exc}"
 
 
 class Shard:
@@ -200,21 +226,15 @@ class Shard:
                 timeout=httpx.Timeout(self.settings.connect_timeout_seconds),
             ) as ws:
                 reason = await self._session(ws)
-        except* httpx.TimeoutException:
-            reason = f"connect timed out after {self.settings.connect_timeout_seconds:g}s"
-        except* WebSocketUpgradeError as group:
-            refused = group.exceptions[0]
-            assert isinstance(refused, WebSocketUpgradeError)
-            reason = f"upgrade refused: HTTP {refused.response.status_code}"
-        except* WebSocketDisconnect as group:
-            closed = group.exceptions[0]
-            assert isinstance(closed, WebSocketDisconnect)
-            reason = f"closed by the server: {closed.code} {closed.reason}".rstrip()
-        except* ConnectionLost as group:
-            reason = str(group.exceptions[0])
-        except* (HTTPXWSException, OSError, httpx.HTTPError) as group:
-            failed = group.exceptions[0]
-            reason = f"network error: {type(failed).__name__} {failed}".rstrip()
+        except Exception as exc:
+            reason = disconnect_reason(_innermost(exc), self.settings)
+            if reason.startswith("unexpected"):
+                logger.exception(
+                    "market channel connection %d: %s",
+                    self.index,
+                    reason,
+                    extra={"connection": self.index},
+                )
         self.connected = False
         if self.assets:  # an emptied shard just ends
             self._sink.disconnected(self, reason)

@@ -121,6 +121,8 @@ class MarketStream:
         #: The connection generation each asset's quote was last updated on.
         self._seen_on: dict[str, tuple[int, int]] = {}
         self._resolved: dict[str, MarketSnapshot] = {}
+        #: Markets that resolved on the stream (until they stop being streamed).
+        self._ended: set[str] = set()
         self._wake = anyio.Event()
         self._shards_changed = anyio.Event()
         self._malformed_logged: dict[int, float] = {}
@@ -144,7 +146,7 @@ class MarketStream:
         """Markets the stream serves now (see the module notes)."""
         live = set()
         for market_id, market in self._markets.items():
-            if market_id in self._distrusted:
+            if market_id in self._distrusted or market_id in self._ended:
                 continue
             shard = self._asset_shard.get(market.yes_asset)
             seen = self._seen_on.get(market.yes_asset)
@@ -208,6 +210,7 @@ class MarketStream:
         self._seen_on.pop(asset, None)
         self._distrusted.discard(market_id)
         self._resolved.pop(market_id, None)
+        self._ended.discard(market_id)
         self.coalescer.forget(market_id)
         shard = self._asset_shard.pop(asset, None)
         if shard is not None:
@@ -261,6 +264,8 @@ class MarketStream:
                 continue
             market_id = self._by_asset[asset]
             self._seen_on[asset] = (shard.index, shard.generation)
+            if market_id in self._ended:
+                continue  # resolved: its one closed snapshot was the last
             if market_id in self._distrusted:
                 if not isinstance(message, Book):
                     continue  # REST contradicted this quote: only a fresh book counts again
@@ -287,8 +292,8 @@ class MarketStream:
 
     def _market_resolved(self, message: MarketResolved) -> bool:
         market = self._markets.get(message.market)
-        if market is None:
-            return False
+        if market is None or message.market in self._ended:
+            return False  # not ours, or already ended by an earlier message
         winner = message.winning_asset_id
         resolution: Resolution
         if winner == market.yes_asset:
@@ -318,6 +323,7 @@ class MarketStream:
             return False
         self.stats.resolved += 1
         self._resolved[message.market] = snapshot
+        self._ended.add(message.market)
         return True
 
     # --- running --------------------------------------------------------------------------
@@ -410,6 +416,7 @@ def _disconnect_kind(reason: str) -> str:
         ("network error", "network"),
         ("upgrade refused", "refused"),
         ("connect", "connect_failed"),
+        ("unexpected", "other"),
     ):
         if reason.startswith(prefix):
             return kind
