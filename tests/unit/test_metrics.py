@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
+import httpx
 import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -16,12 +17,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from polymarket_kafka import __version__
 from polymarket_kafka.histogram import Histogram
 from polymarket_kafka.kafka.publisher import DeliveryStats
+from polymarket_kafka.models import PolymarketSubscription
 from polymarket_kafka.ops.metrics import MetricSources, build_registry
-from polymarket_kafka.polymarket.poller import PollerStats
+from polymarket_kafka.polymarket.parsing import MarketMetadata
+from polymarket_kafka.polymarket.poller import PollerStats, PollResult
 from polymarket_kafka.polymarket.results import ClientStats
+from polymarket_kafka.polymarket.stream import MarketStream, StreamedMarket, StreamSettings
 from polymarket_kafka.ruleset import RuleSet
 from polymarket_kafka.service.reloader import RulesHolder
 from polymarket_kafka.service.stats import ServiceStats
+from polymarket_kafka.service.streaming import StreamCoordinator
 
 #: Every metric the issue asks for (family names, as the text format types them).
 REQUIRED = {
@@ -124,7 +129,67 @@ def filled_sources() -> MetricSources:
     rules.metrics.reload_total["success"] = 2
     rules.metrics.reload_total["failure"] = 1
     rules.metrics.last_reload_success_timestamp = 1_700_000_000.0
-    return MetricSources(service, client, poller, delivery, rules)
+    return MetricSources(service, client, poller, delivery, rules, stream=filled_stream())
+
+
+class _NoPoller:
+    """The coordinator's poller, never called here."""
+
+    async def poll_once(self, *args: object, **kwargs: object) -> PollResult:
+        raise AssertionError("not polled")
+
+    def cached_metadata(self, market_id: str) -> MarketMetadata | None:
+        return None
+
+
+def filled_stream() -> StreamCoordinator:
+    """A coordinator over a stream of three markets on two connections (one up)."""
+    stream = MarketStream(
+        StreamSettings(url="ws://127.0.0.1:9/ws/market", assets_per_connection=2),
+        httpx.AsyncClient(),
+        coalesce_seconds=0.1,
+        clock=lambda: datetime(2024, 11, 5, 23, 0, tzinfo=UTC),
+    )
+    markets = {}
+    for i in range(3):
+        market_id, asset = f"0x{i:064x}", str(1000 + i)
+        subscription = PolymarketSubscription(market_id=market_id, ref_count=1)
+        metadata = MarketMetadata(market_id=market_id, yes_token_id=asset)
+        markets[market_id] = StreamedMarket(subscription, metadata, asset)
+    stream.set_markets(markets)
+    stream.connections[0].connected = True
+    stream.stats.connects = 4
+    stream.stats.disconnects.update({"silent": 2, "network": 1})
+    stream.stats.messages.update({"book": 9, "price_change": 30})
+    stream.stats.malformed = 1
+    stream.stats.snapshots = 25
+    stream.coalescer.coalesced = 14
+    coordinator = StreamCoordinator(stream, _NoPoller(), reconcile_seconds=120, tolerance=0.02)
+    coordinator.fallback = frozenset({"0x" + "0" * 64})
+    coordinator.fallback_polls = 6
+    coordinator.reconciliations = 2
+    coordinator.disagreements = 1
+    return coordinator
+
+
+def test_stream_metrics_are_exported() -> None:
+    _, samples = scrape(filled_sources())
+
+    assert value(samples, "stream_connections") == 2
+    assert value(samples, "stream_connections_up") == 1
+    assert value(samples, "stream_markets") == 3
+    assert value(samples, "stream_rest_fallback_markets") == 1
+    assert value(samples, "stream_connects_total") == 4
+    assert value(samples, "stream_disconnects_total", reason="silent") == 2
+    assert value(samples, "stream_disconnects_total", reason="network") == 1
+    assert value(samples, "stream_silence_trips_total") == 2
+    assert value(samples, "stream_messages_total", type="price_change") == 30
+    assert value(samples, "stream_malformed_messages_total") == 1
+    assert value(samples, "stream_coalesced_updates_total") == 14
+    assert value(samples, "stream_snapshots_total") == 25
+    assert value(samples, "stream_rest_fallback_polls_total") == 6
+    assert value(samples, "stream_reconciliations_total") == 2
+    assert value(samples, "stream_disagreements_total") == 1
 
 
 def test_every_required_metric_is_exported_with_its_type() -> None:

@@ -466,3 +466,18 @@ def test_decoded_real_frames_end_to_end() -> None:
         quotes.apply(message)
     assert quotes.price(A) == (0.58, 0.3)
     assert quote(quotes).timestamp_ms == 1757908892354
+
+
+def test_resolved_price_names_the_winner_or_falls_back_to_the_last_price() -> None:
+    from polymarket_kafka.polymarket.stream.frames import MarketResolved
+    from polymarket_kafka.polymarket.stream.quotes import resolved_price
+
+    def resolved(winner: str | None) -> MarketResolved:
+        return MarketResolved("0xm", ("yes", "no"), winner, 1_700_000_000_000)
+
+    assert resolved_price(resolved("yes"), "yes", 0.4) == ("yes", 1.0)
+    assert resolved_price(resolved("no"), "yes", 0.4) == ("no", 0.0)
+    # No winner, or one that is not an asset of the market: the last price, if any.
+    assert resolved_price(resolved(None), "yes", 0.4) == ("unknown", 0.4)
+    assert resolved_price(resolved("other"), "yes", 0.4) == ("unknown", 0.4)
+    assert resolved_price(resolved(None), "yes", None) is None

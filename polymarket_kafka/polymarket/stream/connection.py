@@ -45,6 +45,7 @@ __all__ = [
     "FrameSink",
     "Shard",
     "StreamSettings",
+    "disconnect_kind",
     "disconnect_reason",
     "reconnect_delays",
     "subscribe_message",
@@ -133,6 +134,21 @@ def disconnect_reason(exc: BaseException, settings: StreamSettings) -> str:
     if isinstance(exc, HTTPXWSException | OSError | httpx.HTTPError):
         return f"network error: {type(exc).__name__} {exc}".rstrip()
     return f"unexpected error: {type(exc).__name__}: {exc}"
+
+
+def disconnect_kind(reason: str) -> str:
+    """A low-cardinality label for the metrics from a `disconnect_reason`."""
+    for prefix, kind in (
+        ("silent", "silent"),
+        ("no PONG", "no_pong"),
+        ("closed by the server", "server_closed"),
+        ("network", "network"),
+        ("upgrade refused", "refused"),
+        ("connect", "connect_failed"),
+    ):
+        if reason.startswith(prefix):
+            return kind
+    return "other"
 
 
 class Shard:

@@ -17,6 +17,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Message",
     "TickSizeChange",
     "decode_frame",
+    "exchange_time_of",
 ]
 
 #: A price level as (price, size); size 0 removes the level.
@@ -323,6 +325,16 @@ def _timestamp(item: Mapping[str, Any]) -> int | None:
     try:
         return int(value)
     except ValueError:
+        return None
+
+
+def exchange_time_of(timestamp_ms: int | None) -> datetime | None:
+    """A message's Unix-ms timestamp as an aware UTC datetime (None: missing or absurd)."""
+    if timestamp_ms is None:
+        return None
+    try:
+        return datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
+    except (OverflowError, OSError, ValueError):
         return None
 
 

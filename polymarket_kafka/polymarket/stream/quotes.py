@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from polymarket_kafka.models import Resolution
 from polymarket_kafka.polymarket.stream.frames import (
     BestBidAsk,
     Book,
@@ -29,7 +30,14 @@ from polymarket_kafka.polymarket.stream.frames import (
     TickSizeChange,
 )
 
-__all__ = ["DISPLAY_SPREAD", "LEVEL_DECIMALS", "Quote", "Quotes", "displayed_price"]
+__all__ = [
+    "DISPLAY_SPREAD",
+    "LEVEL_DECIMALS",
+    "Quote",
+    "Quotes",
+    "displayed_price",
+    "resolved_price",
+]
 
 #: Above this spread Polymarket displays the last trade instead of the midpoint.
 DISPLAY_SPREAD = 0.10
@@ -48,6 +56,20 @@ def displayed_price(
     if spread > DISPLAY_SPREAD and last_trade is not None:
         return last_trade, spread
     return round((best_bid + best_ask) / 2, _PRECISION), spread
+
+
+def resolved_price(
+    message: MarketResolved, yes_asset: str, last: float | None
+) -> tuple[Resolution, float] | None:
+    """How a `market_resolved` message resolved the market whose YES asset is `yes_asset`,
+    and its final YES price: 1 or 0 with a winner, else the `last` price seen (None when
+    there is none to report)."""
+    winner = message.winning_asset_id
+    if winner == yes_asset:
+        return "yes", 1.0
+    if winner is not None and winner in message.asset_ids:
+        return "no", 0.0
+    return None if last is None else ("unknown", last)
 
 
 @dataclass(slots=True)

@@ -31,20 +31,25 @@ import math
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 import anyio
 import httpx
 from anyio.streams.memory import MemoryObjectSendStream
 from pydantic import ValidationError
 
-from polymarket_kafka.models import MarketSnapshot, PolymarketSubscription, Resolution
+from polymarket_kafka.models import MarketSnapshot, PolymarketSubscription
 from polymarket_kafka.polymarket.parsing import MarketMetadata
 from polymarket_kafka.polymarket.snapshots import build_snapshot
 from polymarket_kafka.polymarket.stream.coalesce import Coalescer
-from polymarket_kafka.polymarket.stream.connection import Shard, StreamSettings
-from polymarket_kafka.polymarket.stream.frames import Book, MarketResolved, decode_frame
-from polymarket_kafka.polymarket.stream.quotes import Quotes
+from polymarket_kafka.polymarket.stream.connection import Shard, StreamSettings, disconnect_kind
+from polymarket_kafka.polymarket.stream.frames import (
+    Book,
+    MarketResolved,
+    decode_frame,
+    exchange_time_of,
+)
+from polymarket_kafka.polymarket.stream.quotes import Quotes, resolved_price
 
 __all__ = ["MarketStream", "StreamStats", "StreamedMarket"]
 
@@ -232,7 +237,7 @@ class MarketStream:
 
     def disconnected(self, shard: Shard, reason: str) -> None:
         """A connection ended, or could not be opened (`reason` says which)."""
-        self.stats.disconnects[_disconnect_kind(reason)] += 1
+        self.stats.disconnects[disconnect_kind(reason)] += 1
 
     def frame(self, shard: Shard, text: str) -> None:
         try:
@@ -294,19 +299,11 @@ class MarketStream:
         market = self._markets.get(message.market)
         if market is None or message.market in self._ended:
             return False  # not ours, or already ended by an earlier message
-        winner = message.winning_asset_id
-        resolution: Resolution
-        if winner == market.yes_asset:
-            resolution, price = "yes", 1.0
-        elif winner is not None and winner in message.asset_ids:
-            resolution, price = "no", 0.0
-        else:
-            resolution = "unknown"
-            last = self.price(message.market)
-            if last is None:
-                return False  # nothing to report it with: the REST path will see it close
-            price = last
-        source_at = _from_ms(message.timestamp_ms)
+        outcome = resolved_price(message, market.yes_asset, self.price(message.market))
+        if outcome is None:
+            return False  # nothing to report it with: the REST path will see it close
+        resolution, price = outcome
+        source_at = exchange_time_of(message.timestamp_ms)
         try:
             snapshot = build_snapshot(
                 market.subscription,
@@ -377,7 +374,7 @@ class MarketStream:
             self.stats.unpriced += 1
             return None
         price, spread = priced
-        source_at = _from_ms(quote.timestamp_ms)
+        source_at = exchange_time_of(quote.timestamp_ms)
         try:
             return build_snapshot(
                 market.subscription,
@@ -396,28 +393,3 @@ class MarketStream:
         if self._exchange_time and source_at is not None:
             return source_at
         return self._clock()
-
-
-def _from_ms(timestamp_ms: int | None) -> datetime | None:
-    if timestamp_ms is None:
-        return None
-    try:
-        return datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
-    except (OverflowError, OSError, ValueError):
-        return None
-
-
-def _disconnect_kind(reason: str) -> str:
-    """A low-cardinality label for the metrics from a disconnect reason."""
-    for prefix, kind in (
-        ("silent", "silent"),
-        ("no PONG", "no_pong"),
-        ("closed by the server", "server_closed"),
-        ("network error", "network"),
-        ("upgrade refused", "refused"),
-        ("connect", "connect_failed"),
-        ("unexpected", "other"),
-    ):
-        if reason.startswith(prefix):
-            return kind
-    return "other"
