@@ -310,6 +310,30 @@ def unknown_variable_warnings(
     return warnings
 
 
+#: Bounds of the market channel's settings: (variable, field, lowest, highest).
+_STREAM_LIMITS = (
+    # Updates stop arriving past ~500 assets on one connection (shared/polymarket-api.md §4).
+    ("POLYMARKET_WS_ASSETS_PER_CONNECTION", "ws_assets_per_connection", 1, 500),
+    ("POLYMARKET_WS_PING_SECONDS", "ws_ping_seconds", 1.0, 60.0),
+    ("POLYMARKET_WS_SILENCE_SECONDS", "ws_silence_seconds", 1.0, 3600.0),
+    ("POLYMARKET_WS_COALESCE_MS", "ws_coalesce_ms", 0.0, 60_000.0),
+    # REST is the stream's watchdog: a reconciliation at least once an hour.
+    ("POLYMARKET_WS_RECONCILE_SECONDS", "ws_reconcile_seconds", 1.0, 3600.0),
+    # Prices are probabilities: a tolerance of 1 or more would compare nothing.
+    ("POLYMARKET_WS_TOLERANCE", "ws_tolerance", 0.0, 0.99),
+)
+
+
+def check_stream_limits(config: PolymarketConfig) -> None:
+    """Raise `ConfigError` for a market-channel setting outside its bounds."""
+    for variable, name, lowest, highest in _STREAM_LIMITS:
+        value = getattr(config, name)
+        if not lowest <= value <= highest:
+            raise ConfigError(
+                variable, f"must be between {lowest:g} and {highest:g}, got {value:g}"
+            )
+
+
 def _ws_url(r: EnvReader) -> str:
     """`POLYMARKET_WS_URL`: a ws(s):// URL, or empty (streaming off)."""
     if r.blank("POLYMARKET_WS_URL"):
@@ -398,6 +422,7 @@ def _build(r: EnvReader) -> AppConfig:
         ),
     )
     require_sasl_credentials(kafka)
+    check_stream_limits(polymarket)
 
     mongo_uri = r.text("MONGODB_URI", MongoConfig.uri)
     if not mongo_uri.startswith(("mongodb://", "mongodb+srv://")):

@@ -269,8 +269,13 @@ def _stream_metrics(coordinator: StreamCoordinator) -> Iterator[_Family]:
     )
     yield _counter(
         "stream_silence_trips_total",
-        "Connections the inbound-silence watchdog gave up (open, but no data frame).",
+        "Silent connections given up because REST showed their markets trading.",
         {(): stats.disconnects["silent"]},
+    )
+    yield _counter(
+        "stream_silences_total",
+        "Connections that went silent (no data frame for POLYMARKET_WS_SILENCE_SECONDS).",
+        {(): stats.silences},
     )
     yield _counter(
         "stream_messages_total",

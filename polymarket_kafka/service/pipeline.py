@@ -99,6 +99,9 @@ async def run_service(
     stopper = stopper or Stopper()
     health = health if health is not None else ServiceHealth()
     health.poll_interval_seconds = settings.poll_interval_seconds
+    if stream is not None:
+        # REST cycles are as rare as one per reconciliation when the stream serves everything.
+        health.poll_interval_seconds = max(settings.poll_interval_seconds, stream.reconcile_seconds)
     stopper.on_stop(health.mark_stopping)
     outcomes = SourceOutcomes(stats, health)
     subscriptions = LatestSubscriptions()

@@ -7,7 +7,7 @@ skips the ticks already past (`next_poll_tick`, pure) instead of bursting.
 
 With the market channel on (`coordinator`), a tick polls only what the stream does not serve,
 and everything once per reconciliation interval (`service.streaming`); a tick with nothing to
-poll still counts as a successful cycle (the stream serves every market).
+poll makes no request and records no cycle.
 """
 
 from __future__ import annotations
@@ -54,36 +54,41 @@ async def poll_markets(
             result: PollOutcome | None = None
             active = subscriptions.value
             plan = None if coordinator is None else coordinator.plan(active, started)
-            try:
-                if coordinator is None or plan is None:
-                    result = await poller.poll_once(active, now)
-                else:
-                    result = await coordinator.poll(active, now, plan)
-            except Exception as exc:
-                outcomes.poll_failed(exc, anyio.current_time() - started)
-                logger.exception(
-                    "poll cycle %d failed; retrying on the next tick",
-                    cycles,
-                    extra={"cycle": cycles},
-                )
+            if coordinator is not None and plan is not None and plan.only == frozenset():
+                # The stream serves every market: no REST cycle, and none recorded (readiness
+                # then asks for one per reconciliation, see `run_service`).
+                coordinator.after_poll(active, plan, [], clock)
             else:
-                if outcomes.polled(result, now, anyio.current_time() - started):
-                    _log_skipped(cycles, result)
-                else:
-                    logger.warning(
-                        "cycle %d: Polymarket unavailable, %d market(s) not priced: %s",
+                try:
+                    if coordinator is None or plan is None:
+                        result = await poller.poll_once(active, now)
+                    else:
+                        result = await coordinator.poll(active, now, plan)
+                except Exception as exc:
+                    outcomes.poll_failed(exc, anyio.current_time() - started)
+                    logger.exception(
+                        "poll cycle %d failed; retrying on the next tick",
                         cycles,
-                        len(result.skipped),
-                        result.unavailable,
                         extra={"cycle": cycles},
                     )
-                polled = result.snapshots
-                if coordinator is not None and plan is not None:
-                    polled = coordinator.after_poll(active, plan, polled, clock)
-                for snapshot in polled:
-                    await snapshots.send((snapshot, anyio.current_time()))
-            if coordinator is not None and plan is not None and result is None:
-                coordinator.after_poll(active, plan, [], clock)  # the stream still follows
+                else:
+                    if outcomes.polled(result, now, anyio.current_time() - started):
+                        _log_skipped(cycles, result)
+                    else:
+                        logger.warning(
+                            "cycle %d: Polymarket unavailable, %d market(s) not priced: %s",
+                            cycles,
+                            len(result.skipped),
+                            result.unavailable,
+                            extra={"cycle": cycles},
+                        )
+                    polled = result.snapshots
+                    if coordinator is not None and plan is not None:
+                        polled = coordinator.after_poll(active, plan, polled, clock)
+                    for snapshot in polled:
+                        await snapshots.send((snapshot, anyio.current_time()))
+                if coordinator is not None and plan is not None and result is None:
+                    coordinator.after_poll(active, plan, [], clock)  # the stream still follows
             now_monotonic = anyio.current_time()
             interval = settings.poll_interval_seconds
             next_tick, missed = next_poll_tick(next_tick, interval, now_monotonic)

@@ -7,9 +7,15 @@ only for what the stream does not serve (`StreamCoordinator.plan`):
   or reconnecting, no book yet, or distrusted): polled every tick, i.e. at the normal
   interval (a market known to be closed had its final snapshot already);
 * every market, once per `reconcile_seconds`: the reconciliation. A streamed market whose
-  REST price differs from the streamed one by more than `tolerance` is a disagreement
-  (`after_poll`): counted, logged, REST's snapshot goes to the detector as every polled one
-  does, and the stream is asked for a fresh book of it (until that arrives, REST serves it).
+  REST midpoint differs from the streamed midpoint by more than `tolerance` is a
+  disagreement (`after_poll`): counted, logged, REST's snapshot goes to the detector as the
+  newest observation, and the stream is asked for a fresh book of it (until that arrives,
+  REST serves it). Only markets whose quote did not change while the poll ran are compared:
+  otherwise REST's price is simply the older one. Midpoints, not displayed prices, are
+  compared: REST's `/midpoints` never shows the last trade of a wide spread.
+* a market on REST because its connection is silent: when REST shows it moved since the
+  stream's last word, the connection is a frozen one and is given up
+  (`MarketStream.rest_observed`).
 
 After each poll the stream is told the markets to stream: every subscribed, open market whose
 metadata (Gamma, via the poller's cache) names its YES asset. Metadata stays on REST.
@@ -20,7 +26,7 @@ The coordinator holds no I/O and reads no clock: times are passed in.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -44,8 +50,9 @@ class Plan:
 
     only: frozenset[str] | None
     reconcile: bool
-    #: Markets the stream served when the tick was planned (their REST price is compared).
-    live: frozenset[str]
+    #: Markets the stream served when the tick was planned (their REST price is compared),
+    #: with how many updates their quote had then (`MarketStream.updates`).
+    live: Mapping[str, int]
 
 
 class SelectivePoller(Protocol):
@@ -62,10 +69,6 @@ class SelectivePoller(Protocol):
     def cached_metadata(self, market_id: str) -> MarketMetadata | None: ...
 
 
-#: The outcome of a tick on which the stream served every market.
-_NOTHING_TO_POLL = PollResult(snapshots=[], skipped={})
-
-
 class StreamCoordinator:
     """See the module notes."""
 
@@ -79,7 +82,7 @@ class StreamCoordinator:
     ) -> None:
         self.stream = stream
         self._poller = poller
-        self._reconcile_seconds = reconcile_seconds
+        self.reconcile_seconds = reconcile_seconds
         self._tolerance = tolerance
         self._next_reconcile: float | None = None
         self.disagreements = 0
@@ -90,7 +93,7 @@ class StreamCoordinator:
 
     def plan(self, subscriptions: Collection[PolymarketSubscription], now: float) -> Plan:
         """The markets to poll at monotonic time `now`."""
-        live = frozenset(self.stream.live_markets())
+        live = {m: self.stream.updates(m) for m in self.stream.live_markets()}
         # A closed market has had its final snapshot (the poll that found it closed sent
         # it): it is left to the reconciliation, not polled every tick.
         open_markets = {
@@ -99,9 +102,9 @@ class StreamCoordinator:
             if (metadata := self._poller.cached_metadata(s.market_id)) is None
             or not metadata.closed
         }
-        self.fallback = frozenset(open_markets - live)
+        self.fallback = frozenset(open_markets - live.keys())
         if self._next_reconcile is None or now >= self._next_reconcile:
-            self._next_reconcile = now + self._reconcile_seconds
+            self._next_reconcile = now + self.reconcile_seconds
             self.reconciliations += 1
             return Plan(None, True, live)
         self.fallback_polls += len(self.fallback)
@@ -110,9 +113,7 @@ class StreamCoordinator:
     async def poll(
         self, subscriptions: Collection[PolymarketSubscription], now: datetime, plan: Plan
     ) -> PollResult:
-        """Run the poll `plan` asks for (none when the stream serves every market)."""
-        if plan.only is not None and not plan.only:
-            return _NOTHING_TO_POLL
+        """Run the poll `plan` asks for (the caller skips a plan with nothing to poll)."""
         return await self._poller.poll_once(subscriptions, now, only=plan.only)
 
     def after_poll(
@@ -133,9 +134,15 @@ class StreamCoordinator:
         sent = list(snapshots)
         now: datetime | None = None
         for index, snapshot in enumerate(sent):
-            if snapshot.closed or snapshot.market_id not in plan.live:
+            market_id = snapshot.market_id
+            if snapshot.closed:
                 continue
-            streamed = self.stream.price(snapshot.market_id)
+            if market_id not in plan.live:
+                self.stream.rest_observed(market_id, snapshot.yes_price)
+                continue
+            if self.stream.updates(market_id) != plan.live[market_id]:
+                continue  # the stream moved during the poll: REST's price is the older one
+            streamed = self.stream.midpoint(market_id)
             if streamed is None or abs(streamed - snapshot.yes_price) <= self._tolerance:
                 continue
             self.disagreements += 1

@@ -508,3 +508,39 @@ def test_malformed_market_channel_values_name_the_variable(
     assert text.startswith(f"{variable}: ")
     assert message in text
     assert info.value.variable == variable
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "bounds"),
+    [
+        ("POLYMARKET_WS_ASSETS_PER_CONNECTION", "501", "between 1 and 500"),
+        ("POLYMARKET_WS_PING_SECONDS", "0.5", "between 1 and 60"),
+        ("POLYMARKET_WS_PING_SECONDS", "61", "between 1 and 60"),
+        ("POLYMARKET_WS_SILENCE_SECONDS", "0.001", "between 1 and 3600"),
+        ("POLYMARKET_WS_COALESCE_MS", "60001", "between 0 and 60000"),
+        ("POLYMARKET_WS_RECONCILE_SECONDS", "86400", "between 1 and 3600"),
+        ("POLYMARKET_WS_TOLERANCE", "5", "between 0 and 0.99"),
+    ],
+)
+def test_market_channel_settings_out_of_bounds_are_refused(
+    variable: str, value: str, bounds: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({variable: value}, env_file=None)
+    assert str(info.value) == f"{variable}: must be {bounds}, got {float(value):g}"
+
+
+def test_market_channel_settings_at_their_bounds_are_accepted() -> None:
+    config = load_config(
+        {
+            "POLYMARKET_WS_ASSETS_PER_CONNECTION": "500",
+            "POLYMARKET_WS_PING_SECONDS": "1",
+            "POLYMARKET_WS_SILENCE_SECONDS": "3600",
+            "POLYMARKET_WS_RECONCILE_SECONDS": "3600",
+            "POLYMARKET_WS_TOLERANCE": "0.99",
+            "POLYMARKET_WS_COALESCE_MS": "0",
+        },
+        env_file=None,
+    ).polymarket
+    assert (config.ws_assets_per_connection, config.ws_tolerance) == (500, 0.99)
+    assert (config.ws_silence_seconds, config.ws_coalesce_ms) == (3600.0, 0.0)

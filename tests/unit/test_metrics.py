@@ -162,6 +162,7 @@ def filled_stream() -> StreamCoordinator:
     stream.stats.disconnects.update({"silent": 2, "network": 1})
     stream.stats.messages.update({"book": 9, "price_change": 30})
     stream.stats.malformed = 1
+    stream.stats.silences = 3
     stream.stats.snapshots = 25
     stream.coalescer.coalesced = 14
     coordinator = StreamCoordinator(stream, _NoPoller(), reconcile_seconds=120, tolerance=0.02)
@@ -183,6 +184,7 @@ def test_stream_metrics_are_exported() -> None:
     assert value(samples, "stream_disconnects_total", reason="silent") == 2
     assert value(samples, "stream_disconnects_total", reason="network") == 1
     assert value(samples, "stream_silence_trips_total") == 2
+    assert value(samples, "stream_silences_total") == 3
     assert value(samples, "stream_messages_total", type="price_change") == 30
     assert value(samples, "stream_malformed_messages_total") == 1
     assert value(samples, "stream_coalesced_updates_total") == 14

@@ -61,6 +61,9 @@ class FakeStream:
     prices: dict[str, float] = field(default_factory=dict)
     connections: list[FakeShard] = field(default_factory=list)
     markets: int = 0
+    #: Quote updates per market (`MarketStream.updates`); a test bumps one to say the stream
+    #: moved while a poll ran.
+    counts: dict[str, int] = field(default_factory=dict)
     #: Every call that changes the stream, in order.
     calls: list[tuple[str, object]] = field(default_factory=list)
 
@@ -69,6 +72,15 @@ class FakeStream:
 
     def price(self, market_id: str) -> float | None:
         return self.prices.get(market_id)
+
+    def midpoint(self, market_id: str) -> float | None:
+        return self.prices.get(market_id)
+
+    def updates(self, market_id: str) -> int:
+        return self.counts.get(market_id, 0)
+
+    def rest_observed(self, market_id: str, midpoint: float) -> None:
+        self.calls.append(("rest_observed", (market_id, midpoint)))
 
     def distrust(self, market_id: str) -> None:
         self.calls.append(("distrust", market_id))
@@ -127,7 +139,7 @@ SUBS = [sub("a"), sub("b"), sub("c")]
 def test_the_first_tick_reconciles_everything() -> None:
     coord, _, _ = coordinator(FakeStream(live={"a", "b"}))
     plan = coord.plan(SUBS, 1000.0)
-    assert plan == Plan(only=None, reconcile=True, live=frozenset({"a", "b"}))
+    assert plan == Plan(only=None, reconcile=True, live={"a": 0, "b": 0})
     assert coord.reconciliations == 1
     assert coord.fallback == frozenset({"c"})
     assert coord.fallback_polls == 0  # a reconciliation polls all: no fallback poll counted
@@ -137,7 +149,7 @@ def test_between_reconciliations_only_what_the_stream_does_not_serve_is_polled()
     coord, stream, _ = coordinator(FakeStream(live={"a", "b"}))
     coord.plan(SUBS, 1000.0)
     plan = coord.plan(SUBS, 1030.0)
-    assert plan == Plan(only=frozenset({"c"}), reconcile=False, live=frozenset({"a", "b"}))
+    assert plan == Plan(only=frozenset({"c"}), reconcile=False, live={"a": 0, "b": 0})
     assert coord.fallback_polls == 1
     stream.live = {"a"}  # b's connection went down
     plan = coord.plan(SUBS, 1060.0)
@@ -180,7 +192,7 @@ def test_nothing_live_polls_everything_every_tick() -> None:
 def test_a_live_market_no_longer_subscribed_is_not_a_fallback() -> None:
     coord, _, _ = coordinator(FakeStream(live={"a", "gone"}))
     plan = coord.plan([sub("a")], 0.0)
-    assert plan.live == frozenset({"a", "gone"})
+    assert plan.live == {"a": 0, "gone": 0}
     assert coord.fallback == frozenset()
 
 
@@ -205,16 +217,6 @@ def test_no_subscriptions() -> None:
 
 
 # --- poll -----------------------------------------------------------------------------------------
-
-
-@pytest.mark.anyio
-async def test_a_plan_with_nothing_to_poll_does_not_call_the_poller(anyio_backend: str) -> None:
-    coord, _, poller = coordinator()
-    result = await coord.poll(SUBS, T0, Plan(frozenset(), False, frozenset({"a", "b", "c"})))
-    assert poller.polls == []
-    assert result.snapshots == []
-    assert result.skipped == {}
-    assert result.unavailable is None
 
 
 @pytest.mark.anyio
@@ -425,3 +427,25 @@ def test_readiness_counts_disagreements() -> None:
     coord, _, _ = coordinator(stream)
     coord.after_poll(SUBS, coord.plan(SUBS, 0.0), [snap("a", 0.9)], later)
     assert coord.readiness()[1]["disagreements"] == 1
+
+
+def test_a_market_the_stream_moved_during_the_poll_is_not_compared() -> None:
+    """REST's price is then simply the older one: no disagreement, no restamp."""
+    stream = FakeStream(live={"a"}, prices={"a": 0.5})
+    coord, _, _ = coordinator(stream)
+    plan = coord.plan([sub("a")], 0.0)
+    stream.counts["a"] = 1  # a stream update arrived while REST was asked
+    sent = coord.after_poll([sub("a")], plan, [snap("a", 0.1)], later)
+    assert coord.disagreements == 0
+    assert stream.distrusted == []
+    assert sent[0].taken_at == T0
+
+
+def test_rest_prices_of_markets_off_the_stream_are_shown_to_it() -> None:
+    """So a silent connection whose markets trade on REST can be given up."""
+    stream = FakeStream(live={"a"}, prices={"a": 0.5})
+    coord, _, _ = coordinator(stream)
+    plan = coord.plan([sub("a"), sub("b")], 0.0)
+    coord.after_poll([sub("a"), sub("b")], plan, [snap("a", 0.5), snap("b", 0.3)], later)
+    observed = [arg for name, arg in stream.calls if name == "rest_observed"]
+    assert observed == [("b", 0.3)]

@@ -210,9 +210,19 @@ def test_price_change_current_shape() -> None:
             best_bid=0.5,
             best_ask=1.0,
             timestamp_ms=1757908892351,
+            bid_sent=True,
+            ask_sent=True,
         )
     ]
     assert frame.kinds == {"price_change": 1}
+
+
+def test_price_change_tells_an_empty_side_from_one_left_out() -> None:
+    item = {"asset_id": ASSET, "price": "0.5", "size": "1", "side": "BUY", "best_bid": ""}
+    (change,) = decode({"event_type": "price_change", "price_changes": [item]}).messages
+    assert isinstance(change, LevelChange)
+    assert (change.best_bid, change.bid_sent) == (None, True)  # sent empty: no bid
+    assert (change.best_ask, change.ask_sent) == (None, False)  # not sent: unknown
 
 
 def test_price_change_with_several_items_all_take_the_message_timestamp() -> None:

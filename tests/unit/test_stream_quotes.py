@@ -52,7 +52,10 @@ def change(
     best_ask: float | None = None,
     asset: str = A,
     timestamp_ms: int | None = T + 1,
+    empty: str = "",
 ) -> LevelChange:
+    """A level change; the server sent the best prices given, and `empty` names a side it
+    sent as `""` (empty)."""
     assert side in ("BUY", "SELL")
     return LevelChange(
         asset,
@@ -62,6 +65,8 @@ def change(
         best_bid,
         best_ask,
         timestamp_ms,
+        bid_sent=best_bid is not None or empty == "bid",
+        ask_sent=best_ask is not None or empty == "ask",
     )
 
 
@@ -334,9 +339,17 @@ def test_the_server_best_bid_ask_of_a_change_without_a_book() -> None:
 def test_a_change_with_one_server_side_empty_has_no_price() -> None:
     quotes = tracked(A)
     quotes.apply(BOOK)
-    quotes.apply(change("SELL", 0.52, 0.0, best_bid=0.5, best_ask=None))
+    quotes.apply(change("SELL", 0.52, 0.0, best_bid=0.5, empty="ask"))
     assert quote(quotes).best() == (0.5, None)
     assert quotes.price(A) is None
+
+
+def test_a_side_the_server_left_out_comes_from_the_local_book() -> None:
+    quotes = tracked(A)
+    quotes.apply(BOOK)  # best bid 0.50, best ask 0.52
+    quotes.apply(change("BUY", 0.51, 5.0, best_bid=0.51))  # no best_ask key at all
+    assert quote(quotes).best() == (0.51, 0.52)
+    assert quotes.price(A) == (0.515, 0.01)
 
 
 def test_a_later_change_without_best_prices_recomputes_from_the_book() -> None:

@@ -4,9 +4,13 @@
 runs three tasks until the connection dies:
 
 * the reader hands every text frame to the `FrameSink` at once (it never waits on the
-  pipeline: the sink decodes and coalesces synchronously), and trips the **silence watchdog**
-  when no data frame (`PONG` does not count) arrived for `silence_seconds`: live sockets are
-  known to freeze for hours while the heartbeat still works (§8.5);
+  pipeline: the sink decodes and coalesces synchronously). When no data frame (`PONG` does
+  not count) arrived for `silence_seconds`, the connection is **silent**: live sockets are
+  known to freeze for hours while the heartbeat still works (§8.5), but a connection of quiet
+  markets is silent too. So silence alone does not end it: the sink takes its markets off the
+  stream (REST polls them at the normal interval), and the connection is given up
+  (`give_up`) only when REST shows that one of them traded meanwhile; a data frame ends the
+  silence;
 * the heartbeat sends the text `PING` every `ping_interval_seconds`, only after the
   subscription (a `PING` first gets the socket closed with 1008, §4.1), and gives the
   connection up when the previous `PING` got no `PONG`;
@@ -14,10 +18,12 @@ runs three tasks until the connection dies:
   assets change while connected.
 
 A connection that ends for any reason (closed by the server, network error, refused upgrade,
-watchdog, missing `PONG`) is reported to the sink, and the shard reconnects after a jittered
-exponential backoff (`reconnect_delay`: 1 s doubling to 60 s by default, each wait drawn in
+given up while silent, missing `PONG`, a send the peer does not take in time, a message over
+`MAX_MESSAGE_BYTES`) is reported to the sink, and the shard reconnects after a jittered
+exponential backoff (`reconnect_delays`: 1 s doubling to 60 s by default, each wait drawn in
 [d/2, d]) and subscribes to its whole current set again. The backoff starts again from the
-bottom once a connection has delivered data. An empty shard ends its task.
+bottom only after a connection that delivered data and held for `silence_seconds`. An empty
+shard ends its task.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from httpx_ws import (
     WebSocketUpgradeError,
     aconnect_ws,
 )
-from wsproto.events import BytesMessage, TextMessage
+from wsproto.events import BytesMessage, Event, TextMessage
 
 __all__ = [
     "ConnectionLost",
@@ -55,6 +61,8 @@ logger = logging.getLogger(__name__)
 
 #: Read size per socket read (not a message size limit: frames larger than this are joined).
 _READ_BYTES = 1 << 16
+#: The largest message accepted (a dump of 500 books is well under 1 MiB).
+MAX_MESSAGE_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,30 @@ class StreamSettings:
     connect_timeout_seconds: float = 10.0
 
 
+class MessageTooLargeError(HTTPXWSException):
+    """A message grew past `MAX_MESSAGE_BYTES`: the connection is closed."""
+
+
+class CappedSession(AsyncWebSocketSession):
+    """httpx-ws's session with a bound on a message's size: it would otherwise join the
+    fragments of a never-ending message in memory without limit (its `max_message_size_bytes`
+    is only the size of one read). Bytes read since the last message handed out count."""
+
+    _unread = 0
+
+    async def _read_stream(self, max_bytes: int) -> bytes:
+        data = await super()._read_stream(max_bytes)
+        self._unread += len(data)
+        if self._unread > MAX_MESSAGE_BYTES:
+            raise MessageTooLargeError(f"a message over {MAX_MESSAGE_BYTES} bytes")
+        return data
+
+    async def receive(self, timeout: float | None = None) -> Event:  # noqa: ASYNC109 - httpx-ws's
+        event = await super().receive(timeout)
+        self._unread = 0
+        return event
+
+
 class ConnectionLost(Exception):
     """Why a connection was given up (the reason is the message; no payload, no secret)."""
 
@@ -80,6 +112,10 @@ class FrameSink(Protocol):
     def connected(self, shard: Shard) -> None: ...
 
     def frame(self, shard: Shard, text: str) -> None: ...
+
+    def silent(self, shard: Shard) -> None:
+        """No data frame for `silence_seconds`: the connection is suspect."""
+        ...
 
     def disconnected(self, shard: Shard, reason: str) -> None:
         """The connection ended, or could not be opened."""
@@ -181,6 +217,10 @@ class Shard:
         self._pong = True
         self._resubscribe: set[str] = set()
         self._session_scope: anyio.CancelScope | None = None
+        #: No data frame for `silence_seconds`: suspect, its markets on REST (see `give_up`).
+        self.silent = False
+        self._give_up: str | None = None
+        self._gave_up = anyio.Event()
 
     @property
     def room(self) -> int:
@@ -200,16 +240,27 @@ class Shard:
         self._resubscribe.add(asset_id)
         self._changed.set()
 
+    def give_up(self, reason: str) -> None:
+        """End the current connection (it reconnects): REST showed that the markets of this
+        silent connection trade, so its silence is a frozen socket, not calm."""
+        if self.connected and self._give_up is None:
+            self._give_up = reason
+            self._gave_up.set()
+
     async def run(self) -> None:
         """Keep the shard connected until it has no assets (then return)."""
         delays = reconnect_delays(
             self.settings.reconnect_min_seconds, self.settings.reconnect_max_seconds, self._rand
         )
         while self.assets:
+            started = anyio.current_time()
             reason = await self._connect_once()
             if not self.assets:
                 return
-            if self.delivered:
+            # Back to the first delay only after a connection that delivered and held: a
+            # server that sends the dump and closes must still see the backoff grow.
+            held = anyio.current_time() - started >= self.settings.silence_seconds
+            if self.delivered and held:
                 delays = reconnect_delays(
                     self.settings.reconnect_min_seconds,
                     self.settings.reconnect_max_seconds,
@@ -239,6 +290,7 @@ class Shard:
                 self._http,
                 keepalive_ping_interval_seconds=None,
                 max_message_size_bytes=_READ_BYTES,
+                session_class=CappedSession,
                 timeout=httpx.Timeout(self.settings.connect_timeout_seconds),
             ) as ws:
                 reason = await self._session(ws)
@@ -252,6 +304,7 @@ class Shard:
                     extra={"connection": self.index},
                 )
         self.connected = False
+        self.silent = False
         if self.assets:  # an emptied shard just ends
             self._sink.disconnected(self, reason)
         return reason
@@ -260,7 +313,8 @@ class Shard:
         self._told = set(self.assets)
         self._resubscribe.clear()
         self._changed = anyio.Event()
-        await ws.send_text(subscribe_message(list(self._told)))
+        self._give_up, self._gave_up = None, anyio.Event()
+        await self._send(ws, subscribe_message(list(self._told)), "the subscription")
         self.generation += 1
         self.connected = True
         self.last_data = anyio.current_time()
@@ -270,6 +324,7 @@ class Shard:
             self._session_scope = tasks.cancel_scope
             tasks.start_soon(self._heartbeat, ws)
             tasks.start_soon(self._keep_subscriptions, ws)
+            tasks.start_soon(self._watch_give_up)
             await self._read(ws)
             tasks.cancel_scope.cancel()
         return "shard emptied"
@@ -279,11 +334,11 @@ class Shard:
         while self.assets:
             remaining = self.last_data + silence - anyio.current_time()
             try:
-                event = await ws.receive(timeout=max(remaining, 0.0))
+                event = await ws.receive(timeout=None if self.silent else max(remaining, 0.0))
             except TimeoutError:
-                raise ConnectionLost(
-                    f"silent for {silence:g}s (no data frame): treated as dead"
-                ) from None
+                self.silent = True
+                self._sink.silent(self)
+                continue
             if isinstance(event, TextMessage):
                 text = event.data
             elif isinstance(event, BytesMessage):
@@ -295,7 +350,22 @@ class Shard:
                 continue
             self.last_data = anyio.current_time()
             self.delivered = True
+            self.silent = False
             self._sink.frame(self, text)
+
+    async def _watch_give_up(self) -> None:
+        await self._gave_up.wait()
+        raise ConnectionLost(self._give_up or "given up")
+
+    async def _send(self, ws: AsyncWebSocketSession, text: str, what: str) -> None:
+        """Send, or give the connection up when the peer does not take it in time (a peer
+        that stops reading would otherwise hold this task forever)."""
+        limit = max(self.settings.ping_interval_seconds, self.settings.connect_timeout_seconds)
+        try:
+            with anyio.fail_after(limit):
+                await ws.send_text(text)
+        except TimeoutError:
+            raise ConnectionLost(f"could not send {what} within {limit:g}s") from None
 
     async def _heartbeat(self, ws: AsyncWebSocketSession) -> None:
         while True:
@@ -305,7 +375,7 @@ class Shard:
                     f"no PONG within {self.settings.ping_interval_seconds:g}s of a PING"
                 )
             self._pong = False
-            await ws.send_text("PING")
+            await self._send(ws, "PING", "a PING")
 
     async def _keep_subscriptions(self, ws: AsyncWebSocketSession) -> None:
         while True:
@@ -320,9 +390,9 @@ class Shard:
             self._resubscribe.clear()
             gone = (self._told - self.assets) | (fresh & self.assets)
             if gone:
-                await ws.send_text(_operation("unsubscribe", gone))
+                await self._send(ws, _operation("unsubscribe", gone), "an unsubscription")
                 self._told -= gone
             new = self.assets - self._told
             if new:
-                await ws.send_text(_operation("subscribe", new))
+                await self._send(ws, _operation("subscribe", new), "a subscription")
                 self._told |= new

@@ -67,6 +67,10 @@ class LevelChange:
     best_bid: float | None
     best_ask: float | None
     timestamp_ms: int | None
+    #: Which of `best_bid`/`best_ask` the server sent (`""`: that side is empty, None here);
+    #: a side it left out is unknown, not empty.
+    bid_sent: bool = False
+    ask_sent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +211,8 @@ def _price_change(item: Mapping[str, Any], frame: Frame) -> None:
                 best_bid=_optional_price(change, "best_bid"),
                 best_ask=_optional_price(change, "best_ask"),
                 timestamp_ms=timestamp,
+                bid_sent="best_bid" in change and change["best_bid"] is not None,
+                ask_sent="best_ask" in change and change["best_ask"] is not None,
             )
         )
     frame.messages.extend(decoded)

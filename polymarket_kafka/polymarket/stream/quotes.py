@@ -87,6 +87,8 @@ class Quote:
     last_trade: float | None = None
     #: Exchange time (Unix ms) of the latest message that touched the quote.
     timestamp_ms: int | None = None
+    #: Messages folded in so far (tells whether the quote changed between two looks).
+    updates: int = 0
 
     def best(self) -> tuple[float | None, float | None]:
         if self.dirty:
@@ -101,6 +103,13 @@ class Quote:
         if bid is None or ask is None or bid > ask:
             return None
         return displayed_price(bid, ask, self.last_trade)
+
+    def midpoint(self) -> float | None:
+        """The plain midpoint (what REST's `/midpoints` reports), when both sides are known."""
+        bid, ask = self.best()
+        if bid is None or ask is None or bid > ask:
+            return None
+        return round((bid + ask) / 2, _PRECISION)
 
 
 def _key(price: float) -> float:
@@ -154,6 +163,7 @@ class Quotes:
         if quote is None:
             self.untracked += 1
             return None
+        quote.updates += 1
         if message.timestamp_ms is not None:
             quote.timestamp_ms = message.timestamp_ms
         if isinstance(message, LevelChange):
@@ -183,8 +193,11 @@ def _apply_change(quote: Quote, change: LevelChange) -> None:
             side[key] = change.size
         else:
             side.pop(key, None)
-    if change.best_bid is not None or change.best_ask is not None:
-        # The server's own view after the change: authoritative.
-        quote.best_bid, quote.best_ask, quote.dirty = change.best_bid, change.best_ask, False
-    elif quote.has_book:
+    if quote.has_book:
         quote.dirty = True
+    if change.bid_sent or change.ask_sent:
+        # The server's own view after the change is authoritative (`""`: an empty side); a
+        # side it left out is the local book's (or, without a book, the last one known).
+        bid, ask = quote.best()
+        quote.best_bid = change.best_bid if change.bid_sent else bid
+        quote.best_ask = change.best_ask if change.ask_sent else ask

@@ -1,5 +1,10 @@
 """The stream source: market-channel connections in, coalesced `MarketSnapshot`s out.
 
+Why this file is over 400 lines: `MarketStream` is the one owner of the state its parts
+share (which market is on which connection, the quotes, the coalescer, distrust and
+silence); the parts with a single job are modules of their own (frames, quotes, coalesce,
+connection), and what is left here is their bookkeeping and its documentation.
+
 ```
  shards (one WebSocket each, ≤ assets_per_connection) ──frames──► decode ──► Quotes
         ──changed market──► Coalescer ──due──► build_snapshot ──► (bounded) snapshot channel
@@ -8,9 +13,10 @@
 The caller (the poll stage, `service.streaming`) says which markets to stream
 (`set_markets`, with the metadata the REST path fetched: the YES asset, question, volume...)
 and asks which of them the stream currently serves (`live_markets`): a market is live while
-its connection is up and has delivered a price of its asset since it (re)connected, and no
-REST reconciliation has disagreed with it since (`distrust`). Everything else falls back to
-REST.
+its connection is up and not silent, has delivered a price of its asset since it
+(re)connected, and no REST reconciliation has disagreed with it since (`distrust`).
+Everything else falls back to REST, whose prices come back here (`rest_observed`): a silent
+connection whose markets REST sees trading is given up.
 
 The socket reader never waits on the pipeline: a frame is decoded, folded into the quotes
 and offered to the coalescer synchronously; a separate flusher sends the due snapshots down
@@ -46,10 +52,11 @@ from polymarket_kafka.polymarket.stream.connection import Shard, StreamSettings,
 from polymarket_kafka.polymarket.stream.frames import (
     Book,
     MarketResolved,
+    TickSizeChange,
     decode_frame,
     exchange_time_of,
 )
-from polymarket_kafka.polymarket.stream.quotes import Quotes, resolved_price
+from polymarket_kafka.polymarket.stream.quotes import Quote, Quotes, resolved_price
 
 __all__ = ["MarketStream", "StreamStats", "StreamedMarket"]
 
@@ -57,6 +64,9 @@ logger = logging.getLogger(__name__)
 
 #: A snapshot and the monotonic time it entered the pipeline (as `service.polling.Polled`).
 Polled = tuple[MarketSnapshot, float]
+
+#: A REST midpoint further than this from the stream's last one: the market traded.
+_MOVED = 1e-6
 
 #: At most one log line per connection per this many seconds about malformed frames.
 _MALFORMED_LOG_SECONDS = 60.0
@@ -90,6 +100,8 @@ class StreamStats:
     #: Due markets with no usable price (one side of the book empty, or a crossed book).
     unpriced: int = 0
     invalid_snapshots: int = 0
+    #: Connections that went silent (no data frame for `silence_seconds`).
+    silences: int = 0
     #: Frames whose handling raised (a bug; logged with the traceback, the frame skipped).
     frame_errors: int = 0
 
@@ -155,7 +167,9 @@ class MarketStream:
                 continue
             shard = self._asset_shard.get(market.yes_asset)
             seen = self._seen_on.get(market.yes_asset)
-            if shard is None or not shard.connected or seen != (shard.index, shard.generation):
+            if shard is None or not shard.connected or shard.silent:
+                continue
+            if seen != (shard.index, shard.generation):
                 continue
             if self._quotes.price(market.yes_asset) is not None:
                 live.add(market_id)
@@ -168,6 +182,34 @@ class MarketStream:
             return None
         quote = self._quotes.price(market.yes_asset)
         return None if quote is None else quote[0]
+
+    def midpoint(self, market_id: str) -> float | None:
+        """The streamed plain midpoint of a market (REST's `/midpoints` definition)."""
+        quote = self._quote(market_id)
+        return None if quote is None else quote.midpoint()
+
+    def updates(self, market_id: str) -> int:
+        """How many messages changed the market's quote so far (0 if not streamed)."""
+        quote = self._quote(market_id)
+        return 0 if quote is None else quote.updates
+
+    def rest_observed(self, market_id: str, midpoint: float) -> None:
+        """REST priced a market the stream does not serve: if its connection is silent and
+        the price moved since the stream's last word, the silence is a frozen socket."""
+        market = self._markets.get(market_id)
+        shard = None if market is None else self._asset_shard.get(market.yes_asset)
+        last = self.midpoint(market_id)
+        if shard is None or not shard.silent or last is None:
+            return
+        if abs(last - midpoint) > _MOVED:
+            shard.give_up(
+                f"silent for over {self.settings.silence_seconds:g}s while its markets trade "
+                f"(REST has {market_id} at {midpoint:g}, the stream last said {last:g})"
+            )
+
+    def _quote(self, market_id: str) -> Quote | None:
+        market = self._markets.get(market_id)
+        return None if market is None else self._quotes.get(market.yes_asset)
 
     def distrust(self, market_id: str) -> None:
         """REST disagreed with the stream: ask for a fresh book; until it arrives the market
@@ -235,6 +277,17 @@ class MarketStream:
             extra={"connection": shard.index},
         )
 
+    def silent(self, shard: Shard) -> None:
+        self.stats.silences += 1
+        logger.warning(
+            "market channel connection %d silent for %gs: its %d market(s) go to REST until "
+            "it speaks again (or is given up if REST shows them trading)",
+            shard.index,
+            self.settings.silence_seconds,
+            len(shard.assets),
+            extra={"connection": shard.index},
+        )
+
     def disconnected(self, shard: Shard, reason: str) -> None:
         """A connection ended, or could not be opened (`reason` says which)."""
         self.stats.disconnects[disconnect_kind(reason)] += 1
@@ -271,6 +324,8 @@ class MarketStream:
             self._seen_on[asset] = (shard.index, shard.generation)
             if market_id in self._ended:
                 continue  # resolved: its one closed snapshot was the last
+            if isinstance(message, TickSizeChange):
+                shard.resubscribe(asset)  # the book is void: ask for a fresh one
             if market_id in self._distrusted:
                 if not isinstance(message, Book):
                     continue  # REST contradicted this quote: only a fresh book counts again
@@ -366,8 +421,8 @@ class MarketStream:
 
     def _snapshot(self, market_id: str) -> MarketSnapshot | None:
         market = self._markets.get(market_id)
-        if market is None:
-            return None
+        if market is None or market_id in self._distrusted:
+            return None  # gone, or REST contradicted it since it was offered
         quote = self._quotes.get(market.yes_asset)
         priced = None if quote is None else quote.price()
         if quote is None or priced is None:
