@@ -223,7 +223,7 @@ def test_no_subscriptions() -> None:
 async def test_a_plan_with_some_markets_polls_only_them(anyio_backend: str) -> None:
     expected = PollResult(snapshots=[snap("c", 0.4)], skipped={})
     coord, _, poller = coordinator(poller=FakePoller(result=expected))
-    result = await coord.poll(SUBS, T0, Plan(frozenset({"c"}), False, frozenset({"a", "b"})))
+    result = await coord.poll(SUBS, T0, Plan(frozenset({"c"}), False, {"a": 0, "b": 0}))
     assert result is expected
     assert poller.polls == [(["a", "b", "c"], T0, frozenset({"c"}))]
 
@@ -231,7 +231,7 @@ async def test_a_plan_with_some_markets_polls_only_them(anyio_backend: str) -> N
 @pytest.mark.anyio
 async def test_a_reconciliation_polls_everything(anyio_backend: str) -> None:
     coord, _, poller = coordinator()
-    await coord.poll(SUBS, T0, Plan(None, True, frozenset()))
+    await coord.poll(SUBS, T0, Plan(None, True, {}))
     assert poller.polls == [(["a", "b", "c"], T0, None)]
 
 
