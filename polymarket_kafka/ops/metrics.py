@@ -262,8 +262,9 @@ def _stream_metrics(coordinator: StreamCoordinator) -> Iterator[_Family]:
     )
     yield _counter(
         "stream_disconnects_total",
-        "Market channel connections ended or not opened, by reason (silent: the inbound-"
-        "silence watchdog; no_pong; server_closed; network; refused; connect_failed).",
+        "Market channel connections ended or not opened, by reason (silent: given up while "
+        "silent, REST showing its markets trading; no_pong; server_closed; network; refused; "
+        "connect_failed; send_timeout).",
         {(kind,): n for kind, n in sorted(stats.disconnects.items())},
         labels=("reason",),
     )

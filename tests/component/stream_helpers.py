@@ -2,8 +2,9 @@
 
 * `streaming(...)` builds a `RecordingStream` on its own `httpx.AsyncClient`, gives it its
   markets and runs it in a task group (cancelled on exit); `Running` reads its snapshots.
-* `RecordingStream` is the real `MarketStream` that also remembers every connect and
-  disconnect (the full reason, when, and which markets were live at that moment).
+* `RecordingStream` is the real `MarketStream` that also remembers every connect, silence,
+  handled frame and disconnect (the full reason, when, and which markets were live at that
+  moment: a record, so a test need not catch a state that lasts only `silence_seconds`).
 * `wait_for` polls a condition with small sleeps (never a fixed sleep to "let it happen").
 * `SilentServer` accepts TCP but never answers the upgrade (a connect timeout);
   `BinaryFrameServer` answers the subscription with one *binary* frame (the fake only sends
@@ -40,6 +41,7 @@ __all__ = [
     "WAIT",
     "BinaryFrameServer",
     "Connect",
+    "Heard",
     "Lost",
     "Polled",
     "RecordingStream",
@@ -111,6 +113,16 @@ class Connect:
     live: frozenset[str]
 
 
+@dataclass(frozen=True)
+class Heard:
+    """One frame handled, or one silence: the shard, its generation, and what was live just
+    after it."""
+
+    shard: int
+    generation: int
+    live: frozenset[str]
+
+
 class RecordingStream(MarketStream):
     """The real stream; it also records what its shards reported."""
 
@@ -118,11 +130,24 @@ class RecordingStream(MarketStream):
         super().__init__(*args, **kwargs)
         self.lost: list[Lost] = []
         self.connects: list[Connect] = []
+        #: Every frame handled (`frame`), in order.
+        self.heard: list[Heard] = []
+        #: Every silence reported (`silent`), in order.
+        self.silences: list[Heard] = []
 
     def connected(self, shard: Shard) -> None:
         super().connected(shard)
         live = frozenset(self.live_markets())
         self.connects.append(Connect(shard.index, shard.generation, live))
+
+    def frame(self, shard: Shard, text: str) -> None:
+        super().frame(shard, text)
+        self.heard.append(Heard(shard.index, shard.generation, frozenset(self.live_markets())))
+
+    def silent(self, shard: Shard) -> None:
+        super().silent(shard)
+        live = frozenset(self.live_markets())
+        self.silences.append(Heard(shard.index, shard.generation, live))
 
     def disconnected(self, shard: Shard, reason: str) -> None:
         super().disconnected(shard, reason)

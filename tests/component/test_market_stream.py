@@ -16,11 +16,13 @@ import logging
 import random
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import pytest
+from httpx_ws import AsyncWebSocketSession
 
 from polymarket_kafka.config import PolymarketConfig
 from polymarket_kafka.models import MarketSnapshot
@@ -198,6 +200,45 @@ async def test_heartbeat_pings_after_subscribing_and_a_missing_pong_reconnects(
 
 
 @pytest.mark.parametrize(
+    ("stuck", "what"),
+    [('"type": "market"', "the subscription"), ('"operation": "subscribe"', "a subscription")],
+    ids=["first_message", "operation"],
+)
+async def test_a_send_the_peer_does_not_take_in_time_ends_the_connection(
+    fake: FakeMarketChannel, monkeypatch: pytest.MonkeyPatch, stuck: str, what: str
+) -> None:
+    """A peer that stops reading leaves a send waiting for ever once the socket buffers are
+    full: here the session's `send_text` never returns for the first message containing
+    `stuck` (the bound, not the kernel's buffers, is under test)."""
+    original = connection_module.CappedSession.send_text
+    blocked: list[str] = []
+
+    async def send_text(self: AsyncWebSocketSession, data: str) -> None:
+        if stuck in data and not blocked:
+            blocked.append(data)
+            await anyio.sleep_forever()
+        await original(self, data)
+
+    monkeypatch.setattr(connection_module.CappedSession, "send_text", send_text)
+    async with streaming(
+        fake.url, {M1: streamed(M1, Y1)}, ping_interval_seconds=0.3, connect_timeout_seconds=0.3
+    ) as run:
+        if what == "a subscription":
+            await wait_for(live(run, M1))
+            run.stream.set_markets({M1: streamed(M1, Y1), M2: streamed(M2, Y2)})
+        await wait_for(lambda: run.stream.lost)
+        await wait_for(live(run, M1))
+        if what == "a subscription":
+            await wait_for(live(run, M1, M2))
+        info = fake.connections()[-1]
+
+    (lost,) = run.stream.lost
+    assert lost.reason == f"could not send {what} within 0.3s"
+    assert run.stream.stats.disconnects == {"send_timeout": 1}
+    assert sent_first(info.messages) == subscription(*run.stream.connections[0].assets)
+
+
+@pytest.mark.parametrize(
     ("cut", "kind", "reason"),
     [
         (lambda fake: fake.close_all(1001, "going away"), "server_closed", "closed by the server"),
@@ -252,29 +293,95 @@ async def test_a_dropped_socket_reason_names_the_network_error(fake: FakeMarketC
     assert reason.startswith("network error: WebSocketNetworkError"), reason
 
 
-async def test_silence_watchdog_gives_a_frozen_connection_up(fake: FakeMarketChannel) -> None:
-    fake.add_asset(Y1, market=M1, best_bid=0.4, best_ask=0.42)  # the book agrees with the flood
-    async with streaming(fake.url, {M1: streamed(M1, Y1)}, silence_seconds=0.5) as run:
-        # Data every 20 ms keeps the connection alive past several silence periods.
-        fake.flood([Y1], per_second=50, seconds=60, best_bid=0.4, best_ask=0.42)
-        await wait_for(live(run, M1))
-        await wait_for(lambda: run.stream.stats.messages["price_change"] >= 40)
-        assert not run.stream.lost
+async def test_a_silent_connection_hands_its_markets_to_rest_until_a_frame(
+    fake: FakeMarketChannel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Quiet markets: no data frame for `silence_seconds` makes the connection silent (its
+    markets leave `live_markets`), and the next frame -- of any of its assets -- ends the
+    silence of all of them, on the same connection."""
+    caplog.set_level(logging.WARNING, logger="polymarket_kafka.polymarket.stream.source")
+    markets = {M1: streamed(M1, Y1), M2: streamed(M2, Y2)}
+    async with streaming(fake.url, markets, silence_seconds=0.5) as run:
+        await wait_for(lambda: run.stream.stats.silences >= 1)
+        (shard,) = run.stream.connections
+        assert shard.connected
+        assert run.stream.heard[0].live == {M1, M2}  # the dump made both live
+        first = run.stream.silences[0]
+        assert first.live == frozenset()  # silent: both handed to REST at once
+        assert (first.shard, first.generation) == (shard.index, shard.generation)
 
-        fake.freeze()
-        await wait_for(lambda: run.stream.lost)
+        heard = len(run.stream.heard)
+        assert fake.move(Y1, 0.6, 0.62) == 1
+        await wait_for(lambda: len(run.stream.heard) >= heard + 2)
+        # The frame ends the silence: both markets live again, on the same connection.
+        assert [h.live for h in run.stream.heard[heard:]] == [{M1, M2}] * 2  # price_change, bba
+        assert run.stream.heard[-1].generation == first.generation
+        assert run.stream.price(M1) == pytest.approx(0.61)
+        # Quiet again: silent again; still no reconnect.
+        await wait_for(lambda: run.stream.stats.silences >= 2)
         assert M1 not in run.stream.live_markets()
-        await wait_for(lambda: fake.connection_count_total >= 2)
-        assert M1 not in run.stream.live_markets()  # reconnected, but still no data
+        (info,) = fake.connections()
 
-        fake.freeze(False)
+    assert fake.connection_count_total == 1
+    assert not run.stream.lost and not run.stream.stats.disconnects
+    assert sent_first(info.messages) == subscription(Y1, Y2) and len(info.messages) == 1
+    silent_lines = [r for r in caplog.records if "silent for 0.5s" in r.getMessage()]
+    assert silent_lines and "its 2 market(s) go to REST" in silent_lines[0].getMessage()
+
+
+async def test_a_silent_connection_is_given_up_when_rest_shows_its_market_moved(
+    fake: FakeMarketChannel,
+) -> None:
+    markets = {M1: streamed(M1, Y1), M2: streamed(M2, Y2)}
+    async with streaming(fake.url, markets, silence_seconds=0.5, ping_interval_seconds=1.0) as run:
+        await wait_for(lambda: run.stream.stats.silences >= 1)
+        (shard,) = run.stream.connections
+        (before,) = fake.connections()
+
+        # REST agrees with the stream's last midpoints (M1 0.5, M2 0.3): a quiet market.
+        run.stream.rest_observed(M1, 0.5)
+        run.stream.rest_observed(M2, 0.3 + 5e-7)  # within the 1e-6 of "the same"
+        run.stream.rest_observed("0xnot-streamed", 0.9)  # nothing to compare
+        # The connection stays open: the heartbeat goes on (PONGs are no data).
+        await wait_for(lambda: fake.connections()[0].pings >= before.pings + 1)
+        assert [c.id for c in fake.connections()] == [before.id]
+        assert shard.silent and shard.connected and not run.stream.lost
+
+        # REST has M1 elsewhere: the silence is a frozen socket, the connection is given up.
+        generation = shard.generation
+        run.stream.rest_observed(M1, 0.7)
+        run.stream.rest_observed(M2, 0.9)  # the same connection: given up once
+        await wait_for(lambda: run.stream.lost)
+        await wait_for(
+            lambda: any(h.generation > generation and h.live == {M1, M2} for h in run.stream.heard)
+        )
+        (after,) = fake.connections()
+
+    (lost,) = run.stream.lost
+    assert lost.reason == (
+        f"silent for over 0.5s while its markets trade (REST has {M1} at 0.7, "
+        "the stream last said 0.5)"
+    )
+    assert lost.live == frozenset()
+    assert run.stream.stats.disconnects == {"silent": 1}
+    assert fake.connection_count_total == 2 and after.id != before.id
+    assert sent_first(after.messages) == subscription(Y1, Y2)  # the whole set again
+    assert run.stream.stats.messages["book"] == 4  # two dumps of two books
+
+
+async def test_rest_prices_of_a_connection_that_is_not_silent_change_nothing(
+    fake: FakeMarketChannel,
+) -> None:
+    async with streaming(fake.url, {M1: streamed(M1, Y1)}) as run:
         await wait_for(live(run, M1))
-        assert run.stream.price(M1) == pytest.approx(0.41)
+        run.stream.rest_observed(M1, 0.9)  # not silent: REST's price is no verdict on it
+        assert fake.move(Y1, 0.6, 0.62) == 1
+        await run.next(M1, lambda s: s.yes_price == pytest.approx(0.61))
+        await wait_for(live(run, M1))
 
-    lost = run.stream.lost[0]
-    assert lost.reason == "silent for 0.5s (no data frame): treated as dead"
-    assert M1 not in lost.live
-    assert run.stream.stats.disconnects["silent"] >= 1
+    assert fake.connection_count_total == 1
+    assert not run.stream.lost and not run.stream.stats.disconnects
+    assert run.stream.stats.silences == 0
 
 
 async def test_refused_upgrades_are_counted_then_it_connects(fake: FakeMarketChannel) -> None:
@@ -501,19 +608,45 @@ async def test_a_resolution_without_a_known_winner_reports_the_last_price(
     assert not any(s.closed for s in run.seen if s.market_id != M1)
 
 
+async def test_a_tick_size_change_asks_for_a_fresh_book(fake: FakeMarketChannel) -> None:
+    async with streaming(fake.url, {M1: streamed(M1, Y1)}) as run:
+        await wait_for(live(run, M1))
+        assert fake.tick_size_change(Y1, "0.001") == 1
+        await wait_for(lambda: run.stream.stats.messages["book"] == 2)
+        await wait_for(live(run, M1))
+        messages = sent(fake)
+
+    assert messages == [
+        subscription(Y1),
+        operation("unsubscribe", Y1),
+        operation("subscribe", Y1),
+    ]
+    # Live on the dump, not live on the voided book, live again on the fresh one.
+    assert [h.live for h in run.stream.heard] == [{M1}, set(), {M1}]
+    assert run.stream.price(M1) == pytest.approx(0.5)
+    assert run.stream.stats.messages["tick_size_change"] == 1
+    assert fake.connection_count_total == 1 and not run.stream.stats.disconnects
+
+
 async def test_a_tick_size_change_voids_the_price_until_the_next_book(
     fake: FakeMarketChannel,
 ) -> None:
-    async with streaming(fake.url, {M1: streamed(M1, Y1)}) as run:
+    _, asset, _ = ids(9)  # the server has no book of it: its (re)subscription dumps `[]`
+    bids, asks = [{"price": "0.47", "size": "5"}], [{"price": "0.53", "size": "5"}]
+    async with streaming(fake.url, {M1: streamed(M1, asset)}) as run:
+        await wait_subscribed(fake, asset)
+        fake.send_raw(raw("book", asset, M1, bids=bids, asks=asks))
         await run.next(M1)
         await wait_for(live(run, M1))
 
-        assert fake.tick_size_change(Y1, "0.001") == 1
+        ticks = {"old_tick_size": "0.01", "new_tick_size": "0.001"}
+        assert fake.send_raw(raw("tick_size_change", asset, M1, **ticks)) == 1
         await wait_for(lambda: run.stream.stats.unpriced >= 1)
+        await wait_for(lambda: run.stream.stats.messages["empty"] == 2)  # asked for a book
         assert run.stream.price(M1) is None
         assert M1 not in run.stream.live_markets()
         # A level change without the server's best bid/ask cannot price a voided book.
-        old_shape = raw("price_change", Y1, M1, price="0.47", size="10", side="BUY")
+        old_shape = raw("price_change", asset, M1, price="0.47", size="10", side="BUY")
         fake.send_raw(old_shape)
         await wait_for(lambda: run.stream.stats.unpriced >= 2)
         assert run.stream.price(M1) is None
@@ -521,13 +654,14 @@ async def test_a_tick_size_change_voids_the_price_until_the_next_book(
 
         bids = [{"price": "0.599", "size": "5"}, {"price": "0.6", "size": "5"}]
         asks = [{"price": "0.603", "size": "5"}, {"price": "0.602", "size": "5"}]
-        fake.send_raw(raw("book", Y1, M1, bids=bids, asks=asks, last_trade_price=""))
+        fake.send_raw(raw("book", asset, M1, bids=bids, asks=asks, last_trade_price=""))
         priced = await run.next(M1)
         await wait_for(live(run, M1))
 
     assert priced.yes_price == pytest.approx(0.601)
     assert priced.spread == pytest.approx(0.002)
     assert run.stream.stats.messages["tick_size_change"] == 1
+    assert fake.connection_count_total == 1
 
 
 async def test_malformed_frames_are_counted_and_skipped_without_a_reconnect(
@@ -584,6 +718,30 @@ async def test_a_frame_larger_than_one_read_is_joined(fake: FakeMarketChannel) -
     assert snapshot.yes_price == pytest.approx(0.62)
     assert run.stream.stats.messages["new_market"] == 200
     assert not run.stream.stats.disconnects
+
+
+async def test_a_message_over_the_size_cap_ends_the_connection(
+    fake: FakeMarketChannel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(connection_module, "MAX_MESSAGE_BYTES", 10_000)
+    async with streaming(fake.url, {M1: streamed(M1, Y1)}) as run:
+        await wait_for(live(run, M1))
+        under = raw("new_market", Y1, M1, description="x" * 5_000)
+        assert fake.send_raw(under) == 1  # under the cap: read as usual
+        await wait_for(lambda: run.stream.stats.messages["new_market"] == 1)
+        over = raw("new_market", Y1, M1, description="x" * 20_000)
+        assert fake.send_raw(over) == 1
+        await wait_for(lambda: run.stream.lost)
+        await wait_for(lambda: fake.connection_count_total == 2 and live(run, M1)())
+        (info,) = fake.connections()
+
+    (lost,) = run.stream.lost
+    assert lost.reason.startswith("network error: MessageTooLargeError"), lost.reason
+    assert "over 10000 bytes" in lost.reason
+    assert M1 not in lost.live
+    assert run.stream.stats.disconnects == {"network": 1}
+    assert run.stream.stats.messages["new_market"] == 1  # the big one never reached the sink
+    assert sent_first(info.messages) == subscription(Y1)  # reconnected, subscribed again
 
 
 async def test_a_binary_frame_is_read_as_text() -> None:
@@ -722,6 +880,50 @@ async def test_nothing_listening_is_retried_with_backoff_and_never_escapes(
         assert ceiling / 2 <= delay <= ceiling
     for n in range(4):  # and the shard really waited that long between attempts
         assert lost[n + 1].at - lost[n].at >= delays[n] * 0.9
+
+
+async def test_a_server_that_sends_the_dump_then_closes_sees_the_backoff_grow(
+    fake: FakeMarketChannel, delays: list[float]
+) -> None:
+    """Data alone does not reset the backoff: a connection must also hold for
+    `silence_seconds`. Then the next wait starts from the bottom again."""
+    first, cap = 0.05, 0.4
+    async with streaming(
+        fake.url,
+        {M1: streamed(M1, Y1)},
+        reconnect_min_seconds=first,
+        reconnect_max_seconds=cap,
+        silence_seconds=1.0,
+    ) as run:
+        for n in range(1, 6):
+            await wait_for(partial(dumped, run, n))  # the n-th connection delivered its dump
+            assert fake.close_all() == 1
+            await wait_for(partial(lost_at_least, run, n))
+        # The sixth connection delivers and holds (silent once `silence_seconds` passed).
+        await wait_for(partial(dumped, run, 6))
+        (shard,) = run.stream.connections
+        sixth = shard.generation
+        await wait_for(lambda: any(h.generation == sixth for h in run.stream.silences))
+        assert fake.close_all() == 1
+        await wait_for(partial(lost_at_least, run, 6))
+        await wait_for(partial(dumped, run, 7))
+
+    assert run.stream.stats.disconnects == {"server_closed": 6}
+    assert fake.connection_count_total == 7
+    assert len(delays) == 6
+    assert all(first / 2 <= delay <= cap for delay in delays), delays
+    # They grew over the quick closes (loosely: a cycle stalled past `silence_seconds` on a
+    # busy machine would reset them once); without the hold rule all would be <= `first`.
+    assert sum(1 for delay in delays[:5] if delay > first) >= 2, delays
+    assert delays[5] <= first  # after the connection that held: from the bottom again
+
+
+def dumped(run: Running, count: int) -> bool:
+    return run.stream.stats.messages["book"] >= count
+
+
+def lost_at_least(run: Running, count: int) -> bool:
+    return len(run.stream.lost) >= count
 
 
 async def test_nothing_listening_counts_as_connect_failed() -> None:

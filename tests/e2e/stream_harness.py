@@ -3,9 +3,13 @@
 `streaming_service` runs `run_service` the way `testing.demo.run_demo` assembles it -- the
 real REST client and poller against the fake Polymarket, the real market-channel client
 (`open_market_stream`) against a `FakeMarketChannel`, the real Kafka publisher on a real
-broker -- with the wall clock, until the test leaves the block. `Ticker` keeps a channel's
-books busy (the silence watchdog sees data); `ServiceProcess` runs `polymarket-kafka run` as a
-real process and reads its stderr in a thread, so the pipe never fills up.
+broker -- with the wall clock, until the test leaves the block. The coordinator is the real
+one, counting the poll stage's ticks (`CountingCoordinator`: a tick on which the stream serves
+every market asks REST nothing and records no poll cycle). Unless a test sets
+`ws_silence_seconds`, connections never go silent (quiet markets stay on the stream).
+`Ticker` keeps a channel's books busy (no silence while it runs); `ServiceProcess` runs
+`polymarket-kafka run` as a real process and reads its stderr in a thread, so the pipe never
+fills up.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -28,7 +33,7 @@ import anyio.to_thread
 from polymarket_kafka.clock import now_utc
 from polymarket_kafka.config import KafkaConfig
 from polymarket_kafka.kafka.publisher import open_kafka_publisher
-from polymarket_kafka.models import PolymarketEvent
+from polymarket_kafka.models import MarketSnapshot, PolymarketEvent, PolymarketSubscription
 from polymarket_kafka.polymarket import open_polymarket_client
 from polymarket_kafka.polymarket.poller import MarketPoller
 from polymarket_kafka.polymarket.stream import MarketStream, open_market_stream
@@ -38,7 +43,7 @@ from polymarket_kafka.service.ports import SubscriptionStore
 from polymarket_kafka.service.reloader import RulesHolder
 from polymarket_kafka.service.stages import Stopper
 from polymarket_kafka.service.stats import ServiceSettings, ServiceStats
-from polymarket_kafka.service.streaming import StreamCoordinator
+from polymarket_kafka.service.streaming import Plan, StreamCoordinator
 from polymarket_kafka.testing.fake_market_channel import FakeMarketChannel
 from polymarket_kafka.testing.fake_polymarket import FakePolymarketServer
 from polymarket_kafka.testing.local_broker import read_events
@@ -46,6 +51,7 @@ from polymarket_kafka.testing.memory_store import InMemorySubscriptionStore
 
 __all__ = [
     "IMMEDIATE_RULES_YAML",
+    "CountingCoordinator",
     "ServiceProcess",
     "Streaming",
     "Ticker",
@@ -61,6 +67,26 @@ IMMEDIATE_RULES_YAML = "version: 1\ndefaults:\n  confirm: {polls: 1}\n  volatili
 
 #: How long any awaited condition may take on a busy machine.
 WAIT_SECONDS = 20.0
+#: `ws_silence_seconds` of the tests that do not test silence (the highest allowed).
+NEVER_SILENT_SECONDS = 3600.0
+
+
+class CountingCoordinator(StreamCoordinator):
+    """The real coordinator; it also counts the poll stage's ticks. `after_poll` ends every
+    tick once, whether REST was asked (a poll cycle) or not (the stream served everything)."""
+
+    ticks = 0
+
+    def after_poll(
+        self,
+        subscriptions: Collection[PolymarketSubscription],
+        plan: Plan,
+        snapshots: Sequence[MarketSnapshot],
+        clock: Callable[[], datetime],
+    ) -> list[MarketSnapshot]:
+        sent = super().after_poll(subscriptions, plan, snapshots, clock)
+        self.ticks += 1
+        return sent
 
 
 @dataclass
@@ -69,7 +95,7 @@ class Streaming:
 
     server: FakePolymarketServer
     channel: FakeMarketChannel
-    coordinator: StreamCoordinator
+    coordinator: CountingCoordinator
     stats: ServiceStats
     published: list[PolymarketEvent] = field(default_factory=list)
 
@@ -93,17 +119,22 @@ class Streaming:
         except TimeoutError:
             raise AssertionError(f"not within {WAIT_SECONDS:g}s: {what}") from None
 
+    @property
+    def tick_count(self) -> int:
+        """Poll-stage ticks ended so far (with or without a REST request)."""
+        return self.coordinator.ticks
+
     async def until_live(self, *market_ids: str) -> None:
-        """Until the stream serves these markets, and a whole poll cycle was planned since
-        (no tick planned while they were on REST fallback is still in flight)."""
+        """Until the stream serves these markets, and a whole tick was planned since (no
+        tick planned while they were on REST fallback is still in flight)."""
         wanted = set(market_ids)
         await self.until(lambda: wanted <= self.stream.live_markets(), f"{wanted} live")
-        await self.cycles(2)
+        await self.ticks(2)
 
-    async def cycles(self, count: int) -> None:
-        """Until `count` more poll cycles have ended."""
-        target = self.stats.poll_cycles + count
-        await self.until(lambda: self.stats.poll_cycles >= target, f"{count} more poll cycles")
+    async def ticks(self, count: int) -> None:
+        """Until `count` more poll-stage ticks have ended."""
+        target = self.coordinator.ticks + count
+        await self.until(lambda: self.coordinator.ticks >= target, f"{count} more ticks")
 
 
 @asynccontextmanager
@@ -120,9 +151,11 @@ async def streaming_service(
 ) -> AsyncIterator[Streaming]:
     """The service streaming from `channel`, polling `server`, publishing to `topic`.
 
-    `ws` sets `PolymarketConfig.ws_*` options. On exit the service is stopped, drains, and
-    the publisher flushes: every event in `Streaming.published` was acknowledged by Kafka.
+    `ws` sets `PolymarketConfig.ws_*` options (`ws_silence_seconds`: never silent unless
+    given). On exit the service is stopped, drains, and the publisher flushes: every event in
+    `Streaming.published` was acknowledged by Kafka.
     """
+    ws.setdefault("ws_silence_seconds", NEVER_SILENT_SECONDS)
     polymarket = server.polymarket_config(max_retries=0, ws_url=channel.url, **ws)
     kafka = KafkaConfig(bootstrap_servers=bootstrap_servers, topic=topic)
     store = store or InMemorySubscriptionStore(seed=[m.condition_id for m in server.markets])
@@ -139,7 +172,7 @@ async def streaming_service(
         open_market_stream(polymarket, clock=now_utc) as stream,
     ):
         poller = MarketPoller(client, metadata_refresh_seconds=polymarket.metadata_refresh_seconds)
-        coordinator = StreamCoordinator(
+        coordinator = CountingCoordinator(
             stream,
             poller,
             reconcile_seconds=polymarket.ws_reconcile_seconds,
@@ -199,7 +232,8 @@ def operations(channel: FakeMarketChannel) -> list[tuple[int, str, frozenset[str
 
 class Ticker:
     """Pushes every asset's current best bid and ask on the channel every `interval` seconds
-    (a `price_change` that moves nothing), as a live market does; `quote` changes them.
+    (a `price_change` that moves nothing), as a live market does; `quote` changes them. A
+    connection does not go silent while it runs (unless the channel is frozen).
 
     Run `run` in a task group. While the channel is frozen the pushes reach no one, but they
     still set the channel's books (what a later subscription's dump reports)."""

@@ -99,17 +99,21 @@ async def test_a_streamed_move_reaches_kafka_and_rest_leaves_streamed_markets_al
         ) as running:
             await running.until_live(a.condition_id, b.condition_id, c.condition_id)
             polls, fallback_polls = running.rest_polls(), running.coordinator.fallback_polls
-            await running.cycles(5)
-            # The stream serves every market: no tick asks REST for any of them.
+            cycles = running.stats.poll_cycles
+            await running.ticks(5)
+            # The stream serves every market: no tick asks REST for any of them, and such a
+            # tick is no poll cycle.
             assert running.rest_polls() == polls
+            assert running.stats.poll_cycles == cycles
             assert running.coordinator.fallback_polls == fallback_polls
             assert running.coordinator.fallback == frozenset()
 
             polymarket.set_price(a.condition_id, 0.70)  # REST agrees, not that it is asked
             assert channel.move(a.yes_token_id, 0.69, 0.71) == 1
             await running.until(lambda: running.published != [], "the streamed move's event")
-            await running.cycles(3)
+            await running.ticks(3)
             assert running.rest_polls() == polls
+            assert running.stats.poll_cycles == cycles
             assert running.coordinator.disagreements == 0
 
     events = await read_back(tansu_broker.bootstrap_servers, kafka_topic, expected=1)
@@ -129,15 +133,19 @@ async def test_a_streamed_move_reaches_kafka_and_rest_leaves_streamed_markets_al
 
 
 @pytest.mark.anyio
-async def test_a_silent_channel_hands_the_market_to_rest_every_tick_and_takes_it_back(
+async def test_a_silent_channel_hands_the_market_to_rest_and_is_given_up_once_rest_sees_a_move(
     polymarket: FakePolymarketServer,
     channel: FakeMarketChannel,
     tansu_broker: LocalBroker,
     kafka_topic: str,
 ) -> None:
+    """A frozen channel (open, PONG answered, no data) is first taken for a quiet one: its
+    market goes to REST every tick, and while REST agrees with the stream's last word the
+    connection is kept. Once REST shows the market moved, the connection is given up and
+    reconnected; after the thaw the stream serves the market again."""
     a = polymarket.markets[0]
     market = a.condition_id
-    ticker = Ticker(channel)  # a live book: the silence watchdog sees data until the freeze
+    ticker = Ticker(channel)  # a live book: no silence until the freeze
     ticker.quote(a.yes_token_id, BID, ASK)
     with anyio.fail_after(60):
         async with (
@@ -147,40 +155,49 @@ async def test_a_silent_channel_hands_the_market_to_rest_every_tick_and_takes_it
                 bootstrap_servers=tansu_broker.bootstrap_servers,
                 topic=kafka_topic,
                 store=InMemorySubscriptionStore(seed=[market]),
-                ws_silence_seconds=2.0,
+                ws_silence_seconds=1.0,
                 ws_reconnect_max_seconds=0.5,
                 ws_reconcile_seconds=1.0,
             ) as running,
             anyio.create_task_group() as pushes,
         ):
             pushes.start_soon(ticker.run)
-            coordinator = running.coordinator
+            coordinator, stream = running.coordinator, running.stream
             await running.until_live(market)
+            assert stream.stats.silences == 0
 
-            channel.freeze()  # open, PONG answered, no data: only the watchdog notices
+            # Quiet but healthy: REST polls it every tick, finds the stream's price, keeps it.
+            channel.freeze()
             await running.until(lambda: market in coordinator.fallback, "REST fallback")
-            assert market not in running.stream.live_markets()
-            polls, cycles = running.rest_polls(), running.stats.poll_cycles
-            await running.cycles(6)
-            ticks = running.stats.poll_cycles - cycles
-            assert running.rest_polls() - polls >= ticks - 2  # polled on (nearly) every tick
+            assert stream.stats.silences >= 1
+            assert market not in stream.live_markets()
+            polls, ticks = running.rest_polls(), running.tick_count
+            await running.ticks(6)
+            assert running.rest_polls() - polls >= running.tick_count - ticks - 2  # ~every tick
             assert market in coordinator.fallback
+            assert stream.stats.disconnects.get("silent", 0) == 0
+            assert channel.connection_count_total == 1
+            assert running.events(market) == []
 
-            # A move only REST sees (the frozen channel's book follows, unsent).
+            # A move only REST sees (the frozen channel's book follows, unsent): the REST
+            # event, and the silent connection given up and opened again.
             polymarket.set_price(market, 0.70)
             ticker.quote(a.yes_token_id, 0.69, 0.71)
             await running.until(lambda: running.events(market) != [], "the REST move's event")
+            await running.until(lambda: stream.stats.disconnects["silent"] >= 1, "given up")
+            await running.until(lambda: channel.connection_count_total >= 2, "a reconnection")
+            assert market not in stream.live_markets()  # still frozen: no data, no dump
 
             channel.freeze(False)
             await running.until_live(market)
             polls, fallback_polls = running.rest_polls(), coordinator.fallback_polls
-            reconciliations, cycles = coordinator.reconciliations, running.stats.poll_cycles
-            await running.cycles(20)
+            reconciliations, ticks = coordinator.reconciliations, running.tick_count
+            await running.ticks(20)
             # Back on the stream: REST asks only on the reconciliation ticks.
             assert coordinator.fallback_polls == fallback_polls
             reconciled = coordinator.reconciliations - reconciliations
             assert running.rest_polls() - polls <= reconciled + 1
-            assert reconciled < running.stats.poll_cycles - cycles
+            assert reconciled < running.tick_count - ticks
             assert coordinator.fallback == frozenset()
             assert coordinator.disagreements == 0  # the stream came back at REST's price
             pushes.cancel_scope.cancel()
@@ -191,9 +208,10 @@ async def test_a_silent_channel_hands_the_market_to_rest_every_tick_and_takes_it
     assert event.direction is ConvictionDirection.TOWARD_YES
     assert (event.baseline_yes_price, event.yes_price) == (0.50, 0.70)
     await assert_read_back(running, tansu_broker, kafka_topic)
-    # The watchdog's trips are counted as such (`polymarket_kafka_stream_silence_trips_total`).
+    # Given up while silent: counted as such (`polymarket_kafka_stream_silence_trips_total`).
     disconnects = dict(running.stream.stats.disconnects)
     assert disconnects.get("silent", 0) >= 1, f"silence trips not counted as such: {disconnects}"
+    assert set(disconnects) == {"silent"}, disconnects
 
 
 @pytest.mark.anyio
@@ -223,10 +241,9 @@ async def test_a_channel_that_closes_and_refuses_connections_falls_back_to_rest_
             channel.refuse_connections(8)
             assert channel.close_all() == 1
             await running.until(lambda: market in coordinator.fallback, "REST fallback")
-            polls, cycles = running.rest_polls(), running.stats.poll_cycles
-            await running.cycles(6)
-            ticks = running.stats.poll_cycles - cycles
-            assert running.rest_polls() - polls >= ticks - 2  # polled on (nearly) every tick
+            polls, ticks = running.rest_polls(), running.tick_count
+            await running.ticks(6)
+            assert running.rest_polls() - polls >= running.tick_count - ticks - 2  # ~every tick
 
             polymarket.set_price(market, 0.70)
             await running.until(lambda: running.events(market) != [], "the REST move's event")
@@ -234,7 +251,7 @@ async def test_a_channel_that_closes_and_refuses_connections_falls_back_to_rest_
 
             await running.until_live(market)  # reconnected once the refusals ran out
             fallback_polls = coordinator.fallback_polls
-            await running.cycles(10)
+            await running.ticks(10)
             assert coordinator.fallback_polls == fallback_polls
             assert coordinator.disagreements == 0
 
@@ -456,6 +473,7 @@ def test_the_service_process_streams_and_reports_the_stream_in_health_and_metric
             tmp_path,
             POLYMARKET_WS_URL=channel.url,
             POLYMARKET_WS_RECONCILE_SECONDS="3600",
+            POLYMARKET_WS_SILENCE_SECONDS="3600",  # a's quiet book stays on the stream
         )
         with (
             ServiceProcess.running(env) as service,

@@ -181,6 +181,7 @@ def disconnect_kind(reason: str) -> str:
         ("network", "network"),
         ("upgrade refused", "refused"),
         ("connect", "connect_failed"),
+        ("could not send", "send_timeout"),
     ):
         if reason.startswith(prefix):
             return kind
