@@ -90,6 +90,8 @@ class StreamCoordinator:
         #: Markets polled because the stream did not serve them, summed over ticks.
         self.fallback_polls = 0
         self.fallback: frozenset[str] = frozenset()
+        #: What the stream was last told to stream (`_streamable`).
+        self._streamed: dict[str, StreamedMarket] = {}
 
     def plan(self, subscriptions: Collection[PolymarketSubscription], now: float) -> Plan:
         """The markets to poll at monotonic time `now`."""
@@ -158,20 +160,32 @@ class StreamCoordinator:
             self.stream.distrust(snapshot.market_id)
             now = now or clock()
             sent[index] = snapshot.model_copy(update={"taken_at": max(now, snapshot.taken_at)})
-        self.stream.set_markets(self._streamable(subscriptions))
+        streamable = self._streamable(subscriptions)
+        if streamable is not None:
+            self.stream.set_markets(streamable)
         return sent
 
     def _streamable(
         self, subscriptions: Collection[PolymarketSubscription]
-    ) -> dict[str, StreamedMarket]:
-        markets = {}
+    ) -> dict[str, StreamedMarket] | None:
+        """The markets to stream, or None when they are the ones streamed already (the same
+        subscription and metadata objects: most ticks, at no allocation per market)."""
+        markets: dict[str, StreamedMarket] = {}
+        changed = False
         for subscription in subscriptions:
             metadata = self._poller.cached_metadata(subscription.market_id)
             if metadata is None or metadata.closed or metadata.yes_token_id is None:
                 continue
-            markets[subscription.market_id] = StreamedMarket(
-                subscription, metadata, metadata.yes_token_id
-            )
+            market_id = subscription.market_id
+            old = self._streamed.get(market_id)
+            if old is not None and old.subscription is subscription and old.metadata is metadata:
+                markets[market_id] = old
+            else:
+                markets[market_id] = StreamedMarket(subscription, metadata, metadata.yes_token_id)
+                changed = True
+        if not changed and len(markets) == len(self._streamed):
+            return None
+        self._streamed = markets
         return markets
 
     def readiness(self) -> tuple[str, dict[str, object]]:

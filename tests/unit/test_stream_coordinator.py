@@ -272,7 +272,8 @@ def test_a_disagreement_is_counted_logged_and_the_stream_distrusted(
 
 def test_the_stream_is_distrusted_before_it_is_told_what_to_stream() -> None:
     stream = FakeStream(live={"a"}, prices={"a": 0.1})
-    coord, _, _ = coordinator(stream)
+    poller = FakePoller(metadata={"a": MarketMetadata(market_id="a", yes_token_id="t1")})
+    coord, _, _ = coordinator(stream, poller)
     coord.after_poll(SUBS, coord.plan(SUBS, 0.0), [snap("a", 0.9)], later)
     assert [name for name, _ in stream.calls] == ["distrust", "set_markets"]
 
@@ -361,9 +362,27 @@ def test_the_stream_is_told_every_open_subscribed_market_with_a_yes_asset() -> N
 
 
 def test_the_stream_is_told_even_when_nothing_was_polled() -> None:
-    coord, stream, _ = coordinator()
+    poller = FakePoller(metadata={"a": MarketMetadata(market_id="a", yes_token_id="t1")})
+    coord, stream, _ = coordinator(poller=poller)
     coord.after_poll(SUBS, coord.plan(SUBS, 0.0), [], later)
-    assert stream.calls == [("set_markets", {})]
+    assert [name for name, _ in stream.calls] == ["set_markets"]
+    assert set(stream.streamed) == {"a"}
+
+
+def test_an_unchanged_set_is_not_sent_again() -> None:
+    """The same subscription and metadata objects: no per-market work for the stream."""
+    metadata = {"a": MarketMetadata(market_id="a", yes_token_id="t1")}
+    coord, stream, _ = coordinator(poller=FakePoller(metadata=metadata))
+    subs = [sub("a"), sub("b")]
+    for tick in range(3):
+        coord.after_poll(subs, coord.plan(subs, float(tick)), [], later)
+    assert [name for name, _ in stream.calls] == ["set_markets"]
+    metadata["b"] = MarketMetadata(market_id="b", yes_token_id="t2")  # b gets its metadata
+    coord.after_poll(subs, coord.plan(subs, 3.0), [], later)
+    assert set(stream.streamed) == {"a", "b"}
+    coord.after_poll(subs[:1], coord.plan(subs[:1], 4.0), [], later)  # b unsubscribed
+    assert set(stream.streamed) == {"a"}
+    assert [name for name, _ in stream.calls].count("set_markets") == 3
 
 
 def test_the_latest_metadata_is_passed_on() -> None:

@@ -104,6 +104,11 @@ class Quote:
             return None
         return displayed_price(bid, ask, self.last_trade)
 
+    def priced(self) -> bool:
+        """Both sides known and not crossed: `price()` and `midpoint()` give a value."""
+        bid, ask = self.best()
+        return bid is not None and ask is not None and bid <= ask
+
     def midpoint(self) -> float | None:
         """The plain midpoint (what REST's `/midpoints` reports), when both sides are known."""
         bid, ask = self.best()

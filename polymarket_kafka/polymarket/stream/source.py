@@ -171,7 +171,8 @@ class MarketStream:
                 continue
             if seen != (shard.index, shard.generation):
                 continue
-            if self._quotes.price(market.yes_asset) is not None:
+            quote = self._quotes.get(market.yes_asset)
+            if quote is not None and quote.priced():
                 live.add(market_id)
         return live
 
