@@ -45,6 +45,8 @@ from polymarket_kafka.kafka.transactional import (
     TransactionalPublisher,
     open_transactional_publisher,
 )
+from polymarket_kafka.ops.board import STALE_INTERVALS, MarketBoard
+from polymarket_kafka.ops.dashboard import Dashboard
 from polymarket_kafka.ops.health import ComponentStatus, ServiceHealth
 from polymarket_kafka.ops.http_server import serve_ops
 from polymarket_kafka.ops.metrics import MetricSources, build_registry
@@ -312,8 +314,20 @@ async def run_app(
                     stream=coordinator,
                 )
             )
+            interval = config.poll_interval_seconds
+            if coordinator is not None:
+                interval = max(interval, config.polymarket.ws_reconcile_seconds)
+            board = MarketBoard(stale_after_seconds=STALE_INTERVALS * interval)
+            dashboard = Dashboard(
+                board, health, rules, stats, now_utc, publisher.stats, coordinator
+            )
             serve = partial(
-                serve_ops, config.http_host, config.http_port, health=health, registry=registry
+                serve_ops,
+                config.http_host,
+                config.http_port,
+                health=health,
+                registry=registry,
+                dashboard=dashboard,
             )
 
             async def http_server() -> None:
@@ -353,6 +367,7 @@ async def run_app(
                 health=health,
                 background=[http_server],
                 stream=coordinator,
+                board=board,
             )
     finally:
         # However the service ended (a stop, or a stage that failed), the publisher has

@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--interval", type=float, default=0.25, help="seconds between poll cycles (default 0.25)"
     )
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep serving the dashboard (HTTP_PORT) after the recorded cycles, until Ctrl-C",
+    )
 
     sub = commands.add_parser("subscribe", help="add a reference to a market (ref_count += 1)")
     sub.add_argument("market_id", help="Polymarket condition id (0x + 64 hex)")
@@ -189,7 +194,7 @@ async def _dispatch(args: argparse.Namespace, config: AppConfig) -> int:
     if command == "run":
         return await _run(config)
     if command == "demo":
-        return await _demo(args)
+        return await _demo(args, config)
     return await _subscriptions(args, config)
 
 
@@ -293,7 +298,12 @@ def _healthcheck(args: argparse.Namespace) -> int:
     return EXIT_OK if status == 200 else EXIT_FAILURE
 
 
-async def _demo(args: argparse.Namespace) -> int:
+async def _demo(args: argparse.Namespace, config: AppConfig) -> int:
+    import signal
+    from functools import partial
+
+    import anyio
+
     from polymarket_kafka.testing.demo import (
         DEFAULT_CASSETTE,
         DemoUnavailableError,
@@ -308,8 +318,33 @@ async def _demo(args: argparse.Namespace) -> int:
         print(f"polymarket-kafka: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     cassette: Path = args.cassette or DEFAULT_CASSETTE
+    stop = anyio.Event() if args.serve else None
+
+    def listening(port: int) -> None:
+        host = url_host(config.http_host)
+        print(f"demo: dashboard on http://{host}:{port}/", file=sys.stderr, flush=True)
+
+    async def until_stopped() -> None:
+        assert stop is not None
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                stop.set()
+                return
+
     try:
-        stats, read_back = await run_demo(cassette=cassette, interval_seconds=args.interval)
+        async with anyio.create_task_group() as tasks:
+            stats, read_back = await run_demo(
+                cassette=cassette,
+                interval_seconds=args.interval,
+                http_host=config.http_host,
+                http_port=config.http_port,
+                on_listening=listening,
+                serve_until=stop,
+                # --serve: a signal during the cycles stops the service as usual, and one
+                # after them stops the serving (the receiver is installed once they end).
+                after_service=None if stop is None else partial(tasks.start_soon, until_stopped),
+            )
+            tasks.cancel_scope.cancel()
     except (FileNotFoundError, InvalidCassetteError) as exc:
         print(f"polymarket-kafka: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -47,6 +47,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from polymarket_kafka.env_reader import url_host
+from polymarket_kafka.ops.dashboard import API_ENDPOINTS, PAGE_FILES, SECURITY_HEADERS, Dashboard
 from polymarket_kafka.ops.health import HealthReport, ServiceHealth
 
 __all__ = ["OpsApp", "OpsServerError", "serve_ops", "url_host"]
@@ -54,6 +55,11 @@ __all__ = ["OpsApp", "OpsServerError", "serve_ops", "url_host"]
 logger = logging.getLogger(__name__)
 
 ENDPOINTS = ("/health", "/health/live", "/health/ready", "/metrics")
+#: The live channel: how often it checks for a change, when it sends a keep-alive comment,
+#: and how long one stream lasts before the browser reconnects.
+LIVE_CHECK_SECONDS = 1.0
+LIVE_KEEPALIVE_SECONDS = 15.0
+LIVE_STREAM_SECONDS = 30.0
 _METHODS = ("GET", "HEAD")
 #: How long open connections may finish their request once shutdown begins.
 _GRACEFUL_SECONDS = 1.0
@@ -80,10 +86,17 @@ class OpsApp:
         registry: CollectorRegistry,
         *,
         clock: Callable[[], float] = anyio.current_time,
+        dashboard: Dashboard | None = None,
+        shutdown: anyio.Event | None = None,
     ) -> None:
         self._health = health
         self._registry = registry
         self._clock = clock
+        self._dashboard = dashboard
+        self._shutdown = shutdown if shutdown is not None else anyio.Event()
+        self._endpoints: tuple[str, ...] = ENDPOINTS
+        if dashboard is not None:
+            self._endpoints = (*ENDPOINTS, *PAGE_FILES, *API_ENDPOINTS)
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -94,13 +107,23 @@ class OpsApp:
         if scope["type"] != "http":
             return  # a websocket: returning without accepting makes the server refuse it
         path, method = scope["path"], scope["method"]
-        if path not in ENDPOINTS:
-            status, headers, body = _json(404, {"error": "not found", "endpoints": ENDPOINTS})
+        dashboard = self._dashboard
+        if dashboard is not None and path == "/api/live" and method == "GET":
+            await self._live(dashboard, receive, send)
+            return
+        if path not in self._endpoints:
+            status, headers, body = _json(
+                404, {"error": "not found", "endpoints": list(self._endpoints)}
+            )
         elif method not in _METHODS:
             status, headers, body = _json(405, {"error": "method not allowed", "allow": _METHODS})
             headers.append((b"allow", ", ".join(_METHODS).encode()))
         elif path == "/metrics":
             status, headers, body = self._metrics(scope["headers"])
+        elif dashboard is not None and path in PAGE_FILES:
+            status, headers, body = dashboard.page(path)
+        elif dashboard is not None and path in API_ENDPOINTS:
+            status, headers, body = dashboard.api(path, scope["query_string"], self._clock())
         else:
             now = self._clock()
             ask = self._health.live if path == "/health/live" else self._health.ready
@@ -117,10 +140,64 @@ class OpsApp:
             }
         )
 
+    async def _live(
+        self, dashboard: Dashboard, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        """Server-sent events: `update` (with the board's version) when something changed,
+        checked every `LIVE_CHECK_SECONDS`; the stream ends after `LIVE_STREAM_SECONDS` (the
+        browser reconnects), at shutdown, or when the client goes."""
+        headers = [
+            (b"content-type", b"text/event-stream"),
+            (b"cache-control", b"no-store"),
+            *SECURITY_HEADERS,
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await _chunk(send, b"retry: 1000\n\n")
+        gone = False
+        async with anyio.create_task_group() as tasks:
+
+            async def watch() -> None:
+                nonlocal gone
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                gone = True
+                tasks.cancel_scope.cancel()
+
+            tasks.start_soon(watch)
+            seen, last_sent = -1, anyio.current_time()
+            deadline = anyio.current_time() + LIVE_STREAM_SECONDS
+            while anyio.current_time() < deadline and not self._shutdown.is_set():
+                version = dashboard.board.version
+                now = anyio.current_time()
+                if version != seen:
+                    seen, last_sent = version, now
+                    data = f"event: update\ndata: {json.dumps({'version': version})}\n\n"
+                    await send(
+                        {"type": "http.response.body", "body": data.encode(), "more_body": True}
+                    )
+                elif now - last_sent >= LIVE_KEEPALIVE_SECONDS:
+                    last_sent = now
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": b": keepalive\n\n",
+                            "more_body": True,
+                        }
+                    )
+                with anyio.move_on_after(LIVE_CHECK_SECONDS):
+                    await self._shutdown.wait()
+            tasks.cancel_scope.cancel()
+        if not gone:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
     def _metrics(self, request_headers: Any) -> tuple[int, _Headers, bytes]:
         accept = b",".join(v for k, v in request_headers if k.lower() == b"accept")
         encoder, content_type = choose_encoder(accept.decode("latin-1"))
         return 200, [(b"content-type", content_type.encode())], encoder(self._registry)
+
+
+async def _chunk(send: ASGISendCallable, body: bytes) -> None:
+    await send({"type": "http.response.body", "body": body, "more_body": True})
 
 
 def _json(status: int, payload: object) -> tuple[int, _Headers, bytes]:
@@ -226,6 +303,7 @@ async def serve_ops(
     *,
     health: ServiceHealth,
     registry: CollectorRegistry,
+    dashboard: Dashboard | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `/health/live`, `/health/ready` and `/metrics` on `host:port` until cancelled.
@@ -241,7 +319,8 @@ async def serve_ops(
         shutdown = anyio.Event()
         shield = anyio.CancelScope(shield=True)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_run_hypercorn, OpsApp(health, registry), sock, shutdown, shield)
+            app = OpsApp(health, registry, dashboard=dashboard, shutdown=shutdown)
+            tg.start_soon(_run_hypercorn, app, sock, shutdown, shield)
             logger.info("health/metrics on http://%s:%d", url_host(host), bound)
             task_status.started(bound)
             try:

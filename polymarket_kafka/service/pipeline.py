@@ -44,6 +44,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from polymarket_kafka.detection import Detector
 from polymarket_kafka.events import build_event
 from polymarket_kafka.models import PolymarketEvent
+from polymarket_kafka.ops.board import MarketBoard
 from polymarket_kafka.ops.health import ServiceHealth
 from polymarket_kafka.service.durable import DurableState, Records, StateKeeper, write_checkpoints
 from polymarket_kafka.service.polling import Polled, poll_markets
@@ -74,6 +75,7 @@ async def run_service(
     background: Sequence[Callable[[], Awaitable[None]]] = (),
     durable: DurableState | None = None,
     stream: StreamCoordinator | None = None,
+    board: MarketBoard | None = None,
     task_status: TaskStatus[Stopper] = anyio.TASK_STATUS_IGNORED,
 ) -> ServiceStats:
     """Run the pipeline until stopped (signal, `Stopper.stop()`, or `max_cycles`), drained.
@@ -93,6 +95,13 @@ async def run_service(
     `checkpoint_seconds` and once more when `detect` has drained: staged for the publisher's
     transactions (exactly once, with each event's state handed to `publish`), or by a
     `checkpoint` stage (at least once).
+
+    `stream` (optional): the market channel runs as a source beside polling (stage
+    `stream`), sending its coalesced snapshots into the same channel, and the poll stage
+    polls only what the stream does not serve (`service.streaming`).
+
+    `board` (optional): the dashboard's view (`ops.board.MarketBoard`), fed with every
+    snapshot judged, every event handed to Kafka and every market no longer watched.
     """
     rules = rules or RulesHolder()
     stats = stats or ServiceStats()
@@ -125,9 +134,18 @@ async def run_service(
         task_status.started(stopper)
         with stopper.pipeline:
             async with anyio.create_task_group() as pipeline:
-                detect = (_detect, snap_recv, event_send, rules, subscriptions, stats, keeper)
+                detect = (
+                    _detect,
+                    snap_recv,
+                    event_send,
+                    rules,
+                    subscriptions,
+                    stats,
+                    keeper,
+                    board,
+                )
                 pipeline.start_soon(run_stage, health, "detect", *detect)
-                deliver = (_deliver, event_recv, publisher, stats, on_published, keeper)
+                deliver = (_deliver, event_recv, publisher, stats, on_published, keeper, board)
                 pipeline.start_soon(run_stage, health, "deliver", *deliver)
                 if durable is not None and durable.sink is not None:
                     checkpoint = (write_checkpoints, state_recv, durable.sink, keeper.book, stats)
@@ -222,6 +240,7 @@ async def _detect(
     subscriptions: LatestSubscriptions,
     stats: ServiceStats,
     keeper: StateKeeper | None = None,
+    board: MarketBoard | None = None,
 ) -> None:
     keeper = keeper or StateKeeper.off()
     detector = Detector(stats=stats.detector)
@@ -236,6 +255,9 @@ async def _detect(
                 active = subscriptions.market_ids()
                 for market_id in detector.known() - active:
                     keeper.forget(detector, market_id)
+                if board is not None:
+                    for market_id in board.market_ids() - active:
+                        board.forget(market_id)
             if rules.current is not in_force:
                 # A reload swapped the rules between two snapshots: adopt them here, so every
                 # snapshot is judged by exactly one rule set. Rules that cannot be adopted are
@@ -262,6 +284,8 @@ async def _detect(
                     extra={"market_id": snapshot.market_id},
                 )
                 continue
+            if board is not None:
+                board.observe(snapshot)
             for event in built:
                 _record_detected(event, stats)
                 keeper.hold(event.market_id)
@@ -307,6 +331,7 @@ async def _deliver(
     stats: ServiceStats,
     on_published: Callable[[PolymarketEvent], Awaitable[None]] | None,
     keeper: StateKeeper | None = None,
+    board: MarketBoard | None = None,
 ) -> None:
     keeper = keeper or StateKeeper.off()
     async with events:
@@ -317,6 +342,8 @@ async def _deliver(
                 await publisher.publish(event, keeper.attached(event))
                 keeper.release(event.market_id)
                 stats.events_published += 1
+                if board is not None:
+                    board.published(event)
                 if on_published is not None:
                     await on_published(event)
         except BaseException:

@@ -27,9 +27,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
@@ -40,6 +41,11 @@ import yaml
 from polymarket_kafka.config import KafkaConfig, PolymarketConfig
 from polymarket_kafka.kafka.publisher import open_kafka_publisher
 from polymarket_kafka.models import PolymarketSubscription
+from polymarket_kafka.ops.board import MarketBoard
+from polymarket_kafka.ops.dashboard import Dashboard
+from polymarket_kafka.ops.health import ServiceHealth
+from polymarket_kafka.ops.http_server import serve_ops
+from polymarket_kafka.ops.metrics import MetricSources, build_registry
 from polymarket_kafka.polymarket import open_polymarket_client
 from polymarket_kafka.polymarket.parsing import MarketMetadata
 from polymarket_kafka.polymarket.poller import MarketPoller, PollResult
@@ -258,11 +264,21 @@ async def run_demo(
     out: IO[str] | None = None,
     handle_signals: bool = True,
     rules_path: Path | None = None,
+    http_host: str = "127.0.0.1",
+    http_port: int | None = None,
+    on_listening: Callable[[int], object] | None = None,
+    serve_until: anyio.Event | None = None,
+    after_service: Callable[[], object] | None = None,
 ) -> tuple[ServiceStats, int]:
     """Run the demo; return the service counters and how many events were read back.
 
     The events read back are written to `out` (default: the current `sys.stdout`). The rules
     are `rules_path`, else rules/default.yaml in the working directory, else the built-ins.
+
+    With `http_port` (0: any free port) the ops server runs too: the dashboard, health and
+    metrics, from start-up (`on_listening` gets the bound port) until the service has drained,
+    or, with `serve_until`, until that event is set (`demo --serve`); `after_service` is
+    called when the service has drained, before that wait.
     """
     out = out if out is not None else sys.stdout
     rules_path = default_rules_path(rules_path)
@@ -310,7 +326,12 @@ async def run_demo(
                 reconcile_seconds=polymarket.ws_reconcile_seconds,
                 tolerance=polymarket.ws_tolerance,
             )
-            stats = await run_service(
+            rules = RulesHolder.from_path(rules_path)
+            stats, health = ServiceStats(), ServiceHealth()
+            # An hour of market time per cycle: stale after three of them.
+            board = MarketBoard(stale_after_seconds=3 * 3600.0)
+            service = partial(
+                run_service,
                 stream=coordinator,
                 store=store,
                 poller=streaming,
@@ -322,8 +343,41 @@ async def run_demo(
                     handle_signals=handle_signals,
                 ),
                 clock=clock,
-                rules=RulesHolder.from_path(rules_path),
+                rules=rules,
+                stats=stats,
+                health=health,
+                board=board,
             )
+            if http_port is None:
+                await service()
+            else:
+                dashboard = Dashboard(
+                    board, health, rules, stats, clock.current, publisher.stats, coordinator
+                )
+                registry = build_registry(
+                    MetricSources(stats, delivery=publisher.stats, rules=rules, stream=coordinator)
+                )
+                ops = partial(
+                    serve_ops,
+                    http_host,
+                    http_port,
+                    health=health,
+                    registry=registry,
+                    dashboard=dashboard,
+                )
+                async with anyio.create_task_group() as serving:
+                    port = await serving.start(ops)
+                    if on_listening is not None:
+                        on_listening(port)
+                    await service()
+                    if after_service is not None:
+                        after_service()
+                    if serve_until is not None:
+                        logger.info(
+                            "demo: the cycles are over; serving the dashboard until stopped"
+                        )
+                        await serve_until.wait()
+                    serving.cancel_scope.cancel()
         log_stopped(
             stats,
             acknowledged=publisher.stats.delivered,

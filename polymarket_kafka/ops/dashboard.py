@@ -1,0 +1,150 @@
+"""The operator's dashboard behind the ops server: `GET /`, its static files and `/api/*`.
+
+| endpoint | what |
+|---|---|
+| `GET /` | the page (`ops/static/index.html`; its script and style under `/static/`) |
+| `GET /api/markets` | every watched market (`MarketBoard.markets`, with the rules in force) |
+| `GET /api/events?limit=N` | the latest N events published (default 50, at most 200) |
+| `GET /api/health` | readiness, each component with since when, and the feed's figures |
+| `GET /api/live` | server-sent events: `update` with a version whenever something changed |
+
+Read-only, on the event loop thread like the rest of the ops server. Every response has a
+strict Content-Security-Policy (no inline script, nothing from another origin) and
+`X-Content-Type-Options: nosniff`; the page renders every market-supplied string as text.
+Secrets never get here: health details are scrubbed by `ServiceHealth`, and nothing else
+carries configuration.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs
+
+from polymarket_kafka.kafka.publisher import DeliveryStats
+from polymarket_kafka.ops.board import MAX_EVENTS, MarketBoard
+from polymarket_kafka.ops.health import ServiceHealth
+from polymarket_kafka.service.reloader import RulesHolder
+from polymarket_kafka.service.stats import ServiceStats
+from polymarket_kafka.service.streaming import StreamCoordinator
+
+__all__ = ["API_ENDPOINTS", "PAGE_FILES", "Dashboard", "Response"]
+
+#: (status, headers, body) as the ops app sends it.
+Response = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+#: The page's files: path → (package file, content type).
+PAGE_FILES = {
+    "/": ("index.html", b"text/html; charset=utf-8"),
+    "/static/app.js": ("app.js", b"text/javascript; charset=utf-8"),
+    "/static/app.css": ("app.css", b"text/css; charset=utf-8"),
+}
+API_ENDPOINTS = ("/api/markets", "/api/events", "/api/health", "/api/live")
+#: Every response of the dashboard carries these.
+SECURITY_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        b"img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+DEFAULT_EVENTS = 50
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+@dataclass
+class Dashboard:
+    """What the page shows, read from the service's own objects (none is copied)."""
+
+    board: MarketBoard
+    health: ServiceHealth
+    rules: RulesHolder
+    stats: ServiceStats
+    clock: Callable[[], datetime]
+    delivery: DeliveryStats | None = None
+    stream: StreamCoordinator | None = None
+    #: When each readiness component last changed status (for "since when").
+    _since: dict[str, tuple[bool, datetime]] = field(default_factory=dict)
+    _files: dict[str, bytes] = field(default_factory=dict)
+
+    def page(self, path: str) -> Response:
+        name, content_type = PAGE_FILES[path]
+        body = self._files.get(name)
+        if body is None:
+            body = self._files[name] = (
+                resources.files("polymarket_kafka.ops").joinpath("static", name).read_bytes()
+            )
+        return 200, [(b"content-type", content_type), *SECURITY_HEADERS], body
+
+    def api(self, path: str, query: bytes, monotonic: float) -> Response:
+        if path == "/api/markets":
+            payload: dict[str, Any] = {
+                "generated_at": self.clock().isoformat(),
+                "markets": self.board.markets(self.clock(), self.rules.current.resolve),
+            }
+        elif path == "/api/events":
+            payload = {"events": self.board.events(_limit(query))}
+        else:
+            payload = self.health_payload(monotonic)
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        return 200, [(b"content-type", b"application/json"), *SECURITY_HEADERS], body
+
+    def health_payload(self, monotonic: float) -> dict[str, Any]:
+        report = self.health.ready(monotonic).to_json()
+        now = self.clock()
+        components = {}
+        for name, component in report.get("components", {}).items():
+            ok = component.get("status") == "ok"
+            previous = self._since.get(name)
+            if previous is None or previous[0] != ok:
+                self._since[name] = previous = (ok, now)
+            components[name] = {**component, "since": previous[1].isoformat()}
+        delivery = self.delivery
+        stream = None
+        if self.stream is not None:
+            shards = self.stream.stream.connections
+            stream = {
+                "connections": len(shards),
+                "connections_up": sum(1 for s in shards if s.connected),
+                "reconnects": sum(s.reconnects for s in shards),
+                "streamed_markets": self.stream.stream.markets,
+                "rest_fallback_markets": len(self.stream.fallback),
+                "disagreements": self.stream.disagreements,
+            }
+        loaded = self.rules.metrics.last_reload_success_timestamp
+        return {
+            "ready": report.get("status") == "ok",
+            "components": components,
+            "feed": {
+                "rules_version": self.rules.current.version,
+                "rules_loaded_at": None
+                if loaded is None
+                else datetime.fromtimestamp(loaded, tz=UTC).isoformat(),
+                "events_detected": self.stats.events_detected,
+                "events_published": self.stats.events_published,
+                "events_in_flight": 0 if delivery is None else delivery.pending,
+                "events_dead_lettered": 0 if delivery is None else delivery.dead_lettered,
+                "events_acknowledged": None if delivery is None else delivery.delivered,
+                "last_poll_at": _iso(self.stats.last_poll_at),
+                "markets": len(self.board),
+                "stream": stream,
+            },
+        }
+
+
+def _limit(query: bytes) -> int:
+    values = parse_qs(query.decode("latin-1")).get("limit", [])
+    try:
+        limit = int(values[-1]) if values else DEFAULT_EVENTS
+    except ValueError:
+        limit = DEFAULT_EVENTS
+    return min(max(limit, 0), MAX_EVENTS)
