@@ -254,11 +254,7 @@ def coordinate_stream(
         tolerance=config.ws_tolerance,
     )
 
-    def check() -> ComponentStatus:
-        detail, extra = coordinator.readiness()
-        return ComponentStatus(True, detail, extra)
-
-    health.add_check("stream", check)
+    health.add_check("stream", coordinator.check)
     return coordinator
 
 

@@ -1,5 +1,9 @@
 """The `polymarket-kafka` command.
 
+Why this file is over 400 lines: the argument parser of every command and the dispatch of
+the configured ones live together, so `--help` and `healthcheck` import nothing more
+(tests/unit/test_cli_imports.py); the offline commands are in `cli_offline`.
+
 Exit status: 0 on success (including a clean stop on SIGINT/SIGTERM), 1 when the command
 failed at run time, 2 for a configuration or usage error (one line on stderr, naming the
 variable or argument at fault), 69 (sysexits' EX_UNAVAILABLE) for `demo` in an installation

@@ -83,8 +83,8 @@ class MarketBoard:
         row = self._rows.get(snapshot.market_id)
         if row is None:
             row = self._rows[snapshot.market_id] = _Row(snapshot)
-        elif snapshot.taken_at < row.snapshot.taken_at:
-            return  # older than what is shown (the detector ignored it too)
+        elif snapshot.taken_at <= row.snapshot.taken_at:
+            return  # not newer than what is shown (the detector ignored it too)
         row.snapshot = snapshot
         row.points.append((snapshot.taken_at.timestamp(), snapshot.yes_price))
         self.version += 1

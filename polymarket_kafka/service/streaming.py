@@ -32,6 +32,7 @@ from datetime import datetime
 from typing import Protocol
 
 from polymarket_kafka.models import MarketSnapshot, PolymarketSubscription
+from polymarket_kafka.ops.health import ComponentStatus
 from polymarket_kafka.polymarket.parsing import MarketMetadata
 from polymarket_kafka.polymarket.poller import PollResult
 from polymarket_kafka.polymarket.stream.source import MarketStream, StreamedMarket
@@ -187,6 +188,12 @@ class StreamCoordinator:
             return None
         self._streamed = markets
         return markets
+
+    def check(self) -> ComponentStatus:
+        """The `stream` readiness component: always ok (REST serves what the stream does
+        not); it says how the stream does and which markets are on REST fallback."""
+        detail, extra = self.readiness()
+        return ComponentStatus(True, detail, extra)
 
     def readiness(self) -> tuple[str, dict[str, object]]:
         """The detail and extra of the `stream` readiness component."""

