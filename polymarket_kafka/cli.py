@@ -308,6 +308,7 @@ async def _demo(args: argparse.Namespace, config: AppConfig) -> int:
 
     import anyio
 
+    from polymarket_kafka.ops.http_server import OpsServerError
     from polymarket_kafka.testing.demo import (
         DEFAULT_CASSETTE,
         DemoUnavailableError,
@@ -335,6 +336,7 @@ async def _demo(args: argparse.Namespace, config: AppConfig) -> int:
                 stop.set()
                 return
 
+    problem: str | None = None
     try:
         async with anyio.create_task_group() as tasks:
             stats, read_back = await run_demo(
@@ -349,8 +351,11 @@ async def _demo(args: argparse.Namespace, config: AppConfig) -> int:
                 after_service=None if stop is None else partial(tasks.start_soon, until_stopped),
             )
             tasks.cancel_scope.cancel()
-    except (FileNotFoundError, InvalidCassetteError) as exc:
-        print(f"polymarket-kafka: {exc}", file=sys.stderr)
+    # A usage error, plain or from inside a task group: one line, never a traceback.
+    except* (FileNotFoundError, InvalidCassetteError, OpsServerError) as group:
+        problem = str(_innermost(group))
+    if problem is not None:
+        print(f"polymarket-kafka: {problem}", file=sys.stderr)
         return EXIT_USAGE
     print(
         f"demo: {stats.poll_cycles} poll cycles, {stats.snapshots} snapshots "
@@ -361,6 +366,12 @@ async def _demo(args: argparse.Namespace, config: AppConfig) -> int:
     )
     ok = stats.everything_delivered and read_back == stats.events_acknowledged
     return EXIT_OK if ok else EXIT_FAILURE
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _subscriptions(args: argparse.Namespace, config: AppConfig) -> int:

@@ -122,6 +122,8 @@ class OpsApp:
             status, headers, body = self._metrics(scope["headers"])
         elif dashboard is not None and path in PAGE_FILES:
             status, headers, body = dashboard.page(path)
+        elif dashboard is not None and path == "/api/live":  # HEAD: the stream's headers
+            status, headers, body = 200, _live_headers(), b""
         elif dashboard is not None and path in API_ENDPOINTS:
             status, headers, body = dashboard.api(path, scope["query_string"], self._clock())
         else:
@@ -146,11 +148,7 @@ class OpsApp:
         """Server-sent events: `update` (with the board's version) when something changed,
         checked every `LIVE_CHECK_SECONDS`; the stream ends after `LIVE_STREAM_SECONDS` (the
         browser reconnects), at shutdown, or when the client goes."""
-        headers = [
-            (b"content-type", b"text/event-stream"),
-            (b"cache-control", b"no-store"),
-            *SECURITY_HEADERS,
-        ]
+        headers = [*_live_headers(), (b"cache-control", b"no-store")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await _chunk(send, b"retry: 1000\n\n")
         gone = False
@@ -194,6 +192,10 @@ class OpsApp:
         accept = b",".join(v for k, v in request_headers if k.lower() == b"accept")
         encoder, content_type = choose_encoder(accept.decode("latin-1"))
         return 200, [(b"content-type", content_type.encode())], encoder(self._registry)
+
+
+def _live_headers() -> _Headers:
+    return [(b"content-type", b"text/event-stream"), *SECURITY_HEADERS]
 
 
 async def _chunk(send: ASGISendCallable, body: bytes) -> None:

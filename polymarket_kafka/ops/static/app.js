@@ -16,7 +16,7 @@
   const state = {
     markets: [], sort: { key: "question", dir: 1 }, open: new Set(),
     mode: "connecting", source: null, errors: 0, pollTimer: null, retryTimer: null,
-    busy: false, again: false, skew: 0,
+    busy: false, again: false, skew: 0, categories: "",
   };
   const $ = (id) => document.getElementById(id);
 
@@ -94,7 +94,7 @@
         el("span", { class: "dot", "aria-hidden": "true" }),
         el("strong", {}, name), " ",
         el("span", { class: "status" }, ok ? "up" : "down"),
-        c.since ? el("span", { class: "since", title: when(c.since) }, " since " + when(c.since) + " (" + sinceNow(c.since) + ")") : null,
+        c.since ? el("span", { class: "since" }, ` since ${when(c.since)} (${sinceNow(c.since)})`) : null,
         c.detail ? el("div", { class: "detail" }, c.detail) : null);
     });
     $("health").replaceChildren(...items);
@@ -102,7 +102,8 @@
     const feed = health.feed || {};
     const stream = feed.stream;
     const rows = [
-      ["Rules", (feed.rules_version || "—") + (feed.rules_loaded_at ? ", loaded " + when(feed.rules_loaded_at) : "")],
+      ["Rules", (feed.rules_version || "—") +
+        (feed.rules_loaded_at ? ", loaded " + when(feed.rules_loaded_at) : "")],
       ["Last poll", feed.last_poll_at ? when(feed.last_poll_at) : "—"],
       ["Events published", feed.events_published],
       ["In flight", feed.events_in_flight],
@@ -113,7 +114,7 @@
     ];
     $("feed").replaceChildren(...rows.flatMap(([k, v]) => [
       el("dt", {}, k),
-      el("dd", { class: k === "Dead-lettered" && v > 0 ? "fail" : null }, v === undefined || v === null ? "—" : String(v)),
+      el("dd", { class: k === "Dead-lettered" && v > 0 ? "fail" : null }, v === undefined || v === null ? "—" : v),
     ]));
   }
 
@@ -124,7 +125,9 @@
     const box = svg("svg", { class: "spark " + (move > 0 ? "up" : move < 0 ? "down" : "flat"),
       width: w, height: h, viewBox: `0 0 ${w} ${h}`, role: "img" });
     const pts = (spark || []).filter((p) => isNum(p[0]) && isNum(p[1]));
-    const label = pts.length ? `YES price, ${pts.length} points, ${pct(pts[0][1])} to ${pct(pts[pts.length - 1][1])}` : "no prices yet";
+    const label = pts.length
+      ? `YES price, ${pts.length} points, ${pct(pts[0][1])} to ${pct(pts[pts.length - 1][1])}`
+      : "no prices yet";
     box.setAttribute("aria-label", label);
     const title = svg("title", {});
     title.textContent = label;
@@ -149,20 +152,22 @@
     const tip = `rule ${rules.rule_id}, rules ${rules.rules_version}\n` + all.join("\n");
     const shown = KEY_PARAMS.filter(([k]) => k in params)
       .map(([k, short]) => el("span", { class: "kv", title: k }, short + " ", el("b", {}, params[k])));
-    const details = el("details", {}, el("summary", {}, "all"),
-      el("dl", { class: "params" }, Object.entries(params).flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])));
+    const list = Object.entries(params).flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]);
+    const details = el("details", {}, el("summary", {}, "all"), el("dl", { class: "params" }, list));
     return el("td", { class: "thresholds", title: tip }, shown, details);
   }
 
   function marketRow(m) {
+    const spread = isNum(m.spread) ? m.spread.toFixed(3) : "?";
     const marks = [
-      m.stale && el("span", { class: "mark stale", title: "no fresh price for " + ago(m.age_seconds).replace(" ago", "") }, "stale"),
-      m.thin_book && el("span", { class: "mark thin", title: "spread " + (isNum(m.spread) ? m.spread.toFixed(3) : "?") + " wider than watch.max_spread" }, "thin book"),
+      m.stale && el("span", { class: "mark stale", title: "last price " + ago(m.age_seconds) }, "stale"),
+      m.thin_book && el("span", { class: "mark thin", title: `spread ${spread} over watch.max_spread` },
+        "thin book"),
       m.closed && el("span", { class: "mark closed" }, m.resolution ? "closed: " + m.resolution : "closed"),
     ];
     const tier = m.rules && m.rules.tier;
-    const row = el("tr", {
-      id: "market-" + m.market_id, class: ["market", m.stale && "is-stale", m.thin_book && "is-thin", m.closed && "is-closed"].filter(Boolean).join(" "),
+    const classes = ["market", m.stale && "is-stale", m.thin_book && "is-thin", m.closed && "is-closed"];
+    const row = el("tr", { id: "market-" + m.market_id, class: classes.filter(Boolean).join(" "),
       "data-market-id": m.market_id, tabindex: "-1" },
       el("td", { class: "question" },
         el("div", { class: "q", title: m.market_id }, m.question || "(no question)"),
@@ -175,7 +180,8 @@
       el("td", { class: "num move " + (m.move > 0 ? "up" : m.move < 0 ? "down" : "") }, points(m.move)),
       thresholds(m.rules),
       el("td", { class: "updated", title: m.updated_at },
-        el("span", { class: "badge src " + m.source, title: m.source === "ws" ? "market channel" : "REST poll" }, m.source),
+        el("span", { class: "badge src " + m.source, title: m.source === "ws" ? "market channel" : "REST poll" },
+          m.source),
         " ", ago(m.age_seconds),
         el("div", { class: "muted small" }, when(m.updated_at)),
         m.events ? el("div", { class: "muted small" }, `${m.events} event${m.events > 1 ? "s" : ""}`) : null),
@@ -217,10 +223,13 @@
   function renderMarkets() {
     const select = $("filter-category");
     const categories = [...new Set(state.markets.map((m) => m.category || ""))].filter(Boolean).sort();
-    const chosen = select.value;
-    select.replaceChildren(el("option", { value: "" }, "all"),
-      ...categories.map((c) => el("option", { value: c }, c)));
-    select.value = categories.includes(chosen) ? chosen : "";
+    if (JSON.stringify(categories) !== state.categories) { // rebuilt only when they change
+      state.categories = JSON.stringify(categories);
+      const chosen = select.value;
+      select.replaceChildren(el("option", { value: "" }, "all"),
+        ...categories.map((c) => el("option", { value: c }, c)));
+      select.value = categories.includes(chosen) ? chosen : "";
+    }
 
     const rows = visibleMarkets().map(marketRow);
     document.querySelector("#markets tbody").replaceChildren(...rows);
@@ -239,7 +248,9 @@
   function eventItem(e) {
     const up = e.direction === "toward_yes";
     const link = el("a", { href: "#market-" + e.market_id, title: e.market_id }, e.question || e.market_id);
-    return el("li", { class: "event " + (up ? "up" : "down"), "data-event-id": e.event_id, "data-market-id": e.market_id },
+    const gap = isNum(e.gap_seconds) ? "after a gap of " + ago(e.gap_seconds).replace(" ago", "") : null;
+    return el("li", { class: "event " + (up ? "up" : "down"), "data-event-id": e.event_id,
+      "data-market-id": e.market_id },
       el("span", { class: "arrow", role: "img", "aria-label": up ? "toward yes" : "toward no" }, up ? "▲" : "▼"),
       el("div", { class: "body" }, link,
         el("div", { class: "facts" },
@@ -247,7 +258,7 @@
           " ", el("span", { class: "rule" }, e.rule),
           e.severity ? el("span", { class: "badge sev " + e.severity }, e.severity) : null,
           e.final ? el("span", { class: "badge final" }, "final" + (e.resolution ? ": " + e.resolution : "")) : null,
-          e.catch_up ? el("span", { class: "badge catchup", title: isNum(e.gap_seconds) ? "after a gap of " + ago(e.gap_seconds).replace(" ago", "") : null }, "catch-up") : null,
+          e.catch_up ? el("span", { class: "badge catchup", title: gap }, "catch-up") : null,
           e.price_source ? el("span", { class: "badge src " + e.price_source }, e.price_source) : null,
           el("time", { datetime: e.timestamp, class: "muted" }, when(e.timestamp)))));
   }
@@ -262,7 +273,8 @@
     const match = /^#market-(.+)$/.exec(location.hash);
     if (!match) return;
     const id = decodeURIComponent(match[1]);
-    if (!visibleMarkets().some((m) => m.market_id === id) && state.markets.some((m) => m.market_id === id)) {
+    const hidden = !visibleMarkets().some((m) => m.market_id === id);
+    if (hidden && state.markets.some((m) => m.market_id === id)) {
       $("filter-text").value = ""; $("filter-category").value = ""; $("filter-stale").checked = false;
       renderMarkets();
     }
@@ -334,7 +346,7 @@
       // normal. A stream refused for good (CLOSED), or failing again and again, is not.
       state.errors += 1;
       if (source.readyState === EventSource.CLOSED || state.errors >= LIVE_MAX_ERRORS) startPolling();
-      else if (state.mode === "live") setMode("reconnecting");
+      else if (state.errors > 1 && state.mode === "live") setMode("reconnecting");
     });
   }
 
@@ -342,7 +354,9 @@
     for (const th of document.querySelectorAll("#markets th[data-sort]")) {
       th.querySelector("button").addEventListener("click", () => {
         const key = th.dataset.sort;
-        state.sort = state.sort.key === key ? { key, dir: -state.sort.dir } : { key, dir: key === "question" || key === "category" || key === "tier" || key === "age_seconds" ? 1 : -1 };
+        // A new column sorts text A→Z and the latest update first; numbers largest first.
+        const ascending = ["question", "category", "tier", "age_seconds"].includes(key);
+        state.sort = state.sort.key === key ? { key, dir: -state.sort.dir } : { key, dir: ascending ? 1 : -1 };
         renderMarkets();
       });
     }
