@@ -87,9 +87,10 @@ class Dashboard:
 
     def api(self, path: str, query: bytes, monotonic: float) -> Response:
         if path == "/api/markets":
+            now = self.clock()
             payload: dict[str, Any] = {
-                "generated_at": self.clock().isoformat(),
-                "markets": self.board.markets(self.clock(), self.rules.current.resolve),
+                "generated_at": now.isoformat(),
+                "markets": self.board.markets(now, self.rules.current.resolve),
             }
         elif path == "/api/events":
             payload = {"events": self.board.events(_limit(query))}

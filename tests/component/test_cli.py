@@ -290,11 +290,15 @@ def test_run_exits_1_when_kafka_never_acknowledged_an_event(
 
 
 @pytest.mark.broker
-def test_demo_command_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_command_in_process(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PORT", "0")  # any free port: parallel tests never clash
     assert main(["demo", "--interval", "0.01"]) == 0
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == 4
     assert "4 read back from the broker" in captured.err
+    assert "demo: dashboard on http://127.0.0.1:" in captured.err
 
 
 def test_demo_with_missing_cassette_exits_2(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -133,6 +134,7 @@ def test_demo_command_prints_events_and_exits_zero() -> None:
         text=True,
         timeout=120,
         check=False,
+        env={**os.environ, "HTTP_PORT": "0"},  # any free port: parallel tests never clash
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
