@@ -304,11 +304,12 @@ def _healthcheck(args: argparse.Namespace) -> int:
 
 async def _demo(args: argparse.Namespace, config: AppConfig) -> int:
     import signal
-    from functools import partial
 
     import anyio
+    from anyio.abc import TaskStatus
 
     from polymarket_kafka.ops.http_server import OpsServerError
+    from polymarket_kafka.service.stages import Stopper
     from polymarket_kafka.testing.demo import (
         DEFAULT_CASSETTE,
         DemoUnavailableError,
@@ -329,26 +330,31 @@ async def _demo(args: argparse.Namespace, config: AppConfig) -> int:
         host = url_host(config.http_host)
         print(f"demo: dashboard on http://{host}:{port}/", file=sys.stderr, flush=True)
 
-    async def until_stopped() -> None:
-        assert stop is not None
+    stopper = Stopper()
+
+    async def on_signals(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        # One receiver for the whole demo: a signal during the cycles stops the service (it
+        # drains) and, with --serve, the serving after it too; one after them ends serving.
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
             async for _ in signals:
-                stop.set()
-                return
+                stopper.stop()
+                if stop is not None:
+                    stop.set()
 
     problem: str | None = None
     try:
         async with anyio.create_task_group() as tasks:
+            await tasks.start(on_signals)
             stats, read_back = await run_demo(
                 cassette=cassette,
                 interval_seconds=args.interval,
+                handle_signals=False,
+                stopper=stopper,
                 http_host=config.http_host,
                 http_port=config.http_port,
                 on_listening=listening,
                 serve_until=stop,
-                # --serve: a signal during the cycles stops the service as usual, and one
-                # after them stops the serving (the receiver is installed once they end).
-                after_service=None if stop is None else partial(tasks.start_soon, until_stopped),
             )
             tasks.cancel_scope.cancel()
     # A usage error, plain or from inside a task group: one line, never a traceback.

@@ -68,6 +68,21 @@ def explain(resolved: ResolvedRule) -> dict[str, Any]:
     }
 
 
+def _first_in_window(
+    points: deque[tuple[float, float]], now: float, window: float | None, price: float
+) -> float:
+    """The first kept price at or after `now - window` (the oldest kept without a window)."""
+    if not points:
+        return price
+    if window is not None:
+        start = now - window
+        for at, kept in points:
+            if at >= start:
+                return kept
+        return price
+    return points[0][1]
+
+
 @dataclass
 class MarketBoard:
     """See the module notes. `stale_after_seconds` is STALE_INTERVALS poll intervals."""
@@ -120,18 +135,23 @@ class MarketBoard:
             row = self._rows[market_id]
             snapshot = row.snapshot
             age = max(0.0, (now - snapshot.taken_at).total_seconds())
-            first_price = row.points[0][1] if row.points else snapshot.yes_price
             rules: dict[str, Any] | None = None
             max_spread: float | None = None
+            window: float | None = None
             if resolve is not None:
                 owner = getattr(resolve, "__self__", resolve)
                 key = _rule_key(snapshot)
                 if row.explained is None or row.explained[:2] != (owner, key):
                     resolved = resolve(snapshot)
-                    explained = explain(resolved) | {"_max_spread": resolved.params.max_spread}
+                    explained = explain(resolved) | {
+                        "_max_spread": resolved.params.max_spread,
+                        "_window": resolved.params.window_seconds,
+                    }
                     row.explained = (owner, key, explained)
                 rules = {k: v for k, v in row.explained[2].items() if not k.startswith("_")}
                 max_spread = row.explained[2]["_max_spread"]
+                window = row.explained[2]["_window"]
+            first_price = _first_in_window(row.points, now.timestamp(), window, snapshot.yes_price)
             spread = snapshot.spread
             rows.append(
                 {
@@ -153,6 +173,7 @@ class MarketBoard:
                     "closed": snapshot.closed,
                     "resolution": snapshot.resolution,
                     "move": round(snapshot.yes_price - first_price, 6),
+                    "window_seconds": window,
                     "spark": [[round(t, 3), p] for t, p in row.points],
                     "events": row.events,
                     "last_event_id": row.last_event_id,

@@ -18,12 +18,15 @@ carries configuration.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs
+
+import anyio
 
 from polymarket_kafka.kafka.publisher import DeliveryStats
 from polymarket_kafka.ops.board import MAX_EVENTS, MarketBoard
@@ -55,6 +58,12 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
 ]
 DEFAULT_EVENTS = 50
+#: The market list is rebuilt at most this often, and never more often than this many
+#: times its own build time (see `Dashboard._markets_body`).
+MIN_REBUILD_SECONDS = 1.0
+REBUILD_FACTOR = 10.0
+#: How often readiness is sampled for "since when".
+SAMPLE_SECONDS = 1.0
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -75,6 +84,8 @@ class Dashboard:
     #: When each readiness component last changed status (for "since when").
     _since: dict[str, tuple[bool, datetime]] = field(default_factory=dict)
     _files: dict[str, bytes] = field(default_factory=dict)
+    #: ((board version, rules), monotonic time before which it is not rebuilt, body).
+    _markets_cache: tuple[tuple[int, object], float, bytes] | None = None
 
     def page(self, path: str) -> Response:
         name, content_type = PAGE_FILES[path]
@@ -87,17 +98,56 @@ class Dashboard:
 
     def api(self, path: str, query: bytes, monotonic: float) -> Response:
         if path == "/api/markets":
-            now = self.clock()
-            payload: dict[str, Any] = {
-                "generated_at": now.isoformat(),
-                "markets": self.board.markets(now, self.rules.current.resolve),
-            }
-        elif path == "/api/events":
-            payload = {"events": self.board.events(_limit(query))}
+            body = self._markets_body(monotonic)
         else:
-            payload = self.health_payload(monotonic)
-        body = json.dumps(payload, separators=(",", ":")).encode()
+            if path == "/api/events":
+                payload: dict[str, Any] = {"events": self.board.events(_limit(query))}
+            else:
+                payload = self.health_payload(monotonic)
+            body = json.dumps(payload, separators=(",", ":")).encode()
         return 200, [(b"content-type", b"application/json"), *SECURITY_HEADERS], body
+
+    def _markets_body(self, monotonic: float) -> bytes:
+        """The market list, rebuilt only when the board changed, and at most once per
+        max(`MIN_REBUILD_SECONDS`, `REBUILD_FACTOR` x its last build time): however many
+        pages ask, it takes at most about 1/REBUILD_FACTOR of the event loop."""
+        cached = self._markets_cache
+        key = (self.board.version, self.rules.current)
+        # New rules show at once; a changed board waits for the next rebuild time.
+        same_rules = cached is not None and cached[0][1] is key[1]
+        if cached is not None and same_rules and (cached[0][0] == key[0] or monotonic < cached[1]):
+            return cached[2]
+        started = time.perf_counter()
+        now = self.clock()
+        payload = {
+            "generated_at": now.isoformat(),
+            "markets": self.board.markets(now, self.rules.current.resolve),
+        }
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        cost = time.perf_counter() - started
+        self._markets_cache = (
+            key,
+            monotonic + max(MIN_REBUILD_SECONDS, REBUILD_FACTOR * cost),
+            body,
+        )
+        return body
+
+    def sample(self, monotonic: float) -> None:
+        """Note each readiness component's status, so "since" is when it changed (the ops
+        server calls this every second); a change bumps the board's version."""
+        report = self.health.ready(monotonic).to_json()
+        now = self.clock()
+        for name, component in report.get("components", {}).items():
+            ok = component.get("status") == "ok"
+            previous = self._since.get(name)
+            if previous is None or previous[0] != ok:
+                self._since[name] = (ok, now)
+                self.board.version += 1
+
+    async def sample_forever(self) -> None:
+        while True:
+            self.sample(anyio.current_time())
+            await anyio.sleep(SAMPLE_SECONDS)
 
     def health_payload(self, monotonic: float) -> dict[str, Any]:
         report = self.health.ready(monotonic).to_json()

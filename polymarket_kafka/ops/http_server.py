@@ -60,6 +60,8 @@ ENDPOINTS = ("/health", "/health/live", "/health/ready", "/metrics")
 LIVE_CHECK_SECONDS = 1.0
 LIVE_KEEPALIVE_SECONDS = 15.0
 LIVE_STREAM_SECONDS = 30.0
+#: Live streams open at once; more get 503 (the page then polls).
+MAX_LIVE_STREAMS = 64
 _METHODS = ("GET", "HEAD")
 #: How long open connections may finish their request once shutdown begins.
 _GRACEFUL_SECONDS = 1.0
@@ -94,6 +96,7 @@ class OpsApp:
         self._clock = clock
         self._dashboard = dashboard
         self._shutdown = shutdown if shutdown is not None else anyio.Event()
+        self._live_streams = 0
         self._endpoints: tuple[str, ...] = ENDPOINTS
         if dashboard is not None:
             self._endpoints = (*ENDPOINTS, *PAGE_FILES, *API_ENDPOINTS)
@@ -109,7 +112,15 @@ class OpsApp:
         path, method = scope["path"], scope["method"]
         dashboard = self._dashboard
         if dashboard is not None and path == "/api/live" and method == "GET":
-            await self._live(dashboard, receive, send)
+            if self._live_streams < MAX_LIVE_STREAMS:
+                self._live_streams += 1
+                try:
+                    await self._live(dashboard, receive, send)
+                finally:
+                    self._live_streams -= 1
+                return
+            status, headers, body = _json(503, {"error": "too many live streams: poll /api/*"})
+            await _respond(send, status, headers, body, method)
             return
         if path not in self._endpoints:
             status, headers, body = _json(
@@ -130,17 +141,7 @@ class OpsApp:
             now = self._clock()
             ask = self._health.live if path == "/health/live" else self._health.ready
             status, headers, body = _report(ask(now))
-        headers.append((b"content-length", str(len(body)).encode()))
-        headers.append((b"cache-control", b"no-store"))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        # HEAD: the headers of a GET (its content-length included), never a body.
-        await send(
-            {
-                "type": "http.response.body",
-                "body": b"" if method == "HEAD" else body,
-                "more_body": False,
-            }
-        )
+        await _respond(send, status, headers, body, method)
 
     async def _live(
         self, dashboard: Dashboard, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -192,6 +193,22 @@ class OpsApp:
         accept = b",".join(v for k, v in request_headers if k.lower() == b"accept")
         encoder, content_type = choose_encoder(accept.decode("latin-1"))
         return 200, [(b"content-type", content_type.encode())], encoder(self._registry)
+
+
+async def _respond(
+    send: ASGISendCallable, status: int, headers: _Headers, body: bytes, method: str
+) -> None:
+    headers.append((b"content-length", str(len(body)).encode()))
+    headers.append((b"cache-control", b"no-store"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    # HEAD: the headers of a GET (its content-length included), never a body.
+    await send(
+        {
+            "type": "http.response.body",
+            "body": b"" if method == "HEAD" else body,
+            "more_body": False,
+        }
+    )
 
 
 def _live_headers() -> _Headers:
@@ -323,6 +340,8 @@ async def serve_ops(
         async with anyio.create_task_group() as tg:
             app = OpsApp(health, registry, dashboard=dashboard, shutdown=shutdown)
             tg.start_soon(_run_hypercorn, app, sock, shutdown, shield)
+            if dashboard is not None:
+                tg.start_soon(dashboard.sample_forever)
             logger.info("health/metrics on http://%s:%d", url_host(host), bound)
             task_status.started(bound)
             try:

@@ -58,6 +58,7 @@ from polymarket_kafka.polymarket.stream import MarketStream, open_market_stream
 from polymarket_kafka.polymarket.stream.frames import decode_frame
 from polymarket_kafka.service.pipeline import run_service
 from polymarket_kafka.service.reloader import RulesHolder, default_rules_path
+from polymarket_kafka.service.stages import Stopper
 from polymarket_kafka.service.stats import ServiceSettings, ServiceStats, log_stopped
 from polymarket_kafka.service.streaming import StreamCoordinator
 from polymarket_kafka.testing.cassette import CassetteTransport
@@ -274,6 +275,7 @@ async def run_demo(
     on_listening: Callable[[int], object] | None = None,
     serve_until: anyio.Event | None = None,
     after_service: Callable[[], object] | None = None,
+    stopper: Stopper | None = None,
 ) -> tuple[ServiceStats, int]:
     """Run the demo; return the service counters and how many events were read back.
 
@@ -283,7 +285,8 @@ async def run_demo(
     With `http_port` (0: any free port) the ops server runs too: the dashboard, health and
     metrics, from start-up (`on_listening` gets the bound port) until the service has drained,
     or, with `serve_until`, until that event is set (`demo --serve`); `after_service` is
-    called when the service has drained, before that wait.
+    called when the service has drained, before that wait. `stopper` is the service's
+    (`Stopper`): a caller handling signals itself stops the demo through it.
     """
     out = out if out is not None else sys.stdout
     rules_path = default_rules_path(rules_path)
@@ -331,7 +334,7 @@ async def run_demo(
                 reconcile_seconds=polymarket.ws_reconcile_seconds,
                 tolerance=polymarket.ws_tolerance,
             )
-            rules = RulesHolder.from_path(rules_path)
+            rules = RulesHolder.from_path(rules_path, clock=clock.current)
             stats, health = ServiceStats(), ServiceHealth()
             health.add_check("kafka", kafka_check(publisher))
             health.add_check("stream", coordinator.check)
@@ -354,6 +357,7 @@ async def run_demo(
                 stats=stats,
                 health=health,
                 board=board,
+                stopper=stopper,
             )
             if http_port is None:
                 await service()
@@ -379,7 +383,7 @@ async def run_demo(
                     await service()
                     if after_service is not None:
                         after_service()
-                    if serve_until is not None:
+                    if serve_until is not None and not serve_until.is_set():
                         logger.info(
                             "demo: the cycles are over; serving the dashboard until stopped"
                         )

@@ -851,3 +851,48 @@ def test_dashboard_fields_are_the_services_own(setup: Setup) -> None:
     assert dashboard.delivery is setup.delivery
     setup.delivery.pending = 9
     assert dashboard.health_payload(0.0)["feed"]["events_in_flight"] == 9
+
+
+def test_the_market_list_is_rebuilt_at_most_as_often_as_it_may(setup: Setup) -> None:
+    """A changed board waits for the next rebuild time; unchanged, the same bytes."""
+    from polymarket_kafka.ops.dashboard import MIN_REBUILD_SECONDS
+
+    first = setup.dashboard.api("/api/markets", b"", 100.0)[2]
+    setup.board.observe(snap(A, 0.70, minutes=1.5, question=HOSTILE))
+    soon = setup.dashboard.api("/api/markets", b"", 100.0 + MIN_REBUILD_SECONDS / 2)[2]
+    assert soon == first  # throttled: the change shows at the next rebuild
+    later = setup.dashboard.api("/api/markets", b"", 100.0 + MIN_REBUILD_SECONDS)[2]
+    assert later != first
+    assert json.loads(later)["markets"][0]["yes_price"] == 0.70
+    again = setup.dashboard.api("/api/markets", b"", 500.0)[2]
+    assert again is later  # nothing changed since: not rebuilt
+
+
+def test_readiness_is_sampled_for_since_when(setup: Setup) -> None:
+    """`since` is when the sampler saw the status change, and a change bumps the version."""
+    setup.dashboard.sample(0.0)
+    version = setup.board.version
+    setup.clock.now += timedelta(minutes=5)
+    setup.dashboard.sample(1.0)
+    assert setup.board.version == version  # nothing changed
+    setup.kafka.ok = not setup.kafka.ok
+    changed_at = setup.clock.now = setup.clock.now + timedelta(minutes=5)
+    setup.dashboard.sample(2.0)
+    assert setup.board.version == version + 1
+    setup.clock.now += timedelta(minutes=5)
+    payload = setup.dashboard.health_payload(3.0)
+    assert payload["components"]["kafka"]["since"] == changed_at.isoformat()
+
+
+@pytest.mark.anyio
+async def test_live_streams_beyond_the_cap_are_refused(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from polymarket_kafka.ops import http_server
+
+    monkeypatch.setattr(http_server, "MAX_LIVE_STREAMS", 0)
+    with anyio.fail_after(TIMEOUT):
+        async with serving(setup.dashboard) as served:
+            response = await served.client.get("/api/live")
+    assert response.status_code == 503
+    assert response.json() == {"error": "too many live streams: poll /api/*"}

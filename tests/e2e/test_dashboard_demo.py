@@ -231,6 +231,35 @@ async def test_demo_serve_command_serves_until_interrupted(anyio_backend: str) -
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio", "asyncio"])
+async def test_demo_serve_stopped_during_the_cycles_ends_the_whole_demo(anyio_backend: str) -> None:
+    """One SIGTERM while the recorded cycles run: the service drains and the demo ends,
+    without serving on (a container stop or `timeout` must not need a second signal)."""
+    command = [
+        *(sys.executable, "-m", "polymarket_kafka", "--backend", anyio_backend),
+        *("demo", "--serve", "--interval", "0.5"),
+    ]
+    async with await anyio.open_process(command, env=demo_env(0)) as process:
+        assert process.stderr is not None and process.stdout is not None
+        stderr = bytearray()
+        try:
+            with anyio.fail_after(TIMEOUT):
+                await read_until(process.stderr, stderr, rb"demo: dashboard on http://")
+                process.send_signal(signal.SIGTERM)
+                async for _chunk in process.stdout:
+                    pass
+                async for chunk in process.stderr:
+                    stderr += chunk
+                assert await process.wait() == 0, stderr.decode()
+        finally:
+            if process.returncode is None:
+                process.kill()
+    assert b"serving the dashboard until stopped" not in stderr
+    assert b"Traceback" not in stderr
+    assert b"read back from the broker" in stderr  # the demo's summary: it ended normally
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 async def test_demo_with_its_ops_port_taken_says_so_in_one_line(anyio_backend: str) -> None:
     """One line naming the address (a usage error, exit 2), not a traceback through task

@@ -107,6 +107,7 @@ def test_a_row_per_market_from_its_latest_snapshot() -> None:
         "closed": False,
         "resolution": None,
         "move": 0.04,
+        "window_seconds": None,
         "spark": [[T0.timestamp(), 0.58], [(T0 + timedelta(hours=1)).timestamp(), 0.62]],
         "events": 0,
         "last_event_id": None,
@@ -421,3 +422,37 @@ def test_a_plain_function_is_its_own_key() -> None:
 
     board.markets(T0, other)
     assert calls == [A, "other"]
+
+
+def test_the_move_is_measured_within_the_rule_window() -> None:
+    """From the first kept observation inside the market's window, as the rule measures."""
+    from datetime import timedelta
+
+    from polymarket_kafka.models import MarketSnapshot
+    from polymarket_kafka.ops.board import MarketBoard
+    from polymarket_kafka.ruleset import RuleSet
+
+    board = MarketBoard()
+    start = datetime(2024, 11, 5, tzinfo=UTC)
+    window = (
+        RuleSet.builtin()
+        .resolve(MarketSnapshot(market_id="m", question="q", yes_price=0.5, taken_at=start))
+        .params.window_seconds
+    )
+    last = window / 60 + 40  # minutes
+    points = ((0, 0.20), (50, 0.40), (window / 60 + 10, 0.45), (last, 0.50))
+    for minutes, price in points:
+        board.observe(
+            MarketSnapshot(
+                market_id="m",
+                question="q",
+                yes_price=price,
+                taken_at=start + timedelta(minutes=minutes),
+            )
+        )
+    now = start + timedelta(minutes=last)
+    (row,) = board.markets(now, RuleSet.builtin().resolve)
+    assert row["window_seconds"] == window
+    assert row["move"] == pytest.approx(0.50 - 0.40)  # 0.20 is older than the window
+    (plain,) = board.markets(now)  # without rules: over every kept point
+    assert plain["move"] == pytest.approx(0.50 - 0.20)
