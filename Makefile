@@ -30,7 +30,7 @@ $(VENV)/.dev-installed: requirements/dev.txt pyproject.toml | $(BIN)/python
 
 ## Run the service on its embedded default: local broker, recorded Polymarket data.
 demo: $(VENV)/.demo-installed
-	$(BIN)/polymarket-kafka demo
+	$(BIN)/polymarket-kafka demo $(ARGS)
 
 ## Lint, type-check and run the whole test suite with coverage (what CI runs).
 ## Four pytest workers even on 2 cores: most tests wait on real servers, not on the CPU
