@@ -25,6 +25,8 @@ __all__ = ["MAX_EVENTS", "MAX_POINTS", "STALE_INTERVALS", "MarketBoard", "explai
 
 #: Prices kept per market for its sparkline.
 MAX_POINTS = 120
+#: Points of a sparkline sent to the page (of the MAX_POINTS kept).
+SPARK_POINTS = 40
 #: Events kept for the page (newest first).
 MAX_EVENTS = 200
 #: A row whose latest price is older than this many poll intervals is marked stale.
@@ -66,6 +68,14 @@ def explain(resolved: ResolvedRule) -> dict[str, Any]:
             for dotted, attribute in PARAMETER_NAMES.items()
         },
     }
+
+
+def _spark(points: deque[tuple[float, float]]) -> list[list[float]]:
+    """At most `SPARK_POINTS` of the kept points, evenly spaced, the latest always in."""
+    step = max(1, -(-len(points) // SPARK_POINTS))
+    kept = list(points)
+    chosen = kept[::-1][::step][::-1]
+    return [[round(at, 3), price] for at, price in chosen]
 
 
 def _first_in_window(
@@ -174,7 +184,7 @@ class MarketBoard:
                     "resolution": snapshot.resolution,
                     "move": round(snapshot.yes_price - first_price, 6),
                     "window_seconds": window,
-                    "spark": [[round(t, 3), p] for t, p in row.points],
+                    "spark": _spark(row.points),
                     "events": row.events,
                     "last_event_id": row.last_event_id,
                     "rules": rules,

@@ -171,6 +171,12 @@ def _severe_logs(driver: WebDriver) -> list[dict[str, Any]]:
 # -- the demo ------------------------------------------------------------------------------
 
 
+def _trump_above_90(driver: WebDriver) -> bool:
+    rows = {row["market"]: row for row in _snapshot(driver)["rows"]}
+    price = rows.get(TRUMP, {}).get("price", "0%")
+    return float(str(price).rstrip("%") or 0) > 90.0
+
+
 def _watch_the_demo(driver: WebDriver, url: str) -> dict[str, Any]:
     """Open the page while the demo runs; wait for election night; read what it shows."""
     driver.get(url)
@@ -180,6 +186,8 @@ def _watch_the_demo(driver: WebDriver, url: str) -> dict[str, Any]:
     _wait(driver, lambda d: _snapshot(d)["mode"] == "live", "the live channel")
     _wait(driver, lambda d: len(_snapshot(d)["components"]) >= 3, "the health components")
     _wait(driver, lambda d: len(_snapshot(d)["rows"]) == 3, "the three markets")
+    # The market list follows the events within its rebuild interval (a second or so).
+    _wait(driver, _trump_above_90, "Trump's row at the night's price")
     seen = _snapshot(driver)
     seen["severe"] = _severe_logs(driver)
 

@@ -12,6 +12,7 @@ from polymarket_kafka.models import MarketSnapshot
 from polymarket_kafka.ops.board import (
     MAX_EVENTS,
     MAX_POINTS,
+    SPARK_POINTS,
     STALE_INTERVALS,
     MarketBoard,
     explain,
@@ -150,10 +151,13 @@ def test_spark_points_are_bounded_and_the_move_is_over_the_kept_points() -> None
     for minute, price in enumerate(prices):
         board.observe(snap(A, price, minutes=minute))
     row = only(board, T0 + timedelta(minutes=len(prices)))
-    assert len(row["spark"]) == MAX_POINTS
-    assert [p for _, p in row["spark"]] == prices[-MAX_POINTS:]
-    assert row["spark"][0][0] == (T0 + timedelta(minutes=5)).timestamp()
-    assert row["move"] == pytest.approx(prices[-1] - prices[5], abs=1e-9)
+    # MAX_POINTS kept, SPARK_POINTS of them sent, evenly spaced, the latest always in.
+    kept = prices[-MAX_POINTS:]
+    step = MAX_POINTS // SPARK_POINTS
+    assert len(row["spark"]) == SPARK_POINTS
+    assert [p for _, p in row["spark"]] == kept[::-1][::step][::-1]
+    assert row["spark"][-1] == [(T0 + timedelta(minutes=len(prices) - 1)).timestamp(), prices[-1]]
+    assert row["move"] == pytest.approx(prices[-1] - prices[5], abs=1e-9)  # over all kept
     assert row["move"] == round(row["move"], 6)
 
 
