@@ -77,6 +77,7 @@ from polymarket_kafka.detection.detector import (
     MAX_CLOSED_MARKETS,
     Detector,
     RuleSource,
+    resolution_key,
 )
 from polymarket_kafka.detection.moves import log_odds, qualifies, required_move, severity_of
 
@@ -91,5 +92,6 @@ __all__ = [
     "log_odds",
     "qualifies",
     "required_move",
+    "resolution_key",
     "severity_of",
 ]

@@ -32,7 +32,7 @@ from polymarket_kafka.detector_state import ClosedMarket, MarketState, PendingMo
 from polymarket_kafka.models import MarketSnapshot
 from polymarket_kafka.ruleset.params import DetectionParams, ResolvedRule
 
-__all__ = ["CLOSED_RULE", "MAX_CLOSED_MARKETS", "Detector", "RuleSource"]
+__all__ = ["CLOSED_RULE", "MAX_CLOSED_MARKETS", "Detector", "RuleSource", "resolution_key"]
 
 CLOSED_RULE = "market_closed"
 #: Default bound of `Detector.max_closed`.
@@ -53,7 +53,7 @@ class RuleSource(Protocol):
     def resolve(self, snapshot: MarketSnapshot) -> ResolvedRule: ...
 
 
-def _resolution_key(snapshot: MarketSnapshot) -> tuple[object, ...]:
+def resolution_key(snapshot: MarketSnapshot) -> tuple[object, ...]:
     """What a resolution depends on besides the market id (see `RuleSource`)."""
     return (
         snapshot.liquidity,
@@ -171,7 +171,7 @@ class Detector:
         state = self._markets.get(market_id)
         # The market's resolution is reused while the rule source and what it depends on are
         # unchanged (`RuleSource`): resolving costs more than the rest of a quiet observation.
-        key = _resolution_key(snapshot)
+        key = resolution_key(snapshot)
         memo = None if state is None else state.resolution
         if memo is not None and memo[0] is rules and memo[1] == key:
             resolved, watched = memo[2], memo[3]
@@ -406,7 +406,7 @@ class Detector:
             resolved = rules.resolve(state.last_snapshot)
             params = resolved.params
             watched = _watched(state.last_snapshot, params)
-            state.resolution = (rules, _resolution_key(state.last_snapshot), resolved, watched)
+            state.resolution = (rules, resolution_key(state.last_snapshot), resolved, watched)
             if watched and params.state_key == state.state_key:
                 continue
             self.stats.resets += 1

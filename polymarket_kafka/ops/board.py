@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from polymarket_kafka.detection import resolution_key
 from polymarket_kafka.models import MarketSnapshot, PolymarketEvent
 from polymarket_kafka.ruleset import PARAMETER_NAMES, ResolvedRule, format_value
 
@@ -41,18 +42,6 @@ class _Row:
     last_event_id: str | None = None
     #: (rules object, what it was resolved from, what `rules explain` shows) for this market.
     explained: tuple[object, tuple[object, ...], dict[str, Any]] | None = None
-
-
-def _rule_key(snapshot: MarketSnapshot) -> tuple[object, ...]:
-    return (
-        snapshot.liquidity,
-        snapshot.volume,
-        snapshot.category,
-        snapshot.tags,
-        snapshot.threshold,
-        snapshot.window_seconds,
-        snapshot.cooldown_seconds,
-    )
 
 
 def explain(resolved: ResolvedRule) -> dict[str, Any]:
@@ -150,7 +139,7 @@ class MarketBoard:
             window: float | None = None
             if resolve is not None:
                 owner = getattr(resolve, "__self__", resolve)
-                key = _rule_key(snapshot)
+                key = resolution_key(snapshot)
                 if row.explained is None or row.explained[:2] != (owner, key):
                     resolved = resolve(snapshot)
                     explained = explain(resolved) | {
