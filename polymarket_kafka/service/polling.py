@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from functools import partial
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
@@ -51,44 +52,23 @@ async def poll_markets(
             cycles += 1
             now = clock()
             started = anyio.current_time()
-            result: PollOutcome | None = None
             active = subscriptions.value
-            plan = None if coordinator is None else coordinator.plan(active, started)
-            if coordinator is not None and plan is not None and plan.only == frozenset():
-                # The stream serves every market: no REST cycle, and none recorded (readiness
-                # then asks for one per reconciliation, see `run_service`).
-                coordinator.after_poll(active, plan, [], clock)
+            if coordinator is None:
+                polled = await _cycle(
+                    cycles, partial(poller.poll_once, active, now), now, started, outcomes
+                )
             else:
-                try:
-                    if coordinator is None or plan is None:
-                        result = await poller.poll_once(active, now)
-                    else:
-                        result = await coordinator.poll(active, now, plan)
-                except Exception as exc:
-                    outcomes.poll_failed(exc, anyio.current_time() - started)
-                    logger.exception(
-                        "poll cycle %d failed; retrying on the next tick",
-                        cycles,
-                        extra={"cycle": cycles},
-                    )
-                else:
-                    if outcomes.polled(result, now, anyio.current_time() - started):
-                        _log_skipped(cycles, result)
-                    else:
-                        logger.warning(
-                            "cycle %d: Polymarket unavailable, %d market(s) not priced: %s",
-                            cycles,
-                            len(result.skipped),
-                            result.unavailable,
-                            extra={"cycle": cycles},
-                        )
-                    polled = result.snapshots
-                    if coordinator is not None and plan is not None:
-                        polled = coordinator.after_poll(active, plan, polled, clock)
-                    for snapshot in polled:
-                        await snapshots.send((snapshot, anyio.current_time()))
-                if coordinator is not None and plan is not None and result is None:
-                    coordinator.after_poll(active, plan, [], clock)  # the stream still follows
+                plan = coordinator.plan(active, started)
+                polled = []
+                if plan.only != frozenset():
+                    # (Otherwise the stream serves every market: no REST cycle, and none
+                    # recorded; readiness then asks for one per reconciliation, `run_service`.)
+                    poll = partial(coordinator.poll, active, now, plan)
+                    polled = await _cycle(cycles, poll, now, started, outcomes)
+                # Failed or skipped too: the stream still follows the subscriptions.
+                polled = coordinator.after_poll(active, plan, polled, clock)
+            for snapshot in polled:
+                await snapshots.send((snapshot, anyio.current_time()))
             now_monotonic = anyio.current_time()
             interval = settings.poll_interval_seconds
             next_tick, missed = next_poll_tick(next_tick, interval, now_monotonic)
@@ -105,6 +85,36 @@ async def poll_markets(
                     extra={"cycle": cycles},
                 )
             await anyio.sleep(max(0.0, next_tick - now_monotonic))
+
+
+async def _cycle(
+    cycle: int,
+    poll: Callable[[], Awaitable[PollOutcome]],
+    now: datetime,
+    started: float,
+    outcomes: SourceOutcomes,
+) -> list[MarketSnapshot]:
+    """Run cycle `cycle`'s poll (stamped `now`, begun at monotonic `started`) and record how
+    it went; return its snapshots (none when it raised)."""
+    try:
+        result = await poll()
+    except Exception as exc:
+        outcomes.poll_failed(exc, anyio.current_time() - started)
+        logger.exception(
+            "poll cycle %d failed; retrying on the next tick", cycle, extra={"cycle": cycle}
+        )
+        return []
+    if outcomes.polled(result, now, anyio.current_time() - started):
+        _log_skipped(cycle, result)
+    else:
+        logger.warning(
+            "cycle %d: Polymarket unavailable, %d market(s) not priced: %s",
+            cycle,
+            len(result.skipped),
+            result.unavailable,
+            extra={"cycle": cycle},
+        )
+    return list(result.snapshots)
 
 
 def next_poll_tick(previous: float, interval: float, now: float) -> tuple[float, int]:
