@@ -308,6 +308,7 @@ async def _demo(args: argparse.Namespace, config: AppConfig) -> int:
     import anyio
     from anyio.abc import TaskStatus
 
+    from polymarket_kafka.exception_groups import innermost
     from polymarket_kafka.ops.http_server import OpsServerError
     from polymarket_kafka.service.stages import Stopper
     from polymarket_kafka.testing.demo import (
@@ -359,7 +360,7 @@ async def _demo(args: argparse.Namespace, config: AppConfig) -> int:
             tasks.cancel_scope.cancel()
     # A usage error, plain or from inside a task group: one line, never a traceback.
     except* (FileNotFoundError, InvalidCassetteError, OpsServerError) as group:
-        problem = str(_innermost(group))
+        problem = str(innermost(group))
     if problem is not None:
         print(f"polymarket-kafka: {problem}", file=sys.stderr)
         return EXIT_USAGE
@@ -372,12 +373,6 @@ async def _demo(args: argparse.Namespace, config: AppConfig) -> int:
     )
     ok = stats.everything_delivered and read_back == stats.events_acknowledged
     return EXIT_OK if ok else EXIT_FAILURE
-
-
-def _innermost(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
 
 
 async def _subscriptions(args: argparse.Namespace, config: AppConfig) -> int:

@@ -46,6 +46,8 @@ from httpx_ws import (
 )
 from wsproto.events import BytesMessage, Event, TextMessage
 
+from polymarket_kafka.exception_groups import innermost
+
 __all__ = [
     "ConnectionLost",
     "FrameSink",
@@ -145,14 +147,6 @@ def reconnect_delays(
     while True:
         yield ceiling * (0.5 + 0.5 * rand())
         ceiling = min(2 * ceiling, cap)
-
-
-def _innermost(exc: BaseException) -> BaseException:
-    """The first leaf of nested exception groups (httpx-ws and the session's own task group
-    each wrap what ends a connection)."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
 
 
 def disconnect_reason(exc: BaseException, settings: StreamSettings) -> str:
@@ -296,7 +290,7 @@ class Shard:
             ) as ws:
                 reason = await self._session(ws)
         except Exception as exc:
-            reason = disconnect_reason(_innermost(exc), self.settings)
+            reason = disconnect_reason(innermost(exc), self.settings)
             if reason.startswith("unexpected"):
                 logger.exception(
                     "market channel connection %d: %s",
