@@ -138,11 +138,16 @@ class Dashboard:
         report = self.health.ready(monotonic).to_json()
         now = self.clock()
         for name, component in report.get("components", {}).items():
-            ok = component.get("status") == "ok"
-            previous = self._since.get(name)
-            if previous is None or previous[0] != ok:
-                self._since[name] = (ok, now)
+            if self._note(name, component.get("status") == "ok", now)[1]:
                 self.board.version += 1
+
+    def _note(self, name: str, ok: bool, now: datetime) -> tuple[datetime, bool]:
+        """Since when component `name` has had status `ok`, and whether that changed `now`."""
+        previous = self._since.get(name)
+        if previous is not None and previous[0] == ok:
+            return previous[1], False
+        self._since[name] = (ok, now)
+        return now, True
 
     async def sample_forever(self) -> None:
         while True:
@@ -154,11 +159,8 @@ class Dashboard:
         now = self.clock()
         components = {}
         for name, component in report.get("components", {}).items():
-            ok = component.get("status") == "ok"
-            previous = self._since.get(name)
-            if previous is None or previous[0] != ok:
-                self._since[name] = previous = (ok, now)
-            components[name] = {**component, "since": previous[1].isoformat()}
+            since, _ = self._note(name, component.get("status") == "ok", now)
+            components[name] = {**component, "since": since.isoformat()}
         delivery = self.delivery
         stream = None
         if self.stream is not None:
