@@ -97,24 +97,26 @@ class Quote:
             self.dirty = False
         return self.best_bid, self.best_ask
 
-    def price(self) -> tuple[float, float] | None:
-        """(YES price, spread), or None without both sides (or with a crossed book)."""
+    def sides(self) -> tuple[float, float] | None:
+        """(best bid, best ask) when both are known and not crossed, else None."""
         bid, ask = self.best()
         if bid is None or ask is None or bid > ask:
             return None
-        return displayed_price(bid, ask, self.last_trade)
+        return bid, ask
+
+    def price(self) -> tuple[float, float] | None:
+        """(YES price, spread), or None without both sides (or with a crossed book)."""
+        sides = self.sides()
+        return None if sides is None else displayed_price(*sides, self.last_trade)
 
     def priced(self) -> bool:
         """Both sides known and not crossed: `price()` and `midpoint()` give a value."""
-        bid, ask = self.best()
-        return bid is not None and ask is not None and bid <= ask
+        return self.sides() is not None
 
     def midpoint(self) -> float | None:
         """The plain midpoint (what REST's `/midpoints` reports), when both sides are known."""
-        bid, ask = self.best()
-        if bid is None or ask is None or bid > ask:
-            return None
-        return round((bid + ask) / 2, _PRECISION)
+        sides = self.sides()
+        return None if sides is None else round((sides[0] + sides[1]) / 2, _PRECISION)
 
 
 def _key(price: float) -> float:
