@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 
 import anyio
 from confluent_kafka import KafkaException
 
+from polymarket_kafka.app_group import Group, join_group, open_group_publisher, open_membership
 from polymarket_kafka.backoff import doubling
 from polymarket_kafka.clock import now_utc
 from polymarket_kafka.config import AppConfig, PolymarketConfig
@@ -33,6 +34,7 @@ from polymarket_kafka.detector_state import (
     StateFormatOutdated,
     decode,
 )
+from polymarket_kafka.kafka.partitioned import PartitionedPublisher
 from polymarket_kafka.kafka.publisher import KafkaPublisher, open_kafka_publisher
 from polymarket_kafka.kafka.state_topic import (
     StateTopicError,
@@ -94,15 +96,18 @@ def load_initial_rules(config: AppConfig) -> RulesHolder:
     return RulesHolder.from_path(default_rules_path(config.rules_path), clock=now_utc)
 
 
-#: The publisher of the configured delivery mode (`KafkaConfig.exactly_once`).
-AnyPublisher = KafkaPublisher | TransactionalPublisher
+#: The publisher of the configured delivery mode (`KafkaConfig.exactly_once`, `grouped`).
+AnyPublisher = KafkaPublisher | TransactionalPublisher | PartitionedPublisher
 
 
 def open_publisher(
     config: AppConfig, statistics_interval_ms: int
 ) -> AbstractAsyncContextManager[AnyPublisher]:
-    """The transactional publisher (exactly once: a state topic and `KAFKA_DELIVERY=
+    """One transactional publisher per owned partition (several instances: `KAFKA_GROUP_ID`),
+    the transactional publisher (exactly once: a state topic and `KAFKA_DELIVERY=
     exactly_once`), else the idempotent one (at least once)."""
+    if config.kafka.grouped:
+        return open_group_publisher(config, statistics_interval_ms)
     if config.kafka.exactly_once:
         return open_transactional_publisher(
             config.kafka,
@@ -156,10 +161,14 @@ async def _close_writer(writer: StateWriter) -> None:
 
 
 async def restore_states(
-    config: AppConfig, on_retry: Callable[[str], object] | None = None
+    config: AppConfig,
+    on_retry: Callable[[str], object] | None = None,
+    *,
+    only: Collection[int] | None = None,
 ) -> list[MarketState | ClosedMarket]:
-    """Create the state topic if missing and read every market's state back, retrying
-    (logged, and told to `on_retry`) until Kafka answers. A record that cannot be read is
+    """Create the state topic if missing and read every market's state back (with `only`,
+    the markets of those partitions), retrying (logged, and told to `on_retry`) until
+    Kafka answers. A record that cannot be read is
     skipped with a warning: that market starts afresh (records of an earlier detector's
     format are counted and logged in one line per version)."""
     delays = doubling(*RESTORE_RETRY_SECONDS)
@@ -174,7 +183,7 @@ async def restore_states(
             if created:
                 logger.info("state topic %s created (compacted)", topic)
             records = await anyio.to_thread.run_sync(
-                read_state, config.kafka, abandon_on_cancel=True
+                partial(read_state, config.kafka, only=only), abandon_on_cancel=True
             )
             break
         except (StateTopicError, KafkaException) as exc:
@@ -284,12 +293,25 @@ async def run_app(
         async with (
             open_subscription_store(config.mongodb, clock=now_utc, probe=False) as store,
             open_polymarket_client(config.polymarket) as client,
+            # Several instances: the group is left last, after the publishers' final commits.
+            (
+                open_membership(config) if config.kafka.grouped else contextlib.nullcontext()
+            ) as membership,
             # Exactly once, the producer's transactions are initialised before the state
             # topic is read: a transaction a crashed instance left open is aborted first.
             open_publisher(config, kafka_statistics_interval_ms) as publisher,
             contextlib.AsyncExitStack() as stack,
         ):
             opened = publisher
+            group: Group | None = None
+            if membership is not None and isinstance(publisher, PartitionedPublisher):
+                group = join_group(
+                    config,
+                    membership,
+                    publisher,
+                    health,
+                    lambda partitions: restore_states(config, only=partitions),
+                )
             poller = MarketPoller(
                 client, metadata_refresh_seconds=config.polymarket.metadata_refresh_seconds
             )
@@ -333,9 +355,13 @@ async def run_app(
                         on_listening(port)
 
             durable = None
-            if config.kafka.full_state_topic:
+            if group is not None and isinstance(publisher, PartitionedPublisher):
+                # Each partition's states are restored when it is taken over (`Sharding`).
+                durable = DurableState(None, config.state_checkpoint_seconds, stager=publisher)
+            elif config.kafka.full_state_topic:
                 # Restored by `detect` before its first snapshot: health answers meanwhile.
-                if isinstance(publisher, TransactionalPublisher):
+                if not isinstance(publisher, KafkaPublisher):
+                    assert isinstance(publisher, TransactionalPublisher)  # not grouped
                     restoring = StateRestore(config, health, first=publisher.start)
                     durable = DurableState(
                         None,
@@ -361,17 +387,21 @@ async def run_app(
                 rules=rules,
                 stats=stats,
                 health=health,
-                background=[http_server],
+                background=[http_server] if group is None else [http_server, group.group],
                 stream=coordinator,
                 board=board,
+                ownership=None if group is None else group.ownership,
+                subscriptions=None if group is None else group.subscriptions,
             )
     finally:
         # However the service ended (a stop, or a stage that failed), the publisher has
         # flushed and closed: only now is it known what Kafka acknowledged.
         if opened is not None:  # pragma: no branch - always set when the body returned
+            # Handed over (several instances): left to the partition's new owner, which
+            # detects them again from the committed state -- not lost.
             log_stopped(
                 stats,
-                acknowledged=opened.stats.delivered,
+                acknowledged=opened.stats.delivered + opened.stats.handed_over,
                 unacknowledged=opened.stats.unacknowledged,
             )
     return stats

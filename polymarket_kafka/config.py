@@ -128,6 +128,17 @@ class KafkaConfig:
     transactional_id: str = ""
     #: Added: how long events gather before their transaction is committed (exactly_once).
     transaction_linger_ms: int = 20
+    #: Added: the consumer group several instances share the markets through (empty: one
+    #: instance does everything, as before). Needs a state topic and exactly_once: markets
+    #: are owned by state-topic partition, each with its own transactional id.
+    group_id: str = ""
+    #: Added (with a group): the group session timeout, so how long a crashed instance's
+    #: partitions wait before they move (Kafka's default is 45000; takeover time follows it).
+    group_session_timeout_ms: int = 10_000
+    #: Added (with a group): tail the whole state topic, so a partition taken over needs
+    #: only the records written since (no full restore). Costs the memory of every
+    #: market's state in every instance.
+    standby: bool = False
 
     @property
     def full_topic(self) -> str:
@@ -156,6 +167,18 @@ class KafkaConfig:
         sharing a state topic share the id, so a newer one fences an older one."""
         return self.transactional_id or f"{self.client_id}.{self.full_state_topic}"
 
+    @property
+    def grouped(self) -> bool:
+        """Several instances share the markets (`KAFKA_GROUP_ID` is set)."""
+        return bool(self.group_id)
+
+    def partition_transactional_id(self, partition: int) -> str:
+        """With a group: the transactional id of one state-topic partition's producer. The
+        same in every instance of the group (never the client id, which may differ), so
+        the instance taking a partition over fences its previous owner."""
+        base = self.transactional_id or f"{self.group_id}.{self.full_state_topic}"
+        return f"{base}.{partition}"
+
     def __repr__(self) -> str:
         password = "''" if not self.sasl_password else "'***'"
         return (
@@ -166,7 +189,9 @@ class KafkaConfig:
             f"max_in_flight={self.max_in_flight!r}, dead_letter_topic={self.dead_letter_topic!r}, "
             f"state_topic={self.state_topic!r}, state_partitions={self.state_partitions!r}, "
             f"delivery={self.delivery!r}, transactional_id={self.transactional_id!r}, "
-            f"transaction_linger_ms={self.transaction_linger_ms!r})"
+            f"transaction_linger_ms={self.transaction_linger_ms!r}, group_id={self.group_id!r}, "
+            f"group_session_timeout_ms={self.group_session_timeout_ms!r}, "
+            f"standby={self.standby!r})"
         )
 
 
@@ -249,6 +274,34 @@ def require_sasl_credentials(config: KafkaConfig) -> None:
     ):
         if config.security_protocol.startswith("SASL_") and not value:
             raise ConfigError(variable, f"required when protocol is {config.security_protocol}")
+
+
+#: KAFKA_GROUP_SESSION_TIMEOUT_MS at most (brokers cap it at group.max.session.timeout.ms,
+#: 30 min by default; past 5 min a crashed instance's markets would wait too long).
+MAX_GROUP_SESSION_TIMEOUT_MS = 300_000
+
+
+def require_group_prerequisites(config: KafkaConfig) -> None:
+    """Raise `ConfigError` if `KAFKA_GROUP_ID` is set without what sharding builds on (a
+    state topic and exactly-once delivery), or a group setting is out of bounds."""
+    if not config.grouped:
+        return
+    if not config.state_topic:
+        raise ConfigError(
+            "KAFKA_GROUP_ID", "needs KAFKA_STATE_TOPIC (markets are owned by its partitions)"
+        )
+    if not config.exactly_once:
+        raise ConfigError(
+            "KAFKA_GROUP_ID",
+            "needs KAFKA_DELIVERY=exactly_once (a partition's new owner fences the old one "
+            "by its transactional id)",
+        )
+    if config.group_session_timeout_ms > MAX_GROUP_SESSION_TIMEOUT_MS:
+        raise ConfigError(
+            "KAFKA_GROUP_SESSION_TIMEOUT_MS",
+            f"must be between 1000 and {MAX_GROUP_SESSION_TIMEOUT_MS}, "
+            f"got {config.group_session_timeout_ms}",
+        )
 
 
 def requested_log_format(
@@ -420,8 +473,16 @@ def _build(r: EnvReader) -> AppConfig:
         transaction_linger_ms=r.integer(
             "KAFKA_TRANSACTION_LINGER_MS", KafkaConfig.transaction_linger_ms, minimum=0
         ),
+        group_id=r.text("KAFKA_GROUP_ID", KafkaConfig.group_id),
+        group_session_timeout_ms=r.integer(
+            "KAFKA_GROUP_SESSION_TIMEOUT_MS",
+            KafkaConfig.group_session_timeout_ms,
+            minimum=1000,
+        ),
+        standby=r.flag("KAFKA_STANDBY", KafkaConfig.standby),
     )
     require_sasl_credentials(kafka)
+    require_group_prerequisites(kafka)
     check_stream_limits(polymarket)
 
     mongo_uri = r.text("MONGODB_URI", MongoConfig.uri)

@@ -101,6 +101,16 @@ class EnvReader:
             raise ConfigError(name, f"must be >= {minimum}, got {value}")
         return value
 
+    def flag(self, name: str, default: bool) -> bool:
+        """A yes/no variable: true/false, yes/no, on/off or 1/0 (any case)."""
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        value = _FLAGS.get(raw.lower())
+        if value is None:
+            raise ConfigError(name, f"must be true or false, got {raw!r}")
+        return value
+
     def port(self, name: str, default: int) -> int:
         value = self.integer(name, default, minimum=0)
         if value > 65535:
@@ -113,6 +123,18 @@ class EnvReader:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(name, f"must be an http(s) URL, got {value!r}")
         return value
+
+
+_FLAGS = {
+    "true": True,
+    "yes": True,
+    "on": True,
+    "1": True,
+    "false": False,
+    "no": False,
+    "off": False,
+    "0": False,
+}
 
 
 def http_address(reader: EnvReader) -> tuple[str, int]:

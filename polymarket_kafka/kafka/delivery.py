@@ -91,6 +91,11 @@ class DeliveryStats:
     state_records_committed: int = 0
     #: Events still pending when the publisher closed (logged at ERROR, maybe not in Kafka).
     unacknowledged_at_close: int = 0
+    #: With a consumer group: events not committed when their partition moved to another
+    #: instance (left to it: it detects them again from the committed state).
+    handed_over: int = 0
+    #: With a consumer group: partitions whose producer was fenced by a newer owner.
+    fenced_partitions: int = 0
 
     @property
     def unacknowledged(self) -> int:

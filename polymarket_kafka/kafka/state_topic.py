@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from confluent_kafka import (
@@ -98,8 +98,11 @@ def ensure_state_topic(config: KafkaConfig, *, timeout: float = 10.0) -> bool:
     return True
 
 
-def read_state(config: KafkaConfig, *, timeout: float = 30.0) -> dict[str, bytes]:
-    """Every market's latest record in the state topic (tombstoned keys left out)."""
+def read_state(
+    config: KafkaConfig, *, timeout: float = 30.0, only: Collection[int] | None = None
+) -> dict[str, bytes]:
+    """Every market's latest record in the state topic (tombstoned keys left out); with
+    `only`, in those partitions alone (a partition taken over by a group member)."""
     topic = config.full_state_topic
     deadline = time.monotonic() + timeout
     consumer = Consumer(
@@ -116,6 +119,11 @@ def read_state(config: KafkaConfig, *, timeout: float = 30.0) -> dict[str, bytes
     )
     try:
         partitions = _partitions(consumer, topic, timeout)
+        if only is not None:
+            missing = sorted(set(only) - set(partitions))
+            if missing:
+                raise StateTopicError(f"the state topic {topic} has no partition {missing[0]}")
+            partitions = sorted(only)
         fence_producer = _fence_producer(config)
         run = uuid.uuid4().hex  # this read's marker keys
         fences = _write_fences(fence_producer, topic, partitions, run, deadline)

@@ -151,11 +151,18 @@ class TransactionalPublisher:
         statistics_interval_ms: int = 5000,
         timeout_seconds: float = 10.0,
         backoff_seconds: tuple[float, float] = (0.5, 30.0),
+        stats: DeliveryStats | None = None,
     ) -> None:
         self.topic = config.full_topic
         self.state_topic = config.full_state_topic
         self.transactional_id = config.full_transactional_id
-        self.stats = DeliveryStats()
+        #: Shared by the publishers of one instance's partitions (`kafka.partitioned`):
+        #: every figure is added to, `pending` included (`_count_pending`).
+        self.stats = stats if stats is not None else DeliveryStats()
+        self._pending_counted = 0
+        #: Set by `hand_over`: what is not committed at the close is the new owner's.
+        self._handing_over = False
+        self._abandoned = False
         #: The latest events given up on (at most `MAX_FAILED_KEPT`; `stats.failed` counts all).
         self.failed: deque[FailedDelivery] = deque(maxlen=MAX_FAILED_KEPT)
         self._book = TransactionBook(config.max_in_flight)
@@ -204,7 +211,7 @@ class TransactionalPublisher:
         value = stamped_value(event, self._clock())
         self._book.add(Outgoing(event, value, self._monotonic()), state)
         self.stats.published += 1
-        self.stats.pending = len(self._book)
+        self._count_pending()
         self._work.set()
 
     def stage(self, records: Iterable[StateRecord]) -> None:
@@ -522,8 +529,24 @@ class TransactionalPublisher:
             extra={"market_id": event.market_id, "event_id": event.event_id, "rule": event.rule},
         )
 
+    def _count_pending(self) -> None:
+        self.stats.pending += len(self._book) - self._pending_counted
+        self._pending_counted = len(self._book)
+
+    def hand_over(self) -> None:
+        """The partition this publisher writes for moves to another instance: at the close,
+        what is not committed is logged as left to it (WARNING, `stats.handed_over`), not
+        as lost -- the new owner detects it again from the committed state."""
+        self._handing_over = True
+
+    def abandon(self) -> None:
+        """The partition was lost (another instance owns it and has fenced this producer):
+        the close tries no commit (`hand_over` applies too)."""
+        self._handing_over = True
+        self._abandoned = True
+
     def _settle(self) -> None:
-        self.stats.pending = len(self._book)
+        self._count_pending()
         self._settled.set()
         self._settled = anyio.Event()
 
@@ -532,10 +555,23 @@ class TransactionalPublisher:
         under way finishes and is booked), then name what is not committed at ERROR."""
         self._closing = True
         self._work.set()
-        await self.flush(grace_seconds)
+        await self.flush(0.0 if self._abandoned else grace_seconds)
         self._committer.cancel()
         await self._committer_done.wait()
         left = list(self._book)
+        # What is left is accounted for below, no longer as pending.
+        self.stats.pending -= self._pending_counted
+        self._pending_counted = 0
+        if self._handing_over and left:
+            self.stats.handed_over += len(left)
+            logger.warning(
+                "%d event(s) of %s not committed before the hand-over: its new owner "
+                "detects them again from the committed state (event ids %s)",
+                len(left),
+                self.transactional_id,
+                ", ".join(outgoing.event.event_id for outgoing in left[:10]),
+            )
+            return
         who = "the instance that fenced this one" if self._fenced else "a restart"
         for outgoing in left:
             event = outgoing.event
@@ -551,7 +587,7 @@ class TransactionalPublisher:
                     "rule": event.rule,
                 },
             )
-        self.stats.unacknowledged_at_close = len(left)
+        self.stats.unacknowledged_at_close += len(left)
         if left:
             logger.error("%d event(s) NOT committed at shutdown", len(left))
 
@@ -570,6 +606,7 @@ async def open_transactional_publisher(
     timeout_seconds: float = 10.0,
     backoff_seconds: tuple[float, float] = (0.5, 30.0),
     start: bool = True,
+    stats: DeliveryStats | None = None,
 ) -> AsyncIterator[TransactionalPublisher]:
     """Open a `TransactionalPublisher`: its producer is initialised (`start`, retried until
     Kafka answers) before this yields -- or, with `start=False`, when the caller calls
@@ -585,6 +622,7 @@ async def open_transactional_publisher(
         statistics_interval_ms=statistics_interval_ms,
         timeout_seconds=timeout_seconds,
         backoff_seconds=backoff_seconds,
+        stats=stats,
     )
     logger.info(
         "opening Kafka transactional producer %s for topics %s and %s: %s",

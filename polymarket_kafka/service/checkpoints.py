@@ -59,6 +59,12 @@ class StateBook:
         self.dirty.discard(market_id)
         self.tombstones.add(market_id)
 
+    def dropped(self, market_id: str) -> None:
+        """The market is another instance's now: nothing of it is written from here (its
+        events still on their way are the publisher's to hand over)."""
+        self.dirty.discard(market_id)
+        self.tombstones.discard(market_id)
+
     def hold(self, market_id: str) -> None:
         """An event of the market entered the pipeline."""
         self.held[market_id] += 1

@@ -32,6 +32,7 @@ from polymarket_kafka.detection import ConvictionChange, Detector, RuleSource
 from polymarket_kafka.detector_state import ClosedMarket, MarketState, StateRecord, encode
 from polymarket_kafka.models import MarketSnapshot, PolymarketEvent
 from polymarket_kafka.service.checkpoints import Checkpoint, StateBook
+from polymarket_kafka.service.ownership import Ownership, PartitionChange
 from polymarket_kafka.service.ports import StateSink, StateStager
 from polymarket_kafka.service.reloader import adopt_rules
 from polymarket_kafka.service.stats import ServiceStats
@@ -138,6 +139,26 @@ class StateKeeper:
             for market_id in before - detector.known():
                 self.book.forgotten(market_id)
         return adopted
+
+    def take_over(
+        self, detector: Detector, changes: Sequence[PartitionChange], ownership: Ownership
+    ) -> int:
+        """Ownership changed (several instances): the markets of each changed partition are
+        dropped quietly -- no tombstone, their records are the new owner's -- then a gained
+        partition's restored states are taken over. Returns how many were restored."""
+        if not changes:
+            return 0
+        changed = {change.partition for change in changes}
+        for market_id in detector.known():
+            if ownership.partition_of(market_id) in changed:
+                detector.forget(market_id)
+                self.book.dropped(market_id)
+        restored = 0
+        for change in changes:
+            for state in change.states:
+                detector.restore_state(state)
+                restored += 1
+        return restored
 
     def forget(self, detector: Detector, market_id: str) -> None:
         """The market is no longer subscribed: dropped by the detector, its record deleted."""

@@ -47,6 +47,7 @@ from polymarket_kafka.models import PolymarketEvent
 from polymarket_kafka.ops.board import MarketBoard
 from polymarket_kafka.ops.health import ServiceHealth
 from polymarket_kafka.service.durable import DurableState, Records, StateKeeper, write_checkpoints
+from polymarket_kafka.service.ownership import Ownership
 from polymarket_kafka.service.polling import Polled, poll_markets
 from polymarket_kafka.service.ports import Poller, Publisher, SubscriptionStore
 from polymarket_kafka.service.refresh import refresh_subscriptions
@@ -76,6 +77,8 @@ async def run_service(
     durable: DurableState | None = None,
     stream: StreamCoordinator | None = None,
     board: MarketBoard | None = None,
+    ownership: Ownership | None = None,
+    subscriptions: LatestSubscriptions | None = None,
     task_status: TaskStatus[Stopper] = anyio.TASK_STATUS_IGNORED,
 ) -> ServiceStats:
     """Run the pipeline until stopped (signal, `Stopper.stop()`, or `max_cycles`), drained.
@@ -102,6 +105,11 @@ async def run_service(
 
     `board` (optional): the dashboard's view (`ops.board.MarketBoard`), fed with every
     snapshot judged, every event handed to Kafka and every market no longer watched.
+
+    `ownership` (optional, several instances): only the markets it owns are polled,
+    streamed and judged; `detect` takes over the restored states of the partitions it gains
+    and quietly drops the markets of those it loses (`service.sharding` changes it, and
+    refilters `subscriptions`, which must then be built with `ownership.owns`).
     """
     rules = rules or RulesHolder()
     stats = stats or ServiceStats()
@@ -113,7 +121,8 @@ async def run_service(
         health.poll_interval_seconds = max(settings.poll_interval_seconds, stream.reconcile_seconds)
     stopper.on_stop(health.mark_stopping)
     outcomes = SourceOutcomes(stats, health)
-    subscriptions = LatestSubscriptions()
+    if subscriptions is None:
+        subscriptions = LatestSubscriptions(None if ownership is None else ownership.owns)
     snap_send, snap_recv = anyio.create_memory_object_stream[Polled](settings.snapshot_buffer)
     event_send, event_recv = anyio.create_memory_object_stream[PolymarketEvent](
         settings.event_buffer
@@ -143,6 +152,7 @@ async def run_service(
                     stats,
                     keeper,
                     board,
+                    ownership,
                 )
                 pipeline.start_soon(run_stage, health, "detect", *detect)
                 deliver = (_deliver, event_recv, publisher, stats, on_published, keeper, board)
@@ -241,15 +251,29 @@ async def _detect(
     stats: ServiceStats,
     keeper: StateKeeper | None = None,
     board: MarketBoard | None = None,
+    ownership: Ownership | None = None,
 ) -> None:
     keeper = keeper or StateKeeper.off()
     detector = Detector(stats=stats.detector)
     seen_version = -1
+    seen_owned = -1
     in_force = rules.current
     async with snapshots, events, keeper.checkpoints:
         # Before the first snapshot; meanwhile the snapshots wait in their bounded channel.
         await keeper.restore(detector, in_force, stats)
         async for snapshot, polled_at in snapshots:
+            if ownership is not None:
+                if ownership.version != seen_owned:
+                    # Before the subscriptions below: a lost partition's markets are
+                    # dropped quietly here, never forgotten (tombstoned) as unsubscribed.
+                    seen_owned = ownership.version
+                    restored = keeper.take_over(detector, ownership.take_changes(), ownership)
+                    stats.state_markets_restored += restored
+                    if restored:
+                        keeper.adopt(detector, in_force, stats)
+                if not ownership.owns(snapshot.market_id):
+                    stats.snapshots_not_owned += 1  # polled before its partition moved
+                    continue
             if subscriptions.version != seen_version:
                 seen_version = subscriptions.version
                 active = subscriptions.market_ids()

@@ -43,12 +43,12 @@ async def refresh_subscriptions(
             logger.warning(
                 "subscription refresh failed (%s); keeping %d known markets, retry in %.0fs",
                 exc,
-                len(subscriptions.value),
+                len(subscriptions.everything),
                 delay,
             )
             await anyio.sleep(delay)
             continue
-        if active.subscriptions != subscriptions.value or not subscriptions.loaded.is_set():
+        if active.subscriptions != subscriptions.everything or not subscriptions.loaded.is_set():
             logger.info("active subscriptions: %d markets", len(active.subscriptions))
         warned = _warn_invalid_documents(active.invalid, warned)
         subscriptions.set(active.subscriptions)

@@ -45,10 +45,17 @@ def task_name(task: Callable[..., object]) -> str:
 
 
 class LatestSubscriptions:
-    """A latest-value cell: the refresher writes the active set, the poller reads it."""
+    """A latest-value cell: the refresher writes the active set, the poller reads it.
 
-    def __init__(self) -> None:
+    With an `owner` (several instances share the markets, `service.ownership`), `value`
+    holds only the markets it owns; `refilter` applies a change of ownership at once (the
+    store is not read again).
+    """
+
+    def __init__(self, owner: Callable[[str], bool] | None = None) -> None:
+        self._all: tuple[PolymarketSubscription, ...] = ()
         self._value: tuple[PolymarketSubscription, ...] = ()
+        self._owner = owner
         self.loaded = anyio.Event()
         self.version = 0
 
@@ -56,13 +63,29 @@ class LatestSubscriptions:
     def value(self) -> tuple[PolymarketSubscription, ...]:
         return self._value
 
+    @property
+    def everything(self) -> tuple[PolymarketSubscription, ...]:
+        """Every active subscription, owned or not."""
+        return self._all
+
     def set(self, value: tuple[PolymarketSubscription, ...]) -> None:
-        self._value = value
-        self.version += 1
+        self._all = value
+        self._filter()
         self.loaded.set()
+
+    def refilter(self) -> None:
+        """The owner's markets changed: filter the latest set again."""
+        self._filter()
 
     def market_ids(self) -> frozenset[str]:
         return frozenset(s.market_id for s in self._value)
+
+    def _filter(self) -> None:
+        owner = self._owner
+        self._value = (
+            self._all if owner is None else tuple(s for s in self._all if owner(s.market_id))
+        )
+        self.version += 1
 
 
 class Stopper:

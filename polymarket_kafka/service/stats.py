@@ -58,6 +58,9 @@ class ServiceStats:
     snapshots: int = 0
     #: Of `snapshots`, those streamed from the market channel (the rest were polled).
     snapshots_streamed: int = 0
+    #: Several instances: snapshots of markets whose partition moved away while they were
+    #: on their way to `detect` (dropped: the new owner observes them).
+    snapshots_not_owned: int = 0
     markets_skipped: int = 0
     events_detected: int = 0
     #: Handed to the publisher (accepted by the producer's queue): not yet "delivered".

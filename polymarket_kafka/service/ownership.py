@@ -1,0 +1,100 @@
+"""Which markets this instance owns, when several share the work (`KAFKA_GROUP_ID`). Pure.
+
+A market belongs to the state-topic partition its id hashes to with Kafka's murmur2
+partitioner (`kafka.partition.partition_for`, the producer's own: a market's state record
+lands on that partition). An instance owns the markets of the partitions the consumer group
+gave it **once their state is restored**; until then their markets are neither polled,
+streamed nor judged.
+
+`Ownership` is shared by the loop's tasks (no locks: one event loop thread):
+
+* the group side (`service.sharding`) calls `gain` (a partition restored, with its states)
+  and `lose` (revoked, lost, or fenced);
+* the subscriptions cell filters by `owns`, so the poller and the stream see only owned
+  markets;
+* `detect` takes the changes (`take_changes`) before its next snapshot: markets of a lost
+  partition are dropped quietly (no tombstone: the new owner keeps their records), restored
+  states are given to the detector.
+
+Bounds: the partition of at most `MAX_CACHED` market ids is remembered (then the memo
+starts over); pending changes are at most one per partition (the latest wins: a gain
+replaces a loss, and implies dropping what the detector held about the partition first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from polymarket_kafka.detector_state import ClosedMarket, MarketState
+from polymarket_kafka.kafka.partition import partition_for
+
+__all__ = ["MAX_CACHED", "Ownership", "PartitionChange"]
+
+#: Market ids whose partition is memoised (a refresh filters every subscription).
+MAX_CACHED = 200_000
+
+
+@dataclass(frozen=True)
+class PartitionChange:
+    """What `detect` has to do about one partition: drop what it holds about the
+    partition's markets, then (a gain) take over `states`."""
+
+    partition: int
+    gained: bool
+    states: Sequence[MarketState | ClosedMarket] = ()
+
+
+class Ownership:
+    """The partitions this instance owns, out of `partitions`."""
+
+    def __init__(self, partitions: int) -> None:
+        if partitions < 1:
+            raise ValueError("a state topic has at least one partition")
+        self.partitions = partitions
+        self.owned: frozenset[int] = frozenset()
+        #: Bumped on every change: readers compare it to the version they saw.
+        self.version = 0
+        self._pending: dict[int, PartitionChange] = {}
+        self._memo: dict[str, int] = {}
+
+    def partition_of(self, market_id: str) -> int:
+        """The state-topic partition of `market_id` (murmur2 of its UTF-8 bytes)."""
+        partition = self._memo.get(market_id)
+        if partition is None:
+            if len(self._memo) >= MAX_CACHED:
+                self._memo.clear()
+            partition = partition_for(market_id.encode(), self.partitions)
+            self._memo[market_id] = partition
+        return partition
+
+    def owns(self, market_id: str) -> bool:
+        return self.partition_of(market_id) in self.owned
+
+    def gain(self, partition: int, states: Iterable[MarketState | ClosedMarket]) -> None:
+        """`partition` is this instance's from now on, starting from `states` (its markets'
+        restored detector states)."""
+        self._check(partition)
+        self.owned |= {partition}
+        self._pending[partition] = PartitionChange(partition, True, tuple(states))
+        self.version += 1
+
+    def lose(self, partition: int) -> None:
+        """`partition` is no longer this instance's (its markets are dropped, quietly)."""
+        self._check(partition)
+        if partition not in self.owned and partition not in self._pending:
+            return
+        self.owned -= {partition}
+        self._pending[partition] = PartitionChange(partition, False)
+        self.version += 1
+
+    def take_changes(self) -> list[PartitionChange]:
+        """The changes since the last call: the latest of each partition (partitions share
+        no market, so their order does not matter)."""
+        changes = list(self._pending.values())
+        self._pending.clear()
+        return changes
+
+    def _check(self, partition: int) -> None:
+        if not 0 <= partition < self.partitions:
+            raise ValueError(f"partition {partition} out of 0..{self.partitions - 1}")
