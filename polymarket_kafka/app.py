@@ -1,5 +1,9 @@
 """Composition root: open the real adapters from `AppConfig` and run the service.
 
+Why this file is over 400 lines: `run_app` opens every adapter in the order shutdown needs,
+and the state restore (`restore_states`, `StateRestore`) is composed here with the Kafka
+calls it retries; the several-instances wiring is apart already (`app_group`).
+
 Resources are opened outermost-first so they close in the order shutdown needs: the
 publisher flushes (shielded, bounded by the grace period) before the HTTP client closes, and
 MongoDB closes last. The health/metrics server is a background task of the service: it
@@ -165,12 +169,14 @@ async def restore_states(
     on_retry: Callable[[str], object] | None = None,
     *,
     only: Collection[int] | None = None,
+    read: Callable[[], dict[str, bytes]] | None = None,
 ) -> list[MarketState | ClosedMarket]:
     """Create the state topic if missing and read every market's state back (with `only`,
-    the markets of those partitions), retrying (logged, and told to `on_retry`) until
-    Kafka answers. A record that cannot be read is
-    skipped with a warning: that market starts afresh (records of an earlier detector's
-    format are counted and logged in one line per version)."""
+    the markets of those partitions; `read`, a blocking call, reads them some other way: the
+    standby's catch-up), retrying (logged, and told to `on_retry`) until Kafka answers. A
+    record that cannot be read is skipped with a warning: that market starts afresh
+    (records of an earlier detector's format are counted and logged in one line per
+    version)."""
     delays = doubling(*RESTORE_RETRY_SECONDS)
     topic = config.kafka.full_state_topic
     while True:
@@ -182,9 +188,11 @@ async def restore_states(
             )
             if created:
                 logger.info("state topic %s created (compacted)", topic)
-            records = await anyio.to_thread.run_sync(
-                partial(read_state, config.kafka, only=only), abandon_on_cancel=True
-            )
+            if read is None:
+                read = partial(read_state, config.kafka)
+                if only is not None:
+                    read = partial(read, only=only)
+            records = await anyio.to_thread.run_sync(read, abandon_on_cancel=True)
             break
         except (StateTopicError, KafkaException) as exc:
             delay = next(delays)
@@ -305,13 +313,7 @@ async def run_app(
             opened = publisher
             group: Group | None = None
             if membership is not None and isinstance(publisher, PartitionedPublisher):
-                group = join_group(
-                    config,
-                    membership,
-                    publisher,
-                    health,
-                    lambda partitions: restore_states(config, only=partitions),
-                )
+                group = join_group(config, membership, publisher, health, restore_states)
             poller = MarketPoller(
                 client, metadata_refresh_seconds=config.polymarket.metadata_refresh_seconds
             )
@@ -330,6 +332,7 @@ async def run_app(
                     delivery=publisher.stats,
                     rules=rules,
                     stream=coordinator,
+                    group=None if group is None else group.stats,
                 )
             )
             interval = config.poll_interval_seconds
@@ -337,7 +340,14 @@ async def run_app(
                 interval = max(interval, config.polymarket.ws_reconcile_seconds)
             board = MarketBoard(stale_after_seconds=STALE_INTERVALS * interval)
             dashboard = Dashboard(
-                board, health, rules, stats, now_utc, publisher.stats, coordinator
+                board,
+                health,
+                rules,
+                stats,
+                now_utc,
+                publisher.stats,
+                coordinator,
+                group=None if group is None else group.stats,
             )
             serve = partial(
                 serve_ops,

@@ -18,23 +18,29 @@ from __future__ import annotations
 
 import os
 import socket
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
 
+import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from polymarket_kafka.clock import now_utc
 from polymarket_kafka.config import AppConfig, KafkaConfig
+from polymarket_kafka.detector_state import ClosedMarket, MarketState
 from polymarket_kafka.kafka.delivery import DeliveryStats
 from polymarket_kafka.kafka.group import GroupMember, Rebalance, open_group_member
 from polymarket_kafka.kafka.partitioned import PartitionedPublisher, open_partitioned_publisher
+from polymarket_kafka.kafka.state_tail import StateTail
 from polymarket_kafka.kafka.transactional import (
     TransactionalPublisher,
     open_transactional_publisher,
 )
 from polymarket_kafka.ops.health import ServiceHealth
 from polymarket_kafka.service.ownership import Ownership
-from polymarket_kafka.service.sharding import GroupStats, PartitionRestore, Sharding
+from polymarket_kafka.service.sharding import GroupStats, Sharding
 from polymarket_kafka.service.stages import LatestSubscriptions
 
 __all__ = [
@@ -46,8 +52,26 @@ __all__ = [
     "open_membership",
 ]
 
-#: The group member and the rebalances its thread hands over.
-Membership = tuple[GroupMember, MemoryObjectReceiveStream[Rebalance]]
+
+class RestoreStates(Protocol):
+    """`app.restore_states`: the states of some partitions, read by `read` when given."""
+
+    def __call__(
+        self,
+        config: AppConfig,
+        *,
+        only: Collection[int] | None = None,
+        read: Callable[[], dict[str, bytes]] | None = None,
+    ) -> Awaitable[list[MarketState | ClosedMarket]]: ...
+
+
+@dataclass(frozen=True)
+class Membership:
+    """The group member, the rebalances its thread hands over, and the standby's tail."""
+
+    member: GroupMember
+    rebalances: MemoryObjectReceiveStream[Rebalance]
+    tail: StateTail | None
 
 
 def instance_name() -> str:
@@ -55,8 +79,23 @@ def instance_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def open_membership(config: AppConfig) -> AbstractAsyncContextManager[Membership]:
-    return open_group_member(config.kafka, instance_name())
+@asynccontextmanager
+async def open_membership(config: AppConfig) -> AsyncIterator[Membership]:
+    """Join the group (and, with `KAFKA_STANDBY`, start tailing the state topic); leave it
+    and stop tailing on exit."""
+    async with (
+        open_group_member(config.kafka, instance_name()) as (member, rebalances),
+        anyio.create_task_group() as tasks,
+    ):
+        tail = None
+        if config.kafka.standby:
+            tail = StateTail(config.kafka)
+            tasks.start_soon(partial(anyio.to_thread.run_sync, tail.run))
+        try:
+            yield Membership(member, rebalances, tail)
+        finally:
+            if tail is not None:
+                tail.stop()
 
 
 def open_group_publisher(
@@ -101,16 +140,24 @@ def join_group(
     membership: Membership,
     publisher: PartitionedPublisher,
     health: ServiceHealth,
-    restore: PartitionRestore,
+    restore: RestoreStates,
 ) -> Group:
     """Wire the ownership, the filtered subscriptions and `Sharding` (readiness component
     "group"); a fenced partition is lost as a revoked one is."""
-    member, rebalances = membership
     ownership = Ownership(config.kafka.state_partitions)
     subscriptions = LatestSubscriptions(ownership.owns)
+    tail = membership.tail
 
-    stats = GroupStats(config.kafka.group_id, member.instance, config.kafka.state_partitions)
-    sharding = Sharding(ownership, publisher, subscriptions, restore, stats)
+    async def restore_partitions(
+        partitions: Collection[int],
+    ) -> Sequence[MarketState | ClosedMarket]:
+        read = None if tail is None else partial(tail.catch_up, partitions)
+        return await restore(config, only=partitions, read=read)
+
+    stats = GroupStats(
+        config.kafka.group_id, membership.member.instance, config.kafka.state_partitions
+    )
+    sharding = Sharding(ownership, publisher, subscriptions, restore_partitions, stats)
     publisher.on_fenced = sharding.fenced
     health.add_check("group", sharding.check)
-    return Group(ownership, subscriptions, sharding, rebalances)
+    return Group(ownership, subscriptions, sharding, membership.rebalances)

@@ -48,7 +48,8 @@ logger = logging.getLogger(__name__)
 
 #: assigned: the partitions are now this instance's; revoked: handed back in an orderly
 #: rebalance (commit what is open); lost: the group already gave them away (this instance
-#: was too slow or cut off: its producer is fenced, nothing of it can be committed).
+#: was too slow or cut off: its producer is fenced, nothing of it can be committed). The
+#: same as `service.sharding.RebalanceKind`, which handles them.
 RebalanceKind = Literal["assigned", "revoked", "lost"]
 
 

@@ -49,8 +49,11 @@ __all__ = [
     "StateTopicError",
     "StateWriter",
     "client_config",
+    "delete_fences",
     "ensure_state_topic",
+    "fence_producer",
     "read_state",
+    "write_fences",
 ]
 
 logger = logging.getLogger(__name__)
@@ -124,9 +127,9 @@ def read_state(
             if missing:
                 raise StateTopicError(f"the state topic {topic} has no partition {missing[0]}")
             partitions = sorted(only)
-        fence_producer = _fence_producer(config)
+        marker_producer = fence_producer(config)
         run = uuid.uuid4().hex  # this read's marker keys
-        fences = _write_fences(fence_producer, topic, partitions, run, deadline)
+        fences = write_fences(marker_producer, topic, partitions, run, deadline)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         states: dict[str, bytes] = {}
         remaining = dict(fences)  # partition -> offset of its fence
@@ -138,7 +141,7 @@ def read_state(
                 )
             for message in consumer.consume(num_messages=10_000, timeout=0.2):
                 _take(message, states, remaining)
-        _delete_fences(fence_producer, topic, fences, run)
+        delete_fences(marker_producer, topic, fences, run)
         return states
     finally:
         consumer.close()
@@ -155,7 +158,7 @@ def _partitions(consumer: Consumer, topic: str, timeout: float) -> list[int]:
     return sorted(metadata.partitions)
 
 
-def _fence_producer(config: KafkaConfig) -> Producer:
+def fence_producer(config: KafkaConfig) -> Producer:
     # Not idempotent: a marker needs its offset, not exactly-once, and an idempotent
     # producer's start (its producer id) costs 0.5 s on Tansu, twice per restore.
     return Producer({**producer_config(config), "enable.idempotence": False, "logger": logger})
@@ -165,7 +168,7 @@ def _fence_key(partition: int, run: str) -> bytes:
     return FENCE_PREFIX + f"{run}:{partition}".encode()
 
 
-def _write_fences(
+def write_fences(
     producer: Producer, topic: str, partitions: Sequence[int], run: str, deadline: float
 ) -> dict[int, int]:
     """A marker (keyed by `run`) at the end of each partition: partition -> its offset."""
@@ -213,7 +216,7 @@ def _take(message: Message, states: dict[str, bytes], remaining: dict[int, int])
         del remaining[partition]
 
 
-def _delete_fences(producer: Producer, topic: str, fences: dict[int, int], run: str) -> None:
+def delete_fences(producer: Producer, topic: str, fences: dict[int, int], run: str) -> None:
     # The markers' keys are unique to one read: tombstones let compaction remove them. Best
     # effort: a marker left behind is skipped by every later read.
     for partition in fences:

@@ -32,6 +32,7 @@ from polymarket_kafka.kafka.publisher import DeliveryStats
 from polymarket_kafka.ops.board import MAX_EVENTS, MarketBoard
 from polymarket_kafka.ops.health import ServiceHealth
 from polymarket_kafka.service.reloader import RulesHolder
+from polymarket_kafka.service.sharding import GroupStats
 from polymarket_kafka.service.stats import ServiceStats
 from polymarket_kafka.service.streaming import StreamCoordinator
 
@@ -81,6 +82,8 @@ class Dashboard:
     clock: Callable[[], datetime]
     delivery: DeliveryStats | None = None
     stream: StreamCoordinator | None = None
+    #: Several instances (`KAFKA_GROUP_ID`): who this instance is and what it owns.
+    group: GroupStats | None = None
     #: When each readiness component last changed status (for "since when").
     _since: dict[str, tuple[bool, datetime]] = field(default_factory=dict)
     _files: dict[str, bytes] = field(default_factory=dict)
@@ -190,6 +193,7 @@ class Dashboard:
                 "last_poll_at": _iso(self.stats.last_poll_at),
                 "markets": len(self.board),
                 "stream": stream,
+                "group": None if self.group is None else self.group.to_json(),
             },
         }
 

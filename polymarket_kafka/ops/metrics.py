@@ -1,7 +1,7 @@
 """Prometheus metrics, read from the components' plain counters at scrape time.
 
 Why this file is over 400 lines: it is the one place every counter of every component
-(service, poller, client, publisher, rules, stream) becomes a documented metric family; one
+(service, poller, client, publisher, rules, stream, group) becomes a documented metric family; one
 short section per source, sharing the family builders at the end.
 
 Why it is shaped like this: the components (service, poller, client, publisher, rules holder)
@@ -39,6 +39,7 @@ from polymarket_kafka.kafka.publisher import DeliveryStats
 from polymarket_kafka.polymarket.poller import SKIP_KINDS, PollerStats
 from polymarket_kafka.polymarket.results import ClientStats
 from polymarket_kafka.service.reloader import RulesHolder
+from polymarket_kafka.service.sharding import GroupStats
 from polymarket_kafka.service.stats import ServiceStats
 from polymarket_kafka.service.streaming import StreamCoordinator
 
@@ -59,6 +60,7 @@ class MetricSources:
     delivery: DeliveryStats | None = None
     rules: RulesHolder | None = None
     stream: StreamCoordinator | None = None
+    group: GroupStats | None = None
 
 
 def build_registry(sources: MetricSources) -> CollectorRegistry:
@@ -87,6 +89,8 @@ class _StatsCollector(Collector):
             yield from _rules_metrics(sources.rules, sources.service)
         if sources.stream is not None:
             yield from _stream_metrics(sources.stream)
+        if sources.group is not None:
+            yield from _group_metrics(sources.group)
 
 
 # --- per source ----------------------------------------------------------------------------
@@ -316,6 +320,36 @@ def _stream_metrics(coordinator: StreamCoordinator) -> Iterator[_Family]:
     )
 
 
+def _group_metrics(stats: GroupStats) -> Iterator[_Family]:
+    yield _gauge(
+        "group_partitions_owned",
+        "State-topic partitions this instance owns (restored and served) in KAFKA_GROUP_ID.",
+        len(stats.owned),
+    )
+    yield _counter(
+        "group_rebalances_total",
+        "Partition changes handled, by kind: assigned, revoked (committed, handed back), "
+        "lost (given away already) or fenced (a newer owner's producer fenced this one's).",
+        {(kind,): n for kind, n in sorted(stats.rebalances.items())},
+        labels=("kind",),
+    )
+    yield _counter(
+        "group_markets_restored_total",
+        "Detector states restored from the state topic by partition takeovers.",
+        {(): stats.markets_restored},
+    )
+    yield _histogram(
+        "group_restore_seconds",
+        "Reading a taken-over partition's state, once its previous owner is fenced.",
+        {(): stats.restore_seconds},
+    )
+    yield _histogram(
+        "group_takeover_seconds",
+        "From a partition's assignment to serving it (fencing the old owner, then restoring).",
+        {(): stats.takeover_seconds},
+    )
+
+
 def _delivery_metrics(stats: DeliveryStats) -> Iterator[_Family]:
     yield _counter(
         "events_published_total",
@@ -380,6 +414,12 @@ def _delivery_metrics(stats: DeliveryStats) -> Iterator[_Family]:
         "kafka_transactions_aborted_total",
         "Kafka transactions that failed and were aborted (their content committed again).",
         {(): stats.transactions_aborted},
+    )
+    yield _counter(
+        "events_handed_over_total",
+        "Events not committed when their partition moved to another instance (it detects "
+        "them again from the committed state).",
+        {(): stats.handed_over},
     )
     yield _counter(
         "state_records_committed_total",

@@ -24,24 +24,52 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from polymarket_kafka.detector_state import ClosedMarket, MarketState
 from polymarket_kafka.histogram import Histogram
-from polymarket_kafka.kafka.group import Rebalance, RebalanceKind
 from polymarket_kafka.ops.health import ComponentStatus
 from polymarket_kafka.service.ownership import Ownership
 from polymarket_kafka.service.stages import LatestSubscriptions
 
-__all__ = ["GroupStats", "PartitionRestore", "Partitions", "Sharding"]
+__all__ = [
+    "GroupStats",
+    "PartitionRestore",
+    "Partitions",
+    "Reassignment",
+    "RebalanceKind",
+    "Sharding",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Reads the detector states of some state-topic partitions (retrying until Kafka answers).
 PartitionRestore = Callable[[Collection[int]], Awaitable[Sequence[MarketState | ClosedMarket]]]
+
+#: assigned: the partitions are this instance's now; revoked: handed back in an orderly
+#: rebalance (commit what is open); lost: given away already (nothing can be committed).
+RebalanceKind = Literal["assigned", "revoked", "lost"]
+
+
+class Handled(Protocol):
+    def set(self) -> None: ...
+
+
+class Reassignment(Protocol):
+    """A change of this instance's partitions (`kafka.group.Rebalance`), to be `handled`."""
+
+    @property
+    def kind(self) -> RebalanceKind: ...
+
+    @property
+    def partitions(self) -> frozenset[int]: ...
+
+    @property
+    def handled(self) -> Handled: ...
+
 
 #: Restore and takeover times, in seconds (a takeover is at least one restore).
 _TAKEOVER_BOUNDS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -106,7 +134,7 @@ class Sharding:
         self.stats = stats
         self._monotonic = monotonic
 
-    async def run(self, rebalances: MemoryObjectReceiveStream[Rebalance]) -> None:
+    async def run(self, rebalances: MemoryObjectReceiveStream[Reassignment]) -> None:
         """Handle each rebalance, then release the group member's thread waiting on it."""
         async with rebalances:
             async for rebalance in rebalances:

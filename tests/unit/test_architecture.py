@@ -129,6 +129,8 @@ def test_the_pure_core_does_no_io_and_reads_no_clock() -> None:
         "polymarket.stream.frames",
         "polymarket.stream.quotes",
         "polymarket.stream.coalesce",
+        "service.ownership",
+        "kafka.partition",
     ]
     forbidden = {"socket", "httpx", "pymongo", "confluent_kafka", "anyio", "trio", "time"}
     for name in core:

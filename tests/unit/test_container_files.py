@@ -558,3 +558,32 @@ def test_smoke_rejects_a_root_image_built_in_oci_format(smoke: Any) -> None:
     assert "would run as root" in message
     assert "HEALTHCHECK is None" in message
     assert "LOG_FORMAT=json missing" in message
+
+
+# --- compose.replicas.yaml --------------------------------------------------------------------
+
+
+def test_compose_replicas_runs_two_instances_of_one_group(
+    compose: dict[str, Any], example_env: dict[str, str]
+) -> None:
+    replicas = yaml.safe_load((REPO / "compose.replicas.yaml").read_text())["services"]
+    first = compose["services"]["polymarket-kafka"]
+    second = replicas["polymarket-kafka-2"]
+    # The second instance is the first one's copy: same image, files, overrides, checks.
+    assert second["image"] == first["image"]
+    for key in ("env_file", "volumes", "healthcheck", "stop_signal", "stop_grace_period"):
+        assert second[key] == first[key], key
+    assert depends(second) == {**depends(first), "polymarket-kafka": "service_started"}
+    assert second["ports"] == ["127.0.0.1:9465:9464"]
+    configs = []
+    for overrides in (
+        {**first["environment"], **replicas["polymarket-kafka"]["environment"]},
+        second["environment"],
+    ):
+        env = {k: str(v) for k, v in overrides.items()}
+        assert set(env) <= set(example_env), "every override is a documented variable"
+        configs.append(load_config({**example_env, **env}, env_file=None))
+    one, two = configs
+    assert one == two, "both instances run with the same configuration"
+    assert one.kafka.grouped and one.kafka.exactly_once
+    assert one.kafka.partition_transactional_id(3) == two.kafka.partition_transactional_id(3)

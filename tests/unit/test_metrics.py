@@ -25,6 +25,7 @@ from polymarket_kafka.polymarket.results import ClientStats
 from polymarket_kafka.polymarket.stream import MarketStream, StreamedMarket, StreamSettings
 from polymarket_kafka.ruleset import RuleSet
 from polymarket_kafka.service.reloader import RulesHolder
+from polymarket_kafka.service.sharding import GroupStats
 from polymarket_kafka.service.stats import ServiceStats
 from polymarket_kafka.service.streaming import StreamCoordinator
 
@@ -129,7 +130,20 @@ def filled_sources() -> MetricSources:
     rules.metrics.reload_total["success"] = 2
     rules.metrics.reload_total["failure"] = 1
     rules.metrics.last_reload_success_timestamp = 1_700_000_000.0
-    return MetricSources(service, client, poller, delivery, rules, stream=filled_stream())
+    delivery.handed_over = 2
+    return MetricSources(
+        service, client, poller, delivery, rules, stream=filled_stream(), group=filled_group()
+    )
+
+
+def filled_group() -> GroupStats:
+    """An instance owning partitions 1 and 4 of 6 after a few rebalances."""
+    group = GroupStats("g", "host-1", 6, owned=frozenset({1, 4}), joined=True)
+    group.rebalances.update({"assigned": 3, "revoked": 1, "lost": 1, "fenced": 1})
+    group.markets_restored = 40
+    group.restore_seconds.observe(0.2)
+    group.takeover_seconds.observe(0.7)
+    return group
 
 
 class _NoPoller:
@@ -192,6 +206,20 @@ def test_stream_metrics_are_exported() -> None:
     assert value(samples, "stream_rest_fallback_polls_total") == 6
     assert value(samples, "stream_reconciliations_total") == 2
     assert value(samples, "stream_disagreements_total") == 1
+
+
+def test_group_metrics_are_exported() -> None:
+    _, samples = scrape(filled_sources())
+
+    assert value(samples, "group_partitions_owned") == 2
+    assert value(samples, "group_rebalances_total", kind="assigned") == 3
+    assert value(samples, "group_rebalances_total", kind="fenced") == 1
+    assert value(samples, "group_markets_restored_total") == 40
+    assert value(samples, "group_restore_seconds_count") == 1
+    assert value(samples, "group_takeover_seconds_sum") == 0.7
+    assert value(samples, "group_takeover_seconds_bucket", le="1.0") == 1
+    assert value(samples, "group_takeover_seconds_bucket", le="0.5") == 0
+    assert value(samples, "events_handed_over_total") == 2
 
 
 def test_every_required_metric_is_exported_with_its_type() -> None:

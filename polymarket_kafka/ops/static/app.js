@@ -112,6 +112,15 @@
         stream.reconnects + " reconnects" : "off (REST polling only)"],
       ["REST fallback", stream ? stream.rest_fallback_markets + " markets" : "—"],
     ];
+    const group = feed.group;
+    if (group) {
+      rows.push(
+        ["Instance", group.instance + " in group " + group.group_id],
+        ["Owns partitions", (group.owned.length ? group.owned.join(", ") : "none") +
+          " of " + group.partitions +
+          (group.restoring.length ? " (restoring " + group.restoring.join(", ") + ")" : "")],
+      );
+    }
     $("feed").replaceChildren(...rows.flatMap(([k, v]) => [
       el("dt", {}, k),
       el("dd", { class: k === "Dead-lettered" && v > 0 ? "fail" : null }, v === undefined || v === null ? "—" : v),
