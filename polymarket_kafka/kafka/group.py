@@ -204,8 +204,10 @@ class GroupMember:
             return
         deadline = time.monotonic() + self._handling_timeout
         while not rebalance.handled.wait(0.1):
-            if self._stop.is_set() and kind == "assigned":
-                return  # stopping: nobody waits for this assignment
+            if self._stop.is_set():
+                # Stopping: the publishers have closed (committed) already, and nothing
+                # handles rebalances any more.
+                return
             if time.monotonic() > deadline:
                 logger.error(
                     "partitions %s %s but not handled within %gs: the rebalance goes on "
