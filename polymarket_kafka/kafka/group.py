@@ -149,8 +149,8 @@ class GroupMember:
         delay = 0.5
         while not self._stop.is_set():
             try:
-                ensure_state_topic(self._config, timeout=10.0)
-                metadata = consumer.list_topics(self.topic, timeout=10.0).topics.get(self.topic)
+                ensure_state_topic(self._config, timeout=5.0)
+                metadata = consumer.list_topics(self.topic, timeout=5.0).topics.get(self.topic)
             except (StateTopicError, KafkaException) as exc:
                 logger.warning(
                     "cannot check the state topic %s yet (%s); retrying", self.topic, exc

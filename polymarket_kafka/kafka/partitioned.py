@@ -98,12 +98,13 @@ class PartitionedPublisher:
 
     # --- taking partitions over and handing them back -------------------------------------
 
-    async def acquire(self, partition: int) -> None:
+    async def acquire(self, partition: int) -> bool:
         """Open `partition`'s publisher: returns once its transactions are initialised (the
-        previous owner fenced, its open transaction aborted). Retries until Kafka answers."""
-        if partition in self._held:
-            return
-        await self._tasks.start(self._hold, partition)
+        previous owner fenced, its open transaction aborted), retrying until Kafka answers.
+        False: another instance fenced it meanwhile (stepped down from, `on_fenced`)."""
+        if partition not in self._held:
+            await self._tasks.start(self._hold, partition)
+        return partition in self._held
 
     async def release(self, partition: int, *, commit: bool) -> None:
         """Close `partition`'s publisher: what it holds is committed first (`commit`) or
@@ -121,11 +122,14 @@ class PartitionedPublisher:
             self._config, transactional_id=self._config.partition_transactional_id(partition)
         )
         held: _Held | None = None
+        started = False
         try:
             async with self._open(config, self.stats) as publisher:
+                publisher.hand_over_if_fenced()
                 held = _Held(publisher)
                 self._held[partition] = held
                 task_status.started()
+                started = True
                 await held.release.wait()
                 if not held.commit:
                     publisher.abandon()
@@ -139,6 +143,8 @@ class PartitionedPublisher:
             )
             self.stats.fenced_partitions += 1
             self.on_fenced(partition)
+            if not started:  # fenced while initialising: `acquire` returns False
+                task_status.started()
         finally:
             if held is not None:
                 self._held.pop(partition, None)

@@ -162,6 +162,7 @@ class TransactionalPublisher:
         self._pending_counted = 0
         #: Set by `hand_over`: what is not committed at the close is the new owner's.
         self._handing_over = False
+        self._hand_over_on_fence = False
         self._abandoned = False
         #: The latest events given up on (at most `MAX_FAILED_KEPT`; `stats.failed` counts all).
         self.failed: deque[FailedDelivery] = deque(maxlen=MAX_FAILED_KEPT)
@@ -539,6 +540,11 @@ class TransactionalPublisher:
         as lost -- the new owner detects it again from the committed state."""
         self._handing_over = True
 
+    def hand_over_if_fenced(self) -> None:
+        """Several instances: being fenced means the partition has a new owner, so what is
+        not committed at the close is handed over to it (as with `hand_over`), not lost."""
+        self._hand_over_on_fence = True
+
     def abandon(self) -> None:
         """The partition was lost (another instance owns it and has fenced this producer):
         the close tries no commit (`hand_over` applies too)."""
@@ -555,6 +561,7 @@ class TransactionalPublisher:
         under way finishes and is booked), then name what is not committed at ERROR."""
         self._closing = True
         self._work.set()
+        self._settle()  # a publish waiting for room returns (closed) instead of waiting on
         await self.flush(0.0 if self._abandoned else grace_seconds)
         self._committer.cancel()
         await self._committer_done.wait()
@@ -562,7 +569,8 @@ class TransactionalPublisher:
         # What is left is accounted for below, no longer as pending.
         self.stats.pending -= self._pending_counted
         self._pending_counted = 0
-        if self._handing_over and left:
+        handing_over = self._handing_over or (self._fenced and self._hand_over_on_fence)
+        if handing_over and left:
             self.stats.handed_over += len(left)
             logger.warning(
                 "%d event(s) of %s not committed before the hand-over: its new owner "

@@ -78,7 +78,9 @@ _TAKEOVER_BOUNDS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 class Partitions(Protocol):
     """What `Sharding` needs of the publisher (`kafka.partitioned.PartitionedPublisher`)."""
 
-    async def acquire(self, partition: int) -> None: ...
+    async def acquire(self, partition: int) -> bool:
+        """True once the partition's producer is initialised; False: fenced meanwhile."""
+        ...
 
     async def release(self, partition: int, *, commit: bool) -> None: ...
 
@@ -185,16 +187,32 @@ class Sharding:
 
     async def _take_over(self, partitions: frozenset[int]) -> None:
         started = self._monotonic()
-        self.stats.restoring = self.stats.restoring | partitions
+        assigned = partitions
+        self.stats.restoring = self.stats.restoring | assigned
+        acquired: set[int] = set()
+
+        async def acquire(partition: int) -> None:
+            if await self._publisher.acquire(partition):
+                acquired.add(partition)
+
         try:
             async with anyio.create_task_group() as tasks:
                 for partition in sorted(partitions):
-                    tasks.start_soon(self._publisher.acquire, partition)
+                    tasks.start_soon(acquire, partition)
+            if acquired != partitions:
+                logger.error(
+                    "partitions %s assigned but fenced by another writer while taken over: "
+                    "not served here",
+                    _names(partitions - acquired),
+                )
+                partitions = frozenset(acquired)
             fenced_at = self._monotonic()
-            states = await self._restore(partitions)
+            states = await self._restore(partitions) if partitions else ()
             restored_at = self._monotonic()
         finally:
-            self.stats.restoring = self.stats.restoring - partitions
+            self.stats.restoring = self.stats.restoring - assigned
+        if not partitions:
+            return
         by_partition: dict[int, list[MarketState | ClosedMarket]] = {p: [] for p in partitions}
         for state in states:
             partition = self.ownership.partition_of(state.market_id)
