@@ -339,6 +339,8 @@ async def run_app(
             if coordinator is not None:
                 interval = max(interval, config.polymarket.ws_reconcile_seconds)
             board = MarketBoard(stale_after_seconds=STALE_INTERVALS * interval)
+            if group is not None:
+                group.forget_rows_of_lost_partitions(board)
             dashboard = Dashboard(
                 board,
                 health,

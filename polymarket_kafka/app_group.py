@@ -38,6 +38,7 @@ from polymarket_kafka.kafka.transactional import (
     TransactionalPublisher,
     open_transactional_publisher,
 )
+from polymarket_kafka.ops.board import MarketBoard
 from polymarket_kafka.ops.health import ServiceHealth
 from polymarket_kafka.service.ownership import Ownership
 from polymarket_kafka.service.sharding import GroupStats, Sharding
@@ -129,6 +130,16 @@ class Group:
     @property
     def stats(self) -> GroupStats:
         return self.sharding.stats
+
+    def forget_rows_of_lost_partitions(self, board: MarketBoard) -> None:
+        """A lost partition's markets leave the dashboard at once."""
+
+        def forget(partition: int) -> None:
+            for market_id in board.market_ids():
+                if self.ownership.partition_of(market_id) == partition:
+                    board.forget(market_id)
+
+        self.sharding.on_lost = forget
 
     async def group(self) -> None:
         """The background stage "group": every rebalance, handled in order."""

@@ -191,9 +191,12 @@ class GroupMember:
             self.assigned |= numbers
         else:
             self.assigned -= numbers
-        if not numbers:
+        if not numbers and kind != "assigned":
             return
-        logger.info(
+        # An empty assignment is handed over too: it is how an instance with nothing to own
+        # (more instances than partitions) learns it has joined.
+        logger.log(
+            logging.INFO if numbers else logging.DEBUG,
             "consumer group %s: partitions %s %s",
             self._conf["group.id"],
             ",".join(str(p) for p in sorted(numbers)),

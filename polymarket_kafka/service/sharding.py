@@ -135,6 +135,9 @@ class Sharding:
         self._restore = restore
         self.stats = stats
         self._monotonic = monotonic
+        #: Told each partition lost (the dashboard drops its rows at once: `detect` only
+        #: drops the detector's states at its next snapshot, which may never come).
+        self.on_lost: Callable[[int], object] = lambda partition: None
 
     async def run(self, rebalances: MemoryObjectReceiveStream[Reassignment]) -> None:
         """Handle each rebalance, then release the group member's thread waiting on it."""
@@ -146,6 +149,10 @@ class Sharding:
                     rebalance.handled.set()
 
     async def handle(self, kind: RebalanceKind, partitions: frozenset[int]) -> None:
+        if not partitions:
+            # An empty assignment: the instance has joined, with nothing (more) to own.
+            self.stats.joined = self.stats.joined or kind == "assigned"
+            return
         self.stats.rebalances[kind] += 1
         if kind == "assigned":
             await self._take_over(partitions)
@@ -240,6 +247,7 @@ class Sharding:
         self.ownership.lose(partition)
         self._subscriptions.refilter()
         self.stats.owned = self.ownership.owned
+        self.on_lost(partition)
 
 
 def _names(partitions: Collection[int]) -> str:

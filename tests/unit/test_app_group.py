@@ -35,7 +35,9 @@ from polymarket_kafka.kafka.transactional import (
     open_transactional_publisher,
 )
 from polymarket_kafka.models import PolymarketSubscription
+from polymarket_kafka.ops.board import MarketBoard
 from polymarket_kafka.ops.health import ServiceHealth
+from tests.unit.test_board import snap
 from tests.unit.test_kafka_transactional_fake import FakeKafka
 
 pytestmark = pytest.mark.anyio
@@ -195,6 +197,24 @@ async def test_the_group_stage_handles_every_rebalance_the_member_hands_over() -
     assert group.ownership.owned == {0}
     assert sorted(publisher.calls[:2]) == [("acquire", 0), ("acquire", 1)]  # concurrently
     assert publisher.calls[2:] == [("release", 1)]
+
+
+async def test_a_lost_partitions_rows_leave_the_dashboard_at_once() -> None:
+    members, send = membership()
+    async with anyio.create_task_group() as tasks:
+        publisher = HeldPublisher(tasks)
+        group = join_group(CONFIG, members, publisher, ServiceHealth(), RecordingRestore())
+        board = MarketBoard(stale_after_seconds=60)
+        group.forget_rows_of_lost_partitions(board)
+        markets = [f"0x{n:064x}" for n in range(12)]
+        for market_id in markets:
+            board.observe(snap(market_id))
+        await group.sharding.handle("assigned", frozenset({0, 1}))
+        await group.sharding.handle("revoked", frozenset({1}))
+        await send.aclose()
+        group.rebalances.close()
+    assert board.market_ids() == {m for m in markets if group.ownership.partition_of(m) != 1}
+    assert len(board.market_ids()) < len(markets)
 
 
 @dataclass

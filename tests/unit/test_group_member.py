@@ -215,11 +215,18 @@ def test_partitions_going_are_handed_over_before_they_are_unassigned(
     assert member.assigned == {0, 2}
 
 
-def test_an_empty_assignment_or_another_topic_is_not_handed_over() -> None:
-    consumer = FakeConsumer({}, script=[fire("assign"), fire("assign", 1, topic="other")])
+def test_an_empty_assignment_is_handed_over_as_joining_and_another_topic_ignored() -> None:
+    """An empty assignment (more instances than partitions) tells the loop the instance
+    joined; partitions of another topic are not this group's business."""
+    consumer = FakeConsumer(
+        {}, script=[fire("assign"), fire("assign", 1, topic="other"), fire("revoke")]
+    )
     loop = Loop()
     member = run_script(consumer, loop)
-    assert loop.rebalances == []
+    assert [(r.kind, r.partitions) for r in loop.rebalances] == [
+        ("assigned", frozenset()),
+        ("assigned", frozenset()),
+    ]
     assert ("incremental_assign", ()) in consumer.calls
     assert ("pause", ()) not in consumer.calls  # nothing to pause
     assert member.assigned == frozenset()

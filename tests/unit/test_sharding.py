@@ -194,6 +194,28 @@ async def test_an_assignment_fenced_entirely_restores_nothing() -> None:
     assert (w.stats.restoring, w.stats.takeover_seconds.count) == (frozenset(), 0)
 
 
+async def test_an_empty_assignment_joins_with_nothing_owned_and_is_not_counted() -> None:
+    w = world()
+    await w.sharding.handle("assigned", frozenset())
+    await w.sharding.handle("revoked", frozenset())
+
+    assert w.sharding.check().ok
+    assert w.sharding.check().detail == "owns partitions none of 3 (group markets as host-1)"
+    assert w.publisher.calls == [] and w.restore.asked == []
+    assert w.stats.rebalances == {"assigned": 0, "revoked": 0, "lost": 0, "fenced": 0}
+
+
+async def test_every_lost_partition_is_told_to_on_lost() -> None:
+    w = world()
+    told: list[int] = []
+    w.sharding.on_lost = told.append
+    await w.sharding.handle("assigned", frozenset({0, 1, 2}))
+    await w.sharding.handle("revoked", frozenset({0}))
+    await w.sharding.handle("lost", frozenset({2}))
+    w.sharding.fenced(1)
+    assert told == [0, 2, 1]
+
+
 async def test_a_partition_with_no_state_is_gained_with_none() -> None:
     w = world([ClosedMarket(SPLIT[0][0])])
     await w.sharding.handle("assigned", frozenset({0, 1}))
