@@ -413,7 +413,8 @@ async def run_app(
             # detects them again from the committed state -- not lost.
             log_stopped(
                 stats,
-                acknowledged=opened.stats.delivered + opened.stats.handed_over,
+                acknowledged=opened.stats.delivered,
                 unacknowledged=opened.stats.unacknowledged,
+                handed_over=opened.stats.handed_over,
             )
     return stats

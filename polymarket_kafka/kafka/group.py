@@ -21,6 +21,7 @@ the cooperative protocol through the classic group API (`group.protocol=consumer
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -234,13 +235,16 @@ async def open_group_member(
     rebalances (each to be handled, then `handled.set()`). On exit the member leaves the
     group -- after whatever the caller closed inside this block (the publishers' last
     commits), so the partitions' next owners start after them."""
-    send, receive = anyio.create_memory_object_stream[Rebalance](4)
+    # Unbounded, so that no rebalance is ever dropped: there are few (each one waits for the
+    # previous to be handled, or for `handling_timeout`), and a dropped one would leave
+    # partitions served by no one, or by two.
+    send, receive = anyio.create_memory_object_stream[Rebalance](math.inf)
 
     def hand_over(rebalance: Rebalance) -> bool:
         try:
             anyio.from_thread.run_sync(send.send_nowait, rebalance)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.WouldBlock):
-            return False
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return False  # stopping: the publishers have closed, nothing to hand over
         except RuntimeError:  # the event loop is gone
             return False
         return True

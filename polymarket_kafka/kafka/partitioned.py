@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -38,6 +39,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from polymarket_kafka.config import KafkaConfig
 from polymarket_kafka.detector_state import StateRecord
+from polymarket_kafka.kafka.connectivity import RepeatLimiter
 from polymarket_kafka.kafka.delivery import DeliveryStats
 from polymarket_kafka.kafka.partition import partition_for
 from polymarket_kafka.kafka.settings import DELIVERY_TIMEOUT_MS
@@ -88,6 +90,8 @@ class PartitionedPublisher:
         self._tasks = tasks
         self.on_fenced = on_fenced
         self._held: dict[int, _Held] = {}
+        #: One WARNING per partition per 10 s about events handed over (the rest at DEBUG).
+        self._warnings = RepeatLimiter(10.0)
 
     def partition_of(self, market_id: str) -> int:
         return partition_for(market_id.encode(), self.partitions)
@@ -179,12 +183,15 @@ class PartitionedPublisher:
 
     def _hand_over(self, event: PolymarketEvent, partition: int) -> None:
         self.stats.handed_over += 1
-        logger.warning(
+        left_out = self._warnings.allow(partition, time.monotonic())
+        logger.log(
+            logging.DEBUG if left_out is None else logging.WARNING,
             "event of market %s not published here: partition %d moved to another instance, "
-            "which detects it again from the committed state (event_id=%s)",
+            "which detects it again from the committed state (event_id=%s%s)",
             event.market_id,
             partition,
             event.event_id,
+            f"; {left_out} more since the last such line" if left_out else "",
             extra={"market_id": event.market_id, "event_id": event.event_id, "rule": event.rule},
         )
 

@@ -27,7 +27,9 @@ Failures:
 * Fenced (`_FENCED`: another instance with the same `transactional.id` started): there are
   never two writers. `ProducerFencedError` stops the service (exit status 1, one CRITICAL
   line naming the id); nothing more is produced or committed; what this instance had not
-  committed is the new instance's to detect again from the restored state.
+  committed is the new instance's to detect again from the restored state. With several
+  instances (`kafka.partitioned`) it ends only that partition's publisher, and what it had
+  not committed is handed over (`hand_over_if_fenced`).
 * An event Kafka refuses outright (larger than `message.max.bytes`) is left out of the
   transaction, logged at ERROR and counted as failed; it cannot be delivered by anyone.
 

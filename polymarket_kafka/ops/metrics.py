@@ -91,6 +91,15 @@ class _StatsCollector(Collector):
             yield from _stream_metrics(sources.stream)
         if sources.group is not None:
             yield from _group_metrics(sources.group)
+            handed_over = sources.service.events_handed_over
+            if sources.delivery is not None:
+                handed_over += sources.delivery.handed_over
+            yield _counter(
+                "events_handed_over_total",
+                "Events not published here because their partition moved to another instance "
+                "after they were detected (it detects them again from the committed state).",
+                {(): handed_over},
+            )
 
 
 # --- per source ----------------------------------------------------------------------------
@@ -414,12 +423,6 @@ def _delivery_metrics(stats: DeliveryStats) -> Iterator[_Family]:
         "kafka_transactions_aborted_total",
         "Kafka transactions that failed and were aborted (their content committed again).",
         {(): stats.transactions_aborted},
-    )
-    yield _counter(
-        "events_handed_over_total",
-        "Events not committed when their partition moved to another instance (it detects "
-        "them again from the committed state).",
-        {(): stats.handed_over},
     )
     yield _counter(
         "state_records_committed_total",

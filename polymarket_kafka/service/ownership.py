@@ -57,6 +57,13 @@ class Ownership:
         self.version = 0
         self._pending: dict[int, PartitionChange] = {}
         self._memo: dict[str, int] = {}
+        #: Per partition: bumped on every gain and loss. An event detected under one
+        #: generation is published only under the same one (`service.handover`): one that
+        #: waited while its partition went away and came back belongs to no one.
+        self._generation: dict[int, int] = {}
+        #: Per partition: when (the loop's clock) it was last gained; a snapshot polled
+        #: before that was polled for an earlier ownership.
+        self._since: dict[int, float] = {}
 
     def partition_of(self, market_id: str) -> int:
         """The state-topic partition of `market_id` (murmur2 of its UTF-8 bytes)."""
@@ -71,11 +78,28 @@ class Ownership:
     def owns(self, market_id: str) -> bool:
         return self.partition_of(market_id) in self.owned
 
-    def gain(self, partition: int, states: Iterable[MarketState | ClosedMarket]) -> None:
-        """`partition` is this instance's from now on, starting from `states` (its markets'
-        restored detector states)."""
+    def generation_of(self, market_id: str) -> int:
+        """The ownership generation of the market's partition (see `_generation`)."""
+        return self._generation.get(self.partition_of(market_id), 0)
+
+    def admits(self, market_id: str, polled_at: float) -> bool:
+        """The market is owned, and was when the snapshot was polled (`polled_at`, on the
+        clock `gain` was given)."""
+        partition = self.partition_of(market_id)
+        return partition in self.owned and polled_at >= self._since.get(partition, 0.0)
+
+    def gain(
+        self,
+        partition: int,
+        states: Iterable[MarketState | ClosedMarket],
+        since: float = 0.0,
+    ) -> None:
+        """`partition` is this instance's from now on (`since`, the loop's clock), starting
+        from `states` (its markets' restored detector states)."""
         self._check(partition)
         self.owned |= {partition}
+        self._generation[partition] = self._generation.get(partition, 0) + 1
+        self._since[partition] = since
         self._pending[partition] = PartitionChange(partition, True, tuple(states))
         self.version += 1
 
@@ -85,6 +109,7 @@ class Ownership:
         if partition not in self.owned and partition not in self._pending:
             return
         self.owned -= {partition}
+        self._generation[partition] = self._generation.get(partition, 0) + 1
         self._pending[partition] = PartitionChange(partition, False)
         self.version += 1
 

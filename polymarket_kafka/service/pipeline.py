@@ -1,5 +1,9 @@
 """The service: helpers around a nested task group running refresh → poll → detect → deliver.
 
+Why this file is over 400 lines: `detect` and `deliver` are the two stages whose drain and
+hand-over rules must be read together, next to the task groups they run in; everything
+around them is apart already (stages, durable, handover, polling, refresh, streaming).
+
 ```
  store ──refresh──► LatestSubscriptions ──► poll ──(snapshots)──► detect ──(events)──► deliver
  helpers: signals (SIGINT/SIGTERM stop the sources, SIGHUP reloads rules), reloader, ops server
@@ -47,6 +51,7 @@ from polymarket_kafka.models import PolymarketEvent
 from polymarket_kafka.ops.board import MarketBoard
 from polymarket_kafka.ops.health import ServiceHealth
 from polymarket_kafka.service.durable import DurableState, Records, StateKeeper, write_checkpoints
+from polymarket_kafka.service.handover import Handover
 from polymarket_kafka.service.ownership import Ownership
 from polymarket_kafka.service.polling import Polled, poll_markets
 from polymarket_kafka.service.ports import Poller, Publisher, SubscriptionStore
@@ -106,10 +111,8 @@ async def run_service(
     `board` (optional): the dashboard's view (`ops.board.MarketBoard`), fed with every
     snapshot judged, every event handed to Kafka and every market no longer watched.
 
-    `ownership` (optional, several instances): only the markets it owns are polled,
-    streamed and judged; `detect` takes over the restored states of the partitions it gains
-    and quietly drops the markets of those it loses (`service.sharding` changes it, and
-    refilters `subscriptions`, which must then be built with `ownership.owns`).
+    `ownership` (several instances): only the markets it owns are polled, streamed, judged
+    and published (`service.handover`); `subscriptions` is then built with `ownership.owns`.
     """
     rules = rules or RulesHolder()
     stats = stats or ServiceStats()
@@ -130,6 +133,7 @@ async def run_service(
     stats.channels.update(snapshots=snap_recv.statistics, events=event_recv.statistics)
     state_send, state_recv = anyio.create_memory_object_stream[Records](1)
     keeper = StateKeeper(durable, state_send, anyio.current_time())
+    handover = Handover(ownership, subscriptions, stats)
 
     async with anyio.create_task_group() as helpers:
         for task in background:
@@ -152,10 +156,19 @@ async def run_service(
                     stats,
                     keeper,
                     board,
-                    ownership,
+                    handover,
                 )
                 pipeline.start_soon(run_stage, health, "detect", *detect)
-                deliver = (_deliver, event_recv, publisher, stats, on_published, keeper, board)
+                deliver = (
+                    _deliver,
+                    event_recv,
+                    publisher,
+                    stats,
+                    on_published,
+                    keeper,
+                    board,
+                    handover,
+                )
                 pipeline.start_soon(run_stage, health, "deliver", *deliver)
                 if durable is not None and durable.sink is not None:
                     checkpoint = (write_checkpoints, state_recv, durable.sink, keeper.book, stats)
@@ -251,34 +264,26 @@ async def _detect(
     stats: ServiceStats,
     keeper: StateKeeper | None = None,
     board: MarketBoard | None = None,
-    ownership: Ownership | None = None,
+    handover: Handover | None = None,
 ) -> None:
     keeper = keeper or StateKeeper.off()
+    handover = handover or Handover.off()
     detector = Detector(stats=stats.detector)
     seen_version = -1
-    seen_owned = -1
     in_force = rules.current
     async with snapshots, events, keeper.checkpoints:
         # Before the first snapshot; meanwhile the snapshots wait in their bounded channel.
         await keeper.restore(detector, in_force, stats)
         async for snapshot, polled_at in snapshots:
-            if ownership is not None:
-                if ownership.version != seen_owned:
-                    # Before the subscriptions below: a lost partition's markets are
-                    # dropped quietly here, never forgotten (tombstoned) as unsubscribed.
-                    seen_owned = ownership.version
-                    restored = keeper.take_over(detector, ownership.take_changes(), ownership)
-                    stats.state_markets_restored += restored
-                    if restored:
-                        keeper.adopt(detector, in_force, stats)
-                if not ownership.owns(snapshot.market_id):
-                    stats.snapshots_not_owned += 1  # polled before its partition moved
-                    continue
+            handover.sync(detector, keeper, in_force)  # before any market is forgotten
+            if not handover.admits(snapshot.market_id, polled_at):
+                continue  # polled before its partition moved
             if subscriptions.version != seen_version:
                 seen_version = subscriptions.version
                 active = subscriptions.market_ids()
                 for market_id in detector.known() - active:
-                    keeper.forget(detector, market_id)
+                    if not handover.protects(market_id):
+                        keeper.forget(detector, market_id)
                 if board is not None:
                     for market_id in board.market_ids() - active:
                         board.forget(market_id)
@@ -313,6 +318,7 @@ async def _detect(
             for event in built:
                 _record_detected(event, stats)
                 keeper.hold(event.market_id)
+                handover.stamp(event)
             if built:
                 keeper.attach(detector, built[-1])
             for sent, event in enumerate(built):
@@ -329,6 +335,7 @@ async def _detect(
                         _record_undelivered(event_left, stats)
                     return
             keeper.tick(detector)
+        handover.sync(detector, keeper, in_force)  # never stage a lost partition's states
         await keeper.final(detector)  # drained: the last checkpoint, waited for
 
 
@@ -356,11 +363,17 @@ async def _deliver(
     on_published: Callable[[PolymarketEvent], Awaitable[None]] | None,
     keeper: StateKeeper | None = None,
     board: MarketBoard | None = None,
+    handover: Handover | None = None,
 ) -> None:
     keeper = keeper or StateKeeper.off()
+    handover = handover or Handover.off()
     async with events:
         try:
             async for event in events:
+                if not handover.publishable(event, anyio.current_time()):
+                    keeper.attached(event)  # its state goes with it
+                    keeper.release(event.market_id)
+                    continue
                 # A publish cancelled before Kafka's client accepted the event is the
                 # publisher's to report (`Publisher`): it counts it as not acknowledged.
                 await publisher.publish(event, keeper.attached(event))

@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal, Protocol
 
 import anyio
@@ -160,8 +161,12 @@ class Sharding:
             return
         for partition in sorted(partitions):
             self._lose(partition)
-        for partition in sorted(partitions):
-            await self._publisher.release(partition, commit=kind == "revoked")
+        # All at once: each may take the grace period to commit what it holds.
+        async with anyio.create_task_group() as tasks:
+            for partition in sorted(partitions):
+                tasks.start_soon(
+                    partial(self._publisher.release, partition, commit=kind == "revoked")
+                )
         logger.info(
             "partitions %s %s: their markets are left to their new owner; this instance owns %s",
             _names(partitions),
@@ -225,8 +230,9 @@ class Sharding:
             partition = self.ownership.partition_of(state.market_id)
             if partition in by_partition:  # a record on a partition it does not hash to: stray
                 by_partition[partition].append(state)
+        since = anyio.current_time()  # the clock snapshots are stamped with
         for partition, restored in sorted(by_partition.items()):
-            self.ownership.gain(partition, restored)
+            self.ownership.gain(partition, restored, since)
         self._subscriptions.refilter()
         self.stats.owned = self.ownership.owned
         self.stats.markets_restored += sum(len(r) for r in by_partition.values())

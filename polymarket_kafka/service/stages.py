@@ -58,6 +58,8 @@ class LatestSubscriptions:
         self._owner = owner
         self.loaded = anyio.Event()
         self.version = 0
+        #: Reads of the store so far (`set` calls; a `refilter` is not one).
+        self.refreshes = 0
 
     @property
     def value(self) -> tuple[PolymarketSubscription, ...]:
@@ -70,6 +72,7 @@ class LatestSubscriptions:
 
     def set(self, value: tuple[PolymarketSubscription, ...]) -> None:
         self._all = value
+        self.refreshes += 1
         self._filter()
         self.loaded.set()
 

@@ -61,6 +61,12 @@ class ServiceStats:
     #: Several instances: snapshots of markets whose partition moved away while they were
     #: on their way to `detect` (dropped: the new owner observes them).
     snapshots_not_owned: int = 0
+    #: Several instances: events `deliver` did not publish because their partition changed
+    #: owner after they were detected (the owner detects them again: not lost).
+    events_handed_over: int = 0
+    #: ... and those the publisher left uncommitted when their partition moved (known once
+    #: it has closed, `record_delivery`).
+    events_handed_over_by_publisher: int = 0
     markets_skipped: int = 0
     events_detected: int = 0
     #: Handed to the publisher (accepted by the producer's queue): not yet "delivered".
@@ -102,10 +108,12 @@ class ServiceStats:
     #: by `run_service`: the metrics layer calls them at scrape time.
     channels: dict[str, Callable[[], MemoryObjectStreamStatistics]] = field(default_factory=dict)
 
-    def record_delivery(self, acknowledged: int, unacknowledged: int) -> None:
-        """Record what Kafka acknowledged once the publisher has closed (see the fields)."""
+    def record_delivery(self, acknowledged: int, unacknowledged: int, handed_over: int = 0) -> None:
+        """Record what Kafka acknowledged once the publisher has closed (see the fields);
+        `handed_over`: what the publisher left to other instances (several instances)."""
         self.events_acknowledged = acknowledged
         self.events_unacknowledged = unacknowledged
+        self.events_handed_over_by_publisher = handed_over
 
     @property
     def events_not_delivered(self) -> int:
@@ -113,7 +121,8 @@ class ServiceStats:
         pipeline, inside a `publish` that was cancelled, given up, dead-lettered, or pending
         when the publisher closed. Counted as the difference, so that no way of losing an
         event can be missed. Final once `record_delivery` was called."""
-        return max(0, self.events_detected - self.events_acknowledged)
+        handed_over = self.events_handed_over + self.events_handed_over_by_publisher
+        return max(0, self.events_detected - self.events_acknowledged - handed_over)
 
     @property
     def everything_delivered(self) -> bool:
@@ -175,19 +184,24 @@ class SourceOutcomes:
         self._health.record_poll_failure(f"{type(error).__name__}: {error}")
 
 
-def log_stopped(stats: ServiceStats, *, acknowledged: int, unacknowledged: int) -> None:
+def log_stopped(
+    stats: ServiceStats, *, acknowledged: int, unacknowledged: int, handed_over: int = 0
+) -> None:
     """Record the final delivery outcome in `stats` and log the service's last line.
 
     Called by the publisher's owner once it has closed. "Acknowledged" means Kafka confirmed
     the write (`acks=all`); anything else detected is counted as not delivered, and the line
     is then an ERROR (the CLI exits 1).
     """
-    stats.record_delivery(acknowledged, unacknowledged)
+    stats.record_delivery(acknowledged, unacknowledged, handed_over)
     missing = stats.events_not_delivered
     summary = (
         f"service stopped after {stats.poll_cycles} poll cycles: {stats.events_detected} "
         f"events detected, {stats.events_acknowledged} acknowledged by Kafka"
     )
+    moved = stats.events_handed_over + handed_over
+    if moved:
+        summary += f", {moved} handed over to the instances that took their partitions"
     if missing:
         logger.error("%s, %d NOT delivered", summary, missing)
     else:

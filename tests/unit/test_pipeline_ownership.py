@@ -159,6 +159,7 @@ async def run(
     *,
     cycles: int,
     checkpoint_seconds: float = 0.0,
+    refresh_seconds: float = 30.0,
 ) -> tuple[ServiceStats, RecordingPublisher, RecordingStager]:
     publisher = RecordingPublisher()
     stager = RecordingStager(poller)
@@ -168,7 +169,10 @@ async def run(
             poller=poller,
             publisher=publisher,
             settings=ServiceSettings(
-                poll_interval_seconds=0.01, max_cycles=cycles, handle_signals=False
+                poll_interval_seconds=0.01,
+                subscription_refresh_seconds=refresh_seconds,
+                max_cycles=cycles,
+                handle_signals=False,
             ),
             clock=lambda: T0,  # the poller stamps its own cycle times
             stats=poller.stats,
@@ -294,9 +298,14 @@ async def test_a_gained_partition_is_restored_before_its_first_snapshot() -> Non
     assert set(SPLIT[2]) <= stager.markets(after_changes=1)
 
 
-async def test_a_restored_market_no_longer_subscribed_is_deleted() -> None:
+@pytest.mark.parametrize(("refresh_seconds", "deleted"), [(30.0, False), (0.002, True)])
+async def test_a_restored_market_no_longer_subscribed_is_deleted_after_a_refresh(
+    refresh_seconds: float, deleted: bool
+) -> None:
     """Restored states of markets nobody subscribes to any more are the new owner's to
-    delete (a tombstone), as a single instance deletes them after its restore."""
+    delete (a tombstone), as a single instance deletes them after its restore -- but only
+    once it has read the subscriptions since the takeover: the previous owner may have
+    seen a newer list (a market subscribed meanwhile)."""
     previous_owner = Detector()
     gone = "0x" + "f" * 64
     previous_owner.observe(snapshot(gone, 0.4, T0), ONE_POLL, T0)
@@ -310,6 +319,78 @@ async def test_a_restored_market_no_longer_subscribed_is_deleted() -> None:
 
     await g.sharding.handle("assigned", frozenset({(partition + 1) % PARTITIONS}))
     poller = ScriptedPoller(after={0: assign})
-    stats, _, stager = await run(g, poller, cycles=2)
+    stats, _, stager = await run(g, poller, cycles=6, refresh_seconds=refresh_seconds)
     assert stats.state_markets_restored == 1
-    assert stager.tombstones() == {gone}
+    assert stager.tombstones() == ({gone} if deleted else set())
+
+
+@dataclass
+class GatedPublisher(RecordingPublisher):
+    """Its first publish waits for `gate`: `deliver` is busy while the next events queue."""
+
+    gate: anyio.Event = field(default_factory=anyio.Event)
+    waiting: anyio.Event = field(default_factory=anyio.Event)
+
+    async def publish(self, event: PolymarketEvent, state: StateRecord | None = None) -> None:
+        if not self.waiting.is_set():
+            self.waiting.set()
+            await self.gate.wait()
+        await super().publish(event, state)
+
+
+@pytest.mark.parametrize("comes_back", [False, True])
+async def test_an_event_queued_while_its_partition_moves_is_handed_over_even_if_it_returns(
+    comes_back: bool,
+) -> None:
+    """An event detected under one ownership of its partition is never published under
+    another: the restored state (the new owner's, or this instance's on its return) never
+    included it, so the move is found again from it -- publishing it too would give the
+    move two event ids."""
+    first = SPLIT[1][0]  # its event holds `deliver` up
+    queued = next(m for m in SPLIT[0] if MARKETS.index(m) > MARKETS.index(first))
+    g = group()
+    await g.sharding.handle("assigned", frozenset({0, 1}))
+    publisher = GatedPublisher()
+
+    async def move_partition() -> None:
+        with anyio.fail_after(5):
+            await publisher.waiting.wait()  # `queued`'s event waits behind it
+        await g.sharding.handle("revoked", frozenset({0}))
+        if comes_back:
+            await g.sharding.handle("assigned", frozenset({0}))
+        publisher.gate.set()
+
+    moved = {first: 0.90, queued: 0.90}
+    poller = ScriptedPoller(prices={1: moved, 2: moved}, after={2: move_partition})
+    with anyio.fail_after(20):
+        stats = await run_service(
+            store=InMemorySubscriptionStore(seed=MARKETS),
+            poller=poller,
+            publisher=publisher,
+            settings=ServiceSettings(
+                poll_interval_seconds=0.01, max_cycles=3, handle_signals=False
+            ),
+            clock=lambda: T0,
+            stats=poller.stats,
+            rules=RulesHolder(ONE_POLL),
+            durable=DurableState(None, 0.0, stager=RecordingStager(poller)),
+            ownership=g.ownership,
+            subscriptions=g.subscriptions,
+        )
+    assert [e.market_id for e in publisher.events] == [first]
+    assert stats.events_detected == 2
+    assert stats.events_handed_over == 1
+    assert stats.events_not_delivered == 1  # nothing acknowledged: RecordingPublisher
+
+
+async def test_a_snapshot_polled_before_its_partition_was_gained_is_not_judged() -> None:
+    ownership = Ownership(PARTITIONS)
+    market = SPLIT[2][0]
+    ownership.gain(2, (), since=10.0)
+    assert ownership.admits(market, 10.0)
+    assert not ownership.admits(market, 9.5)
+    generation = ownership.generation_of(market)
+    ownership.lose(2)
+    ownership.gain(2, (), since=20.0)
+    assert ownership.generation_of(market) == generation + 2
+    assert not ownership.admits(market, 15.0)

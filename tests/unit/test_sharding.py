@@ -331,7 +331,8 @@ async def test_revoked_partitions_are_lost_before_their_publishers_commit_and_cl
     w.publisher.seen.clear()
     await w.sharding.handle("revoked", frozenset({2, 0}))
 
-    assert w.publisher.calls[3:] == [("release", 0, True), ("release", 2, True)]
+    # Released concurrently (each may take the grace period to commit).
+    assert sorted(w.publisher.calls[3:]) == [("release", 0, True), ("release", 2, True)]
     # Both releases saw both partitions lost already and the subscriptions refiltered: no
     # new observation of their markets reaches the publisher being closed.
     assert [seen.owned for seen in w.publisher.seen] == [frozenset({1})] * 2
@@ -451,3 +452,39 @@ async def test_run_ends_when_the_member_closes_the_stream() -> None:
     with anyio.fail_after(5):
         await w.sharding.run(receive)
     assert w.publisher.calls == []
+
+
+async def test_revoked_partitions_are_released_at_once_not_one_after_another() -> None:
+    """Each release may take the grace period to commit: released one after another,
+    revoking many partitions from a slow Kafka would outlast the group's rebalance."""
+
+    class Barrier:
+        def __init__(self, parties: int) -> None:
+            self.parties = parties
+            self.started: set[int] = set()
+            self.all_started = anyio.Event()
+
+        async def acquire(self, partition: int) -> bool:
+            return True
+
+        async def release(self, partition: int, *, commit: bool) -> None:
+            self.started.add(partition)
+            if len(self.started) == self.parties:
+                self.all_started.set()
+            await self.all_started.wait()  # one after another, the first waits forever
+
+    ownership = Ownership(PARTITIONS)
+    subscriptions = LatestSubscriptions(ownership.owns)
+    barrier = Barrier(PARTITIONS)
+    sharding = Sharding(
+        ownership, barrier, subscriptions, FakeRestoreNothing(), GroupStats("g", "i", PARTITIONS)
+    )
+    await sharding.handle("assigned", frozenset(range(PARTITIONS)))
+    with anyio.fail_after(5):
+        await sharding.handle("revoked", frozenset(range(PARTITIONS)))
+    assert barrier.started == set(range(PARTITIONS))
+
+
+class FakeRestoreNothing:
+    async def __call__(self, partitions: Collection[int]) -> list[MarketState | ClosedMarket]:
+        return []
