@@ -269,4 +269,5 @@ async def open_group_member(
             yield member, receive
         finally:
             send.close()
+            receive.close()  # the caller's reader has ended by now, or never started
             member.stop()

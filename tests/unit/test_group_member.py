@@ -10,14 +10,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+import anyio
 import pytest
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from polymarket_kafka.config import KafkaConfig
 from polymarket_kafka.kafka import group as group_module
-from polymarket_kafka.kafka.group import GroupMember, Rebalance
+from polymarket_kafka.kafka.group import GroupMember, Rebalance, open_group_member
 from polymarket_kafka.kafka.state_topic import StateTopicError
 
 CONFIG = KafkaConfig(
@@ -347,3 +348,30 @@ def test_another_partition_count_stops_the_member_with_a_clear_error() -> None:
         member.run()
     assert ("subscribe", (TOPIC,)) not in consumer.calls
     assert consumer.calls[-1] == ("close", None)
+
+
+async def test_no_rebalance_is_dropped_while_the_loop_is_stuck_on_one(
+    monkeypatch: pytest.MonkeyPatch, anyio_backend: str
+) -> None:
+    """The loop is stuck on the first rebalance past the handling timeout while the group
+    fires six more: every one still reaches the loop, in order (a dropped one would leave
+    partitions served by no one, or by two)."""
+    monkeypatch.setattr(group_module, "ensure_state_topic", lambda config, timeout: False)
+    script = [fire("assign", 0)] + [fire("revoke", 0), fire("assign", 0)] * 3
+    consumer = FakeConsumer({}, script=list(script))
+    got: list[tuple[str, list[int]]] = []
+    async with open_group_member(
+        CONFIG, "i", consumer_factory=lambda conf: cast("Consumer", consumer), handling_timeout=0.05
+    ) as (_, rebalances):
+        first = await rebalances.receive()
+        with anyio.fail_after(10):
+            while consumer.script:  # noqa: ASYNC110 (the member's thread works through it)
+                await anyio.sleep(0.02)
+        first.handled.set()
+        got.append((first.kind, sorted(first.partitions)))
+        with anyio.fail_after(10):
+            while len(got) < len(script):
+                rebalance = await rebalances.receive()
+                rebalance.handled.set()
+                got.append((rebalance.kind, sorted(rebalance.partitions)))
+    assert got == [("assigned", [0])] + [("revoked", [0]), ("assigned", [0])] * 3
