@@ -208,8 +208,12 @@ class PartitionedPublisher:
 
     def broker_status(self) -> BrokerStatus:
         """Down if any held partition's producer is down (the first one's reason); with no
-        partition held, up: there is nothing to write (the group's readiness says why)."""
+        partition held, up: there is nothing to write (the group's readiness says why). A
+        producer taken over just now, whose first statistics have not arrived, counts as up:
+        its transactions were initialised, so the broker answered it."""
         for partition, held in sorted(self._held.items()):
+            if held.publisher.initialised_unreported:
+                continue
             status = held.publisher.broker_status()
             if not status.connected:
                 return BrokerStatus(False, f"partition {partition}: {status.detail}")

@@ -164,6 +164,11 @@ class StatisticsBridge:
         self._latest = report
         return True
 
+    @property
+    def reported(self) -> bool:
+        """Whether statistics of the current producer have arrived."""
+        return self._latest is not None
+
     def reset(self) -> None:
         """Forget the statistics: the producer was replaced."""
         self._latest = None

@@ -243,6 +243,13 @@ class TransactionalPublisher:
             return BrokerStatus(False, "the Kafka publisher is closed")
         return self._statistics.status()
 
+    @property
+    def initialised_unreported(self) -> bool:
+        """Its transactions are initialised (the broker answered) but its first statistics
+        have not arrived yet (they come every `statistics_interval_ms`)."""
+        self._drain_reports()
+        return self._producer is not None and not self._statistics.reported
+
     def delivery_backlog(self) -> DeliveryBacklog:
         """How many events are uncommitted, and for how long the oldest has been (no I/O)."""
         oldest = self._book.oldest()

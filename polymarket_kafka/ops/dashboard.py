@@ -193,7 +193,8 @@ class Dashboard:
                 "last_poll_at": _iso(self.stats.last_poll_at),
                 "markets": len(self.board),
                 "stream": stream,
-                "group": None if self.group is None else self.group.to_json(),
+                # Several instances only: who this instance is, what it owns.
+                **({} if self.group is None else {"group": self.group.to_json()}),
             },
         }
 

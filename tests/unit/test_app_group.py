@@ -12,6 +12,7 @@ import socket
 from collections.abc import Callable, Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -36,7 +37,11 @@ from polymarket_kafka.kafka.transactional import (
 )
 from polymarket_kafka.models import PolymarketSubscription
 from polymarket_kafka.ops.board import MarketBoard
+from polymarket_kafka.ops.dashboard import Dashboard
 from polymarket_kafka.ops.health import ServiceHealth
+from polymarket_kafka.service.reloader import RulesHolder
+from polymarket_kafka.service.sharding import GroupStats
+from polymarket_kafka.service.stats import ServiceStats
 from tests.unit.test_board import snap
 from tests.unit.test_kafka_transactional_fake import FakeKafka
 
@@ -249,3 +254,33 @@ async def test_open_group_publisher_opens_each_partition_with_the_services_setti
     assert options["statistics_interval_ms"] == 250
     assert options["stats"] is publisher.stats
     assert kafka.producers[0].conf["transactional.id"] == "markets.t.state.2"
+
+
+def test_the_dashboard_names_the_instance_and_its_partitions() -> None:
+    group = GroupStats("markets", "host-7", 12, owned=frozenset({4, 1}), joined=True)
+    group.restoring = frozenset({9})
+    dashboard = Dashboard(
+        MarketBoard(stale_after_seconds=60),
+        ServiceHealth(),
+        RulesHolder(),
+        ServiceStats(),
+        lambda: datetime(2024, 11, 5, 23, 0, tzinfo=UTC),
+        group=group,
+    )
+    feed = dashboard.health_payload(0.0)["feed"]
+    assert feed["group"] == {
+        "group_id": "markets",
+        "instance": "host-7",
+        "partitions": 12,
+        "owned": [1, 4],
+        "restoring": [9],
+        "rebalances": {"assigned": 0, "revoked": 0, "lost": 0, "fenced": 0},
+    }
+    alone = Dashboard(
+        MarketBoard(stale_after_seconds=60),
+        ServiceHealth(),
+        RulesHolder(),
+        ServiceStats(),
+        lambda: datetime(2024, 11, 5, 23, 0, tzinfo=UTC),
+    )
+    assert "group" not in alone.health_payload(0.0)["feed"]
