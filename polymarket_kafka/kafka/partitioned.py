@@ -41,7 +41,7 @@ from polymarket_kafka.config import KafkaConfig
 from polymarket_kafka.detector_state import StateRecord
 from polymarket_kafka.kafka.connectivity import RepeatLimiter
 from polymarket_kafka.kafka.delivery import DeliveryStats
-from polymarket_kafka.kafka.partition import partition_for
+from polymarket_kafka.kafka.partition import MarketPartitions
 from polymarket_kafka.kafka.settings import DELIVERY_TIMEOUT_MS
 from polymarket_kafka.kafka.statistics import BrokerStatus, DeliveryBacklog
 from polymarket_kafka.kafka.transactional import (
@@ -53,9 +53,6 @@ from polymarket_kafka.models import PolymarketEvent
 __all__ = ["OpenPartition", "PartitionedPublisher", "open_partitioned_publisher"]
 
 logger = logging.getLogger(__name__)
-
-#: Market ids whose partition `PartitionedPublisher.partition_of` remembers.
-MAX_MEMO = 200_000
 
 #: Opens the transactional publisher of one partition (its config carries the partition's
 #: transactional id); `open_transactional_publisher` with the service's settings.
@@ -93,18 +90,12 @@ class PartitionedPublisher:
         self._tasks = tasks
         self.on_fenced = on_fenced
         self._held: dict[int, _Held] = {}
-        self._memo: dict[str, int] = {}
+        self._partition_of = MarketPartitions(self.partitions)
         #: One WARNING per partition per 10 s about events handed over (the rest at DEBUG).
         self._warnings = RepeatLimiter(10.0)
 
     def partition_of(self, market_id: str) -> int:
-        """murmur2 in Python costs ~20 us a key: memoised (at most `MAX_MEMO` ids)."""
-        partition = self._memo.get(market_id)
-        if partition is None:
-            if len(self._memo) >= MAX_MEMO:
-                self._memo.clear()
-            partition = self._memo[market_id] = partition_for(market_id.encode(), self.partitions)
-        return partition
+        return self._partition_of(market_id)
 
     def held(self) -> frozenset[int]:
         """The partitions whose publisher is open."""

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from polymarket_kafka.detector_state import ClosedMarket, MarketState
-from polymarket_kafka.kafka.partition import partition_for
+from polymarket_kafka.kafka.partition import MarketPartitions
 
 __all__ = ["MAX_CACHED", "Ownership", "PartitionChange"]
 
@@ -56,7 +56,7 @@ class Ownership:
         #: Bumped on every change: readers compare it to the version they saw.
         self.version = 0
         self._pending: dict[int, PartitionChange] = {}
-        self._memo: dict[str, int] = {}
+        self._partition_of = MarketPartitions(partitions, MAX_CACHED)
         #: Per partition: bumped on every gain and loss. An event detected under one
         #: generation is published only under the same one (`service.handover`): one that
         #: waited while its partition went away and came back belongs to no one.
@@ -67,13 +67,7 @@ class Ownership:
 
     def partition_of(self, market_id: str) -> int:
         """The state-topic partition of `market_id` (murmur2 of its UTF-8 bytes)."""
-        partition = self._memo.get(market_id)
-        if partition is None:
-            if len(self._memo) >= MAX_CACHED:
-                self._memo.clear()
-            partition = partition_for(market_id.encode(), self.partitions)
-            self._memo[market_id] = partition
-        return partition
+        return self._partition_of(market_id)
 
     def owns(self, market_id: str) -> bool:
         return self.partition_of(market_id) in self.owned

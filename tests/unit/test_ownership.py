@@ -22,9 +22,8 @@ from polymarket_kafka.detector_state import (
     decode,
     encode,
 )
-from polymarket_kafka.kafka.partition import partition_for
+from polymarket_kafka.kafka.partition import MarketPartitions, partition_for
 from polymarket_kafka.models import MarketSnapshot, PolymarketSubscription
-from polymarket_kafka.service import ownership as ownership_module
 from polymarket_kafka.service.checkpoints import Checkpoint, StateBook
 from polymarket_kafka.service.durable import DurableState, Records, StateKeeper
 from polymarket_kafka.service.ownership import MAX_CACHED, Ownership, PartitionChange
@@ -74,7 +73,7 @@ def test_partition_of_is_stable_and_memoised() -> None:
     first = [ownership.partition_of(m) for m in MARKETS]
     again = [ownership.partition_of(m) for m in MARKETS]
     assert first == again
-    assert len(ownership._memo) == len(MARKETS)
+    assert len(ownership._partition_of) == len(MARKETS)
 
 
 def test_non_ascii_market_ids_hash_their_utf8_bytes() -> None:
@@ -82,23 +81,25 @@ def test_non_ascii_market_ids_hash_their_utf8_bytes() -> None:
     assert ownership.partition_of("marché") == partition_for("marché".encode(), 7)
 
 
-def test_the_memo_is_bounded_and_starts_over_when_full(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_memo_is_bounded_and_starts_over_when_full() -> None:
     assert MAX_CACHED == 200_000
-    monkeypatch.setattr(ownership_module, "MAX_CACHED", 5)
-    ownership = Ownership(PARTITIONS)
+    assert Ownership(PARTITIONS)._partition_of._max_memo == MAX_CACHED
+    partition_of = MarketPartitions(PARTITIONS, max_memo=5)
     for market_id in MARKETS[:5]:
-        ownership.partition_of(market_id)
-    assert len(ownership._memo) == 5
+        partition_of(market_id)
+    assert len(partition_of) == 5
     # The sixth id clears the memo first: it never holds more than the bound.
-    assert ownership.partition_of(MARKETS[5]) == partition_for(MARKETS[5].encode(), PARTITIONS)
-    assert ownership._memo == {MARKETS[5]: partition_for(MARKETS[5].encode(), PARTITIONS)}
+    assert partition_of(MARKETS[5]) == partition_for(MARKETS[5].encode(), PARTITIONS)
+    assert len(partition_of) == 1
     for market_id in MARKETS:
-        ownership.partition_of(market_id)
-        assert len(ownership._memo) <= 5
+        partition_of(market_id)
+        assert len(partition_of) <= 5
     # Still right after starting over.
-    assert [ownership.partition_of(m) for m in MARKETS] == [
+    assert [partition_of(m) for m in MARKETS] == [
         partition_for(m.encode(), PARTITIONS) for m in MARKETS
     ]
+    with pytest.raises(ValueError, match="partitions must be >= 1"):
+        MarketPartitions(0)
 
 
 @pytest.mark.parametrize("partitions", [0, -1])
