@@ -438,7 +438,10 @@ def test_three_instances_share_the_markets_and_survive_a_kill_mid_burst(
     took = time.monotonic() - killed_at
     logger.info("takeover seen %.2fs after the kill (standby=%s)", took, standby)
     assert took < SESSION_SECONDS + TAKEOVER_MARGIN_SECONDS, f"takeover took {took:.1f}s"
-    assert all(was < now for was, now in zip(owned[1:], after, strict=True)), (owned, after)
+    # The victim's partitions are the ones the survivors gained (however the assignor
+    # spreads them: both, or one of them).
+    gained = frozenset().union(*(now - was for was, now in zip(owned[1:], after, strict=True)))
+    assert owned[0] and owned[0] <= gained, (owned, after)
 
     each_move_once(setting.events(len(market_ids)), market_ids)
     wait_for(lambda: settled(survivors), 30, "the survivors were never ready again", group)
