@@ -107,6 +107,9 @@ class PartitionedPublisher:
         """Open `partition`'s publisher: returns once its transactions are initialised (the
         previous owner fenced, its open transaction aborted), retrying until Kafka answers.
         False: another instance fenced it meanwhile (stepped down from, `on_fenced`)."""
+        held = self._held.get(partition)
+        if held is not None and held.release.is_set():
+            await held.closed.wait()  # still closing: the new publisher starts after it
         if partition not in self._held:
             await self._tasks.start(self._hold, partition)
         return partition in self._held
@@ -152,7 +155,8 @@ class PartitionedPublisher:
                 task_status.started()
         finally:
             if held is not None:
-                self._held.pop(partition, None)
+                if self._held.get(partition) is held:  # never a newer holder's entry
+                    del self._held[partition]
                 held.closed.set()
 
     # --- the pipeline's side ----------------------------------------------------------------

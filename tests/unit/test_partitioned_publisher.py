@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import anyio
 import pytest
@@ -216,6 +217,22 @@ async def test_acquiring_a_held_partition_again_opens_nothing() -> None:
     async with partitioned(Opener(kafka), 1) as (publisher, _):
         await publisher.acquire(1)
         assert len(kafka.producers) == 1
+
+
+async def test_acquiring_a_partition_still_closing_waits_then_opens_a_new_publisher() -> None:
+    kafka = PartitionKafka()
+    async with partitioned(Opener(kafka), 1) as (publisher, _):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(partial(publisher.release, 1, commit=True))
+            with anyio.fail_after(5):
+                while not publisher._held[1].release.is_set():
+                    await anyio.lowlevel.checkpoint()  # until the release has begun
+            assert await publisher.acquire(1)  # while the old one still closes
+        assert publisher.held() == {1}
+        assert len(kafka.producers) == 2  # a new producer, after the old one closed
+        await publisher.publish(event(1))
+        assert await publisher.flush(5) == 0
+    assert publisher.stats.delivered == 1
 
 
 async def test_partition_of_is_the_murmur2_partition() -> None:
