@@ -34,6 +34,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from polymarket_kafka.backoff import doubling
 from polymarket_kafka.config import KafkaConfig
 from polymarket_kafka.kafka.state_topic import StateTopicError, client_config, ensure_state_topic
 
@@ -147,7 +148,7 @@ class GroupMember:
     def _topic_ready(self, consumer: Consumer) -> bool:
         """Create the state topic unless it exists, check its partitions; False: stopped
         before Kafka answered."""
-        delay = 0.5
+        delays = doubling(0.5, 10.0)
         while not self._stop.is_set():
             try:
                 ensure_state_topic(self._config, timeout=5.0)
@@ -166,8 +167,7 @@ class GroupMember:
                             f"instance must use the topic's count (set it to {found})"
                         )
                     return True
-            self._stop.wait(delay)
-            delay = min(delay * 2, 10.0)
+            self._stop.wait(next(delays))
         return False
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

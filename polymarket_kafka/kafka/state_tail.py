@@ -26,6 +26,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from polymarket_kafka.backoff import doubling
 from polymarket_kafka.config import KafkaConfig
 from polymarket_kafka.kafka.state_topic import (
     FENCE_PREFIX,
@@ -98,7 +99,7 @@ class StateTail:
             consumer.close()
 
     def _partitions(self, consumer: Consumer) -> list[int] | None:
-        delay = 0.5
+        delays = doubling(0.5, 10.0)
         while not self._stop.is_set():
             try:
                 metadata = consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
@@ -112,8 +113,7 @@ class StateTail:
                             self._records.setdefault(partition, {})
                             self._position.setdefault(partition, 0)
                     return partitions
-            self._stop.wait(delay)
-            delay = min(delay * 2, 10.0)
+            self._stop.wait(next(delays))
         return None
 
     def _apply(self, messages: list[Any]) -> None:
