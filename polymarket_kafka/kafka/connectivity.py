@@ -32,11 +32,11 @@ of repeated lines goes through, then one per window, with how many were left out
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Literal
 
 from polymarket_kafka.redact import hide_server_credentials
+from polymarket_kafka.repeats import RepeatLimiter
 
 __all__ = [
     "ALL_BROKERS_DOWN",
@@ -233,36 +233,3 @@ class ConnectivityTracker:
         if was != "down":
             return None  # never confirmed: a blip is not news
         return CameBack(max(0.0, now - self._since), via, errors)
-
-
-class RepeatLimiter:
-    """Lets the first of a run of repeated keys through, then at most one per `window` seconds.
-
-    `allow(key, now)` returns None when the occurrence is to be left out, otherwise how many
-    occurrences of `key` were left out since the last one let through. Memory stays bounded:
-    past `max_keys` keys, those let through more than a window ago are forgotten (or, if none
-    is that old, the older half -- their next occurrence goes through).
-    """
-
-    def __init__(self, window: float, *, max_keys: int = 256) -> None:
-        if window <= 0:
-            raise ValueError("window must be > 0")
-        self.window = window
-        self._max_keys = max_keys
-        self._seen: dict[Hashable, tuple[float, int]] = {}  # key -> (let through at, left out)
-
-    def allow(self, key: Hashable, now: float) -> int | None:
-        """None: leave this one out. Otherwise: let it through, after that many left out."""
-        seen = self._seen.get(key)
-        if seen is not None and now - seen[0] < self.window:
-            self._seen[key] = (seen[0], seen[1] + 1)
-            return None
-        if seen is None and len(self._seen) >= self._max_keys:
-            self._forget(now)
-        self._seen[key] = (now, 0)
-        return 0 if seen is None else seen[1]
-
-    def _forget(self, now: float) -> None:
-        stale = [k for k, (at, _) in self._seen.items() if now - at >= self.window]
-        for key in stale or list(self._seen)[: len(self._seen) // 2]:
-            del self._seen[key]

@@ -26,6 +26,7 @@ import logging
 
 from polymarket_kafka.detection import Detector, RuleSource
 from polymarket_kafka.models import PolymarketEvent
+from polymarket_kafka.repeats import RepeatLimiter
 from polymarket_kafka.service.durable import StateKeeper
 from polymarket_kafka.service.ownership import Ownership
 from polymarket_kafka.service.stages import LatestSubscriptions
@@ -56,9 +57,7 @@ class Handover:
         self._generations: dict[str, int] = {}
         #: Restored market -> the subscription refreshes counted when it was restored.
         self._restored: dict[str, int] = {}
-        #: When a handed-over event was last logged at WARNING, and how many since were not.
-        self._warned_at: float | None = None
-        self._unwarned = 0
+        self._warnings = RepeatLimiter(LOG_WINDOW_SECONDS)
 
     @classmethod
     def off(cls) -> Handover:
@@ -113,13 +112,10 @@ class Handover:
         if generation == ownership.generation_of(event.market_id):
             return True
         self._stats.events_handed_over += 1
-        quiet = self._warned_at is not None and now - self._warned_at < LOG_WINDOW_SECONDS
-        more = "" if quiet or not self._unwarned else f"; {self._unwarned} more before it"
-        self._unwarned = self._unwarned + 1 if quiet else 0
-        if not quiet:
-            self._warned_at = now
+        left_out = self._warnings.allow("handed_over", now)
+        more = f"; {left_out} more since the last such line" if left_out else ""
         logger.log(
-            logging.DEBUG if quiet else logging.WARNING,
+            logging.DEBUG if left_out is None else logging.WARNING,
             "event of market %s not published: its partition changed owner since it was "
             "detected; the owner detects it again from the committed state (event_id=%s%s)",
             event.market_id,

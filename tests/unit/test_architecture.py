@@ -131,6 +131,7 @@ def test_the_pure_core_does_no_io_and_reads_no_clock() -> None:
         "polymarket.stream.coalesce",
         "service.ownership",
         "kafka.partition",
+        "repeats",
     ]
     forbidden = {"socket", "httpx", "pymongo", "confluent_kafka", "anyio", "trio", "time"}
     for name in core:
