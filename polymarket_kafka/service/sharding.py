@@ -197,9 +197,8 @@ class Sharding:
             True, f"owns partitions {owned} of {stats.partitions} ({where})", extra
         )
 
-    async def _take_over(self, partitions: frozenset[int]) -> None:
+    async def _take_over(self, assigned: frozenset[int]) -> None:
         started = self._monotonic()
-        assigned = partitions
         self.stats.restoring = self.stats.restoring | assigned
         acquired: set[int] = set()
 
@@ -209,23 +208,22 @@ class Sharding:
 
         try:
             async with anyio.create_task_group() as tasks:
-                for partition in sorted(partitions):
+                for partition in sorted(assigned):
                     tasks.start_soon(acquire, partition)
-            if acquired != partitions:
+            if acquired != assigned:
                 logger.error(
                     "partitions %s assigned but fenced by another writer while taken over: "
                     "not served here",
-                    _names(partitions - acquired),
+                    _names(assigned - acquired),
                 )
-                partitions = frozenset(acquired)
             fenced_at = self._monotonic()
-            states = await self._restore(partitions) if partitions else ()
+            states = await self._restore(frozenset(acquired)) if acquired else ()
             restored_at = self._monotonic()
         finally:
             self.stats.restoring = self.stats.restoring - assigned
-        if not partitions:
+        if not acquired:
             return
-        by_partition: dict[int, list[MarketState | ClosedMarket]] = {p: [] for p in partitions}
+        by_partition: dict[int, list[MarketState | ClosedMarket]] = {p: [] for p in acquired}
         for state in states:
             partition = self.ownership.partition_of(state.market_id)
             if partition in by_partition:  # a record on a partition it does not hash to: stray
@@ -236,13 +234,13 @@ class Sharding:
         self._subscriptions.refilter()
         self.stats.owned = self.ownership.owned
         self.stats.markets_restored += sum(len(r) for r in by_partition.values())
-        for _ in partitions:
+        for _ in acquired:
             self.stats.restore_seconds.observe(restored_at - fenced_at)
             self.stats.takeover_seconds.observe(restored_at - started)
         logger.info(
             "partitions %s taken over in %.2fs (fenced in %.2fs, %d markets restored); this "
             "instance owns %s",
-            _names(partitions),
+            _names(acquired),
             restored_at - started,
             fenced_at - started,
             len(states),
